@@ -1,0 +1,3 @@
+from liploc.cli import main
+
+main()

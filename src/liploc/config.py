@@ -1,0 +1,228 @@
+"""Typed configuration: pydantic models for every section, loaded from YAML.
+
+Every model forbids unknown keys, so a typo in a YAML file or a ``--set`` override is an error
+that names the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from liploc.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSplit(_Section):
+    """One dataset folder and the sequences each split takes from it."""
+
+    layout: str = "auto"
+    """Registered layout name (``kitti``, ``semantickitti``, ``kitti360``, ``kitti_raw``) or ``auto``."""
+    root: Path | None = None
+    """Folder of the dataset; usually given on the command line with ``--data-root``."""
+    train: list[str] = Field(default_factory=list)
+    val: list[str] = Field(default_factory=list)
+    """Validation sequences; when empty, ``val_fraction`` of the training frames is held out."""
+    test: list[str] = Field(default_factory=list)
+    frame_step: int = Field(1, ge=1)
+    """Take every n-th frame (KITTI is 10 Hz; consecutive frames are nearly identical)."""
+
+
+class DataConfig(_Section):
+    datasets: list[DatasetSplit] = Field(default_factory=lambda: [DatasetSplit()])
+    lidar_input: Literal["range", "camera_depth"] = "range"
+    """LiDAR tower input: the spherical range image (paper) or the sparse depth image in the camera."""
+    image_size: tuple[int, int] = (224, 224)
+    """(height, width) of both tower inputs after resizing."""
+    normalize: Literal["imagenet", "none"] = "imagenet"
+    augment: bool = True
+    """Coarse-dropout augmentation of camera images during training (paper)."""
+    coarse_dropout_holes: int = Field(8, ge=0)
+    coarse_dropout_size: float = Field(0.1, gt=0, le=1)
+    """Side of each dropped square as a fraction of the image side."""
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class ProjectionConfig(_Section):
+    """Spherical range image and its crop to the camera (defaults reproduce the paper)."""
+
+    fov_up: float = 3.0
+    fov_down: float = -25.0
+    height: int = Field(64, gt=0)
+    width: int = Field(900, gt=0)
+    min_range: float = Field(0.0, ge=0)
+    max_range: float = Field(50.0, gt=0)
+    range_scale: float = 5.1
+    """8-bit value of a pixel = range * range_scale (paper: 5.1, i.e. 50 m -> 255)."""
+    empty_value: float = 251.0
+    """Value of pixels with no return. The reference code's -1 cast to uint8 gives 251."""
+    channels: list[Literal["range", "intensity", "height"]] = Field(default_factory=lambda: ["range"])
+    """Channels of the image; a single channel is repeated to 3 (paper)."""
+    crop: Literal["paper", "calib", "none"] = "paper"
+    """``paper``: upper ``crop_rows`` rows, middle third of the columns; ``calib``: the azimuth and
+    elevation span the camera sees, from the calibration; ``none``: the full panorama."""
+    crop_rows: int = Field(32, gt=0)
+    crop_azimuth_deg: float = Field(120.0, gt=0, le=360)
+    """Width of the paper's crop in degrees of azimuth, centred on the forward direction."""
+
+
+class ModelConfig(_Section):
+    image_encoder: str = "resnet50"
+    """Any timm model name (``resnet50``, ``vit_small_patch16_224``, ...)."""
+    lidar_encoder: str = "resnet50"
+    pretrained: bool = False
+    """Load ImageNet weights through timm (needs the network or the timm cache)."""
+    image_weights: Path | None = None
+    """Local weights file (safetensors) for the image encoder, instead of a download."""
+    lidar_weights: Path | None = None
+    embed_dim: int = Field(256, gt=0)
+    head_dropout: float = Field(0.1, ge=0, lt=1)
+    lidar_in_chans: int = Field(3, gt=0)
+
+
+class LossConfig(_Section):
+    kind: Literal["clip", "soft", "siglip"] = "clip"
+    """``clip``: symmetric cross-entropy (paper); ``soft``: targets from the averaged intra-modal
+    similarities; ``siglip``: pairwise sigmoid loss."""
+    temperature: float = Field(1.0, gt=0)
+    """Initial temperature tau (logits = cosine / tau)."""
+    learnable_temperature: bool = False
+    pose_aware: bool = False
+    """Pairs of the batch taken within ``positive_radius_m`` count as positives, not negatives."""
+    positive_radius_m: float = Field(5.0, ge=0)
+    gather_distributed: bool = True
+    """All-gather embeddings across processes so the global batch serves as negatives."""
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (overrides epochs when reached first)."""
+    batch_size: int = Field(32, ge=2)
+    grad_accum: int = Field(1, ge=1)
+    lr_head: float = 1e-3
+    lr_image_encoder: float = 1e-4
+    lr_lidar_encoder: float = 1e-5
+    weight_decay: float = 1e-3
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    plateau_patience: int = Field(1, ge=0)
+    plateau_factor: float = Field(0.8, gt=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """``auto``: bf16 autocast on CUDA when supported, fp32 on CPU."""
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = True
+    log: Literal["csv", "tensorboard"] = "csv"
+    log_every: int = Field(10, ge=1)
+    val_every_epochs: int = Field(1, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    """Also write the last checkpoint every n steps (besides each epoch end) for resuming."""
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    protocol: Literal["same-sequence", "cross-drive", "revisit"] = "same-sequence"
+    thresholds_m: list[float] = Field(default_factory=lambda: [20.0, 10.0])
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    revisit_window_s: float = Field(30.0, ge=0)
+    """``revisit``: scans taken within this many seconds of the query leave the database."""
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every k must be >= 1")
+        return v
+
+
+class Config(_Section):
+    """The whole configuration of an experiment."""
+
+    name: str = "experiment"
+    data: DataConfig = Field(default_factory=DataConfig)
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        """YAML text of the full configuration (every default written out)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        else:
+            lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a nested dict into a Config; errors name the offending keys."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.batch_size=16")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``overrides``."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return config_from_dict(data, source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the full config as YAML, atomically."""
+    from liploc.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), config.to_yaml())

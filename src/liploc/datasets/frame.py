@@ -1,0 +1,75 @@
+"""Frame and Calibration: what every reader yields, whatever the folder layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """Geometry linking the LiDAR to the camera image of a frame.
+
+    A LiDAR point ``X`` (homogeneous, LiDAR frame) lands in the image at
+    ``P @ T_cam_lidar @ X`` (homogeneous pixel coordinates).
+
+    Attributes:
+        T_cam_lidar: 4x4 rigid transform from the LiDAR frame to the rectified reference camera
+            frame (x right, y down, z forward) in which ``P`` is expressed.
+        P: 3x4 rectified projection matrix of the camera whose images the frame uses
+            (KITTI ``P2`` for ``image_2``); it may hold a baseline offset in its last column.
+        image_size: (width, height) of the images in pixels, or None when unknown.
+    """
+
+    T_cam_lidar: np.ndarray
+    P: np.ndarray
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def K(self) -> np.ndarray:
+        """3x3 intrinsic matrix (the left 3x3 block of ``P``)."""
+        return self.P[:, :3]
+
+    @property
+    def lidar_to_image(self) -> np.ndarray:
+        """3x4 matrix mapping homogeneous LiDAR points to homogeneous pixels."""
+        return self.P @ self.T_cam_lidar
+
+    @property
+    def T_lidar_cam(self) -> np.ndarray:
+        """4x4 transform from the rectified camera frame to the LiDAR frame."""
+        return np.linalg.inv(self.T_cam_lidar)
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One synchronised camera image and LiDAR scan.
+
+    Attributes:
+        sequence: sequence or drive name as the dataset spells it (``"00"``, ``"2013_05_28_drive_0000_sync"``).
+        index: frame number within the sequence (the number in the file names).
+        image_path: camera image file.
+        scan_path: LiDAR scan file (float32 x, y, z, intensity).
+        pose: 4x4 pose of the LiDAR in a z-up world frame (metres), or None when the dataset has
+            no pose for this frame (such frames are kept out of evaluation).
+        calib: calibration of this frame.
+        timestamp: seconds since the start of the sequence, when known.
+    """
+
+    sequence: str
+    index: int
+    image_path: Path
+    scan_path: Path
+    pose: np.ndarray | None
+    calib: Calibration
+    timestamp: float | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def position_xy(self) -> np.ndarray:
+        """Ground-plane (x, y) position of the LiDAR in metres; NaN when there is no pose."""
+        if self.pose is None:
+            return np.array([np.nan, np.nan])
+        return np.asarray(self.pose[:2, 3], dtype=np.float64)

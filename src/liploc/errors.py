@@ -1,0 +1,25 @@
+"""Errors that name the file and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LiplocError(Exception):
+    """Base class of liploc's own errors (caught by the CLI and shown without a traceback)."""
+
+
+class DataError(LiplocError, ValueError):
+    """A data file is missing, unreadable or malformed.
+
+    The message always starts with the path so that a user with thousands of files knows which one.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(LiplocError, ValueError):
+    """A configuration file or override is invalid."""
