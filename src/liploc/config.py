@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liploc.errors import ConfigError
 
@@ -42,12 +42,38 @@ class DataConfig(_Section):
     """(height, width) of both tower inputs after resizing."""
     normalize: Literal["imagenet", "none"] = "imagenet"
     augment: bool = True
-    """Coarse-dropout augmentation of camera images during training (paper)."""
-    coarse_dropout_holes: int = Field(8, ge=0)
-    coarse_dropout_size: float = Field(0.1, gt=0, le=1)
-    """Side of each dropped square as a fraction of the image side."""
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    """Coarse-dropout augmentation during training (paper; applied after normalisation, holes filled
+    with 0, i.e. the ImageNet mean colour)."""
+    augment_lidar: bool = True
+    """Apply the coarse dropout to the LiDAR input too (the reference code uses one transform for both)."""
+    coarse_dropout_p: float = Field(0.9, ge=0, le=1)
+    """Probability that a sample gets holes at all (reference: 0.9)."""
+    coarse_dropout_holes: int = Field(5, ge=0)
+    """Holes per augmented sample (reference: 5)."""
+    coarse_dropout_min_size: float = Field(0.22, gt=0, le=1)
+    """Smallest side of a hole as a fraction of the input side (reference: 50 of 224 pixels)."""
+    coarse_dropout_size: float = Field(0.45, gt=0, le=1)
+    """Largest side of a hole as a fraction of the input side (reference: 100 of 224 pixels); each
+    hole's height and width are drawn uniformly between the two sizes."""
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    """Fraction of the training frames held out at random for validation when no ``val`` sequences
+    are given (reference code: 0.2)."""
     num_workers: int = Field(2, ge=0)
+    cache: bool = True
+    """Keep preprocessed inputs (decoded, projected, resized; before augmentation) as .npy files so
+    that later epochs skip decoding and projection."""
+    cache_dir: Path | None = None
+    """Folder of that cache; None: ``cache/`` in the run folder. Entries are keyed by the
+    preprocessing settings and each source file's path, size and modification time."""
+
+    @model_validator(mode="after")
+    def _ordered_dropout_sizes(self) -> DataConfig:
+        if self.coarse_dropout_min_size > self.coarse_dropout_size:
+            raise ValueError(
+                f"coarse_dropout_min_size ({self.coarse_dropout_min_size}) exceeds "
+                f"coarse_dropout_size ({self.coarse_dropout_size})"
+            )
+        return self
 
 
 class ProjectionConfig(_Section):
@@ -71,6 +97,25 @@ class ProjectionConfig(_Section):
     crop_rows: int = Field(32, gt=0)
     crop_azimuth_deg: float = Field(120.0, gt=0, le=360)
     """Width of the paper's crop in degrees of azimuth, centred on the forward direction."""
+    outside_fov: Literal["clamp", "drop"] = "clamp"
+    """Points above ``fov_up`` or below ``fov_down``: ``clamp`` into the first/last row (reference
+    code) or ``drop``."""
+    intensity_scale: float = 255.0
+    """8-bit value of the intensity channel = intensity * intensity_scale (KITTI reflectance 0..1)."""
+    height_min: float = -3.0
+    """z (LiDAR frame, metres) mapped to 0 in the height channel."""
+    height_scale: float = 25.5
+    """8-bit value of the height channel = (z - height_min) * height_scale (-3..7 m -> 0..255)."""
+    quantize: bool = True
+    """Truncate channel values to whole 8-bit levels, as the reference code's uint8 cast does."""
+
+    @model_validator(mode="after")
+    def _ordered_limits(self) -> ProjectionConfig:
+        if self.fov_up <= self.fov_down:
+            raise ValueError(f"fov_up ({self.fov_up}) must be above fov_down ({self.fov_down})")
+        if self.max_range <= self.min_range:
+            raise ValueError(f"max_range ({self.max_range}) must exceed min_range ({self.min_range})")
+        return self
 
 
 class ModelConfig(_Section):
@@ -85,6 +130,10 @@ class ModelConfig(_Section):
     embed_dim: int = Field(256, gt=0)
     head_dropout: float = Field(0.1, ge=0, lt=1)
     lidar_in_chans: int = Field(3, gt=0)
+    image_encoder_args: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for ``timm.create_model`` of the image encoder, e.g. ``{img_size: 96}``
+    for a ViT at 96 px or ``{drop_path_rate: 0.1}``."""
+    lidar_encoder_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class LossConfig(_Section):
@@ -99,6 +148,12 @@ class LossConfig(_Section):
     positive_radius_m: float = Field(5.0, ge=0)
     gather_distributed: bool = True
     """All-gather embeddings across processes so the global batch serves as negatives."""
+    max_logit_scale: float = Field(100.0, gt=0)
+    """Upper clamp of the learnable logit scale 1/tau (CLIP: 100)."""
+    siglip_scale_init: float = Field(10.0, gt=0)
+    """SigLIP: initial logit scale t = exp(t') (paper: t' = log 10)."""
+    siglip_bias_init: float = -10.0
+    """SigLIP: initial logit bias b (paper: -10)."""
 
 
 class TrainConfig(_Section):

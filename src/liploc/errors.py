@@ -23,3 +23,11 @@ class DataError(LiplocError, ValueError):
 
 class ConfigError(LiplocError, ValueError):
     """A configuration file or override is invalid."""
+
+
+class EmbeddingError(LiplocError, ValueError):
+    """Embeddings of the wrong shape, dimension or norm were given to an index or a map."""
+
+
+class ModelMismatchError(LiplocError, ValueError):
+    """Embeddings made by one model were searched against a map built by another model."""
