@@ -19,7 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-map_app = typer.Typer(help="Build LiDAR maps (embeddings + poses + index) for localization.", no_args_is_help=True)
+map_app = typer.Typer(
+    help="Build LiDAR maps (embeddings + poses + index) for localization.", no_args_is_help=True
+)
 app.add_typer(map_app, name="map")
 
 console = Console()
@@ -36,12 +38,15 @@ def _fail(err: Exception) -> None:
 def info(
     data_root: Annotated[Path, typer.Argument(help="Dataset folder (KITTI, SemanticKITTI, KITTI-360, raw).")],
     layout: Annotated[str, typer.Option(help="Layout name, or auto to detect it.")] = "auto",
+    check_files: Annotated[
+        bool, typer.Option("--check-files/--no-check-files", help="Check every scan's size and image header.")
+    ] = True,
 ) -> None:
     """Describe a dataset folder: layout, sequences, frames, calibration and every problem found."""
     from liploc.info import describe_dataset
 
     try:
-        describe_dataset(data_root, layout=layout, console=console)
+        describe_dataset(data_root, layout=layout, console=console, check_files=check_files)
     except LiplocError as err:
         _fail(err)
 

@@ -9,14 +9,20 @@ from liploc.datasets.registry import (
     open_dataset,
     register,
 )
+from liploc.datasets.scan import LoadedScan, load_image, load_scan, read_image_size, read_scan
 
 __all__ = [
     "Calibration",
     "DatasetReader",
     "Frame",
+    "LoadedScan",
     "available_layouts",
     "detect_layout",
     "get_reader_class",
+    "load_image",
+    "load_scan",
     "open_dataset",
+    "read_image_size",
+    "read_scan",
     "register",
 ]

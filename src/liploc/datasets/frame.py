@@ -48,7 +48,8 @@ class Frame:
     """One synchronised camera image and LiDAR scan.
 
     Attributes:
-        sequence: sequence or drive name as the dataset spells it (``"00"``, ``"2013_05_28_drive_0000_sync"``).
+        sequence: sequence or drive name as the dataset spells it (``"00"``,
+            ``"2013_05_28_drive_0000_sync"``).
         index: frame number within the sequence (the number in the file names).
         image_path: camera image file.
         scan_path: LiDAR scan file (float32 x, y, z, intensity).

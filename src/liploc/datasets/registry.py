@@ -42,6 +42,13 @@ class DatasetReader(ABC):
     def frames(self, sequence: str) -> list[Frame]:
         """Paired frames of ``sequence`` in time order (frames without a pose have ``pose=None``)."""
 
+    def frame(self, sequence: str, index: int) -> Frame:
+        """Frame ``index`` of ``sequence``, or a DataError saying it is not there."""
+        for frame in self.frames(sequence):
+            if frame.index == index:
+                return frame
+        raise DataError(self.root, f"no frame {index} in sequence {sequence}")
+
 
 def register(cls: type[DatasetReader]) -> type[DatasetReader]:
     """Class decorator adding a reader to the registry under ``cls.name``."""

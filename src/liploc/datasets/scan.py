@@ -1,0 +1,133 @@
+"""Loading LiDAR scans and camera images, with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from liploc.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+POINT_BYTES = 16
+"""Bytes per point of a KITTI ``.bin`` scan: float32 x, y, z, intensity."""
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedScan:
+    """A scan as read from disk.
+
+    Attributes:
+        path: the scan file.
+        points: float32 (N, 4) x, y, z, intensity; only finite points.
+        n_dropped: points dropped because a value was NaN or infinite.
+    """
+
+    path: Path
+    points: np.ndarray
+    n_dropped: int
+
+    @property
+    def n_read(self) -> int:
+        """Points stored in the file, dropped ones included."""
+        return len(self.points) + self.n_dropped
+
+
+def check_scan_size(path: str | Path) -> int:
+    """Number of points in the scan file ``path`` from its size alone (no read).
+
+    Raises DataError when the file is missing, empty, or its size is not a whole number of points.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(path, "scan file not found") from None
+    except OSError as err:
+        raise DataError(path, f"cannot read scan file ({err.strerror or err})") from None
+    if size == 0:
+        raise DataError(path, "empty scan (0 bytes, no points)")
+    if size % POINT_BYTES:
+        raise DataError(
+            path,
+            f"size {size} bytes is not a multiple of {POINT_BYTES} "
+            "(float32 x, y, z, intensity per point): truncated or not a KITTI scan",
+        )
+    return size // POINT_BYTES
+
+
+def read_scan(path: str | Path) -> LoadedScan:
+    """Read a KITTI ``.bin`` scan, dropping (and counting) points with NaN or infinite values.
+
+    Raises DataError naming the file when it is missing, empty, not a whole number of points,
+    or has no finite point.
+    """
+    path = Path(path)
+    check_scan_size(path)
+    try:
+        raw = np.fromfile(path, dtype="<f4")
+    except OSError as err:
+        raise DataError(path, f"cannot read scan file ({err.strerror or err})") from None
+    points = raw.reshape(-1, 4)
+    finite = np.isfinite(points).all(axis=1)
+    n_dropped = int(len(points) - np.count_nonzero(finite))
+    if n_dropped:
+        points = points[finite]
+    if len(points) == 0:
+        raise DataError(path, f"empty scan: all {n_dropped} points have NaN or infinite values")
+    return LoadedScan(path=path, points=np.ascontiguousarray(points, dtype=np.float32), n_dropped=n_dropped)
+
+
+def load_scan(path: str | Path) -> np.ndarray:
+    """float32 (N, 4) points (x, y, z, intensity) of a KITTI ``.bin`` scan.
+
+    Points with NaN or infinite values are dropped; their count is logged as a warning (use
+    :func:`read_scan` to get it as a number).
+    """
+    scan = read_scan(path)
+    if scan.n_dropped:
+        logger.warning(
+            "%s: dropped %d of %d points with NaN or infinite values", path, scan.n_dropped, scan.n_read
+        )
+    return scan.points
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """uint8 (H, W, 3) RGB array of an image file (grey or RGBA images are converted to RGB).
+
+    Raises DataError naming the file when it is missing, not an image, or corrupt/truncated.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        # PIL reports truncated or damaged data as OSError/SyntaxError/ValueError.
+        raise DataError(path, f"corrupt image ({err})") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image from its header only (fast; does not decode the pixels).
+
+    Raises DataError naming the file when it is missing or its header is not a readable image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return int(image.size[0]), int(image.size[1])
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(path, f"corrupt image ({err})") from None

@@ -1,0 +1,356 @@
+"""Shared test helpers: builders of tiny KITTI-family folders, and the real samples of shared/data.
+
+Builders write a small but complete layout that the readers of ``liploc.datasets`` accept, with
+random scans (float32 x, y, z, intensity) and small PNG images. Use them from any test module::
+
+    from conftest import write_kitti_odometry, write_kitti360, write_kitti_raw
+
+(pytest puts ``tests/`` on ``sys.path``), or through the fixtures at the bottom. Each builder
+returns the folder of the sequence/drive it wrote, so that a test can then damage single files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The real KITTI samples (``shared/data`` beside the repository; see its README)."""
+KITTI_RAW_SAMPLE = SHARED_DATA / "kitti-raw-sample"
+KITTI_ODOMETRY_POSES = SHARED_DATA / "kitti-odometry-poses"
+KITTI360_CALIBRATION = SHARED_DATA / "kitti360-calibration" / "calibration"
+
+# An ideal KITTI Velodyne -> camera 0 transform: camera x = -LiDAR y, camera y = -LiDAR z,
+# camera z = LiDAR x, with the Velodyne 0.27 m behind and 0.08 m above camera 0 (as in KITTI).
+IDEAL_TR = np.array(
+    [
+        [0.0, -1.0, 0.0, 0.0],
+        [0.0, 0.0, -1.0, -0.08],
+        [1.0, 0.0, 0.0, -0.27],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def default_projection(image_size: tuple[int, int], baseline_px: float = 0.0) -> np.ndarray:
+    """3x4 projection of a pinhole camera with focal length = width / 2 and a centred principal point."""
+    w, h = image_size
+    f = w / 2.0
+    return np.array([[f, 0.0, w / 2.0, baseline_px], [0.0, f, h / 2.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+
+
+def random_scan(rng: np.random.Generator, n_points: int = 64) -> np.ndarray:
+    """float32 (n_points, 4) points within 30 m, heights -2..2 m, intensity 0..1."""
+    xyz = rng.uniform([-30.0, -30.0, -2.0], [30.0, 30.0, 2.0], size=(n_points, 3))
+    intensity = rng.uniform(0.0, 1.0, size=(n_points, 1))
+    return np.hstack([xyz, intensity]).astype(np.float32)
+
+
+def write_scan(path: Path, points: np.ndarray) -> Path:
+    """Write ``points`` as a KITTI ``.bin`` (float32, 4 values per point)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.asarray(points, dtype=np.float32).tofile(path)
+    return path
+
+
+def write_image(path: Path, image_size: tuple[int, int], value: int = 0) -> Path:
+    """Write a (width, height) RGB image whose pixels encode ``value`` (so images differ)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = image_size
+    pixels = np.zeros((h, w, 3), dtype=np.uint8)
+    pixels[..., 0] = value % 256
+    pixels[..., 1] = np.arange(w, dtype=np.uint8)[None, :]
+    pixels[..., 2] = np.arange(h, dtype=np.uint8)[:, None]
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _matrix_text(matrix: np.ndarray) -> str:
+    return " ".join(f"{v:.12e}" for v in np.asarray(matrix, dtype=np.float64).ravel())
+
+
+def _timestamps_text(n: int, start: str = "2011-09-26 13:02:25.000000000", step_s: float = 0.1) -> str:
+    t0 = np.datetime64(start.replace(" ", "T"), "ns")
+    stamps = t0 + (np.arange(n) * step_s * 1e9).astype("timedelta64[ns]")
+    return "".join(str(s).replace("T", " ") + "\n" for s in stamps)
+
+
+def _write_frames(
+    scan_folder: Path,
+    image_folder: Path,
+    numbers: Sequence[int],
+    digits: int,
+    image_size: tuple[int, int],
+    n_points: int,
+    skip_scans: Iterable[int],
+    skip_images: Iterable[int],
+    rng: np.random.Generator,
+) -> None:
+    scan_folder.mkdir(parents=True, exist_ok=True)
+    image_folder.mkdir(parents=True, exist_ok=True)
+    skip_scans, skip_images = set(skip_scans), set(skip_images)
+    for i in numbers:
+        if i not in skip_scans:
+            write_scan(scan_folder / f"{i:0{digits}d}.bin", random_scan(rng, n_points))
+        if i not in skip_images:
+            write_image(image_folder / f"{i:0{digits}d}.png", image_size, value=i)
+
+
+def forward_camera_poses(n_frames: int, step_m: float = 1.0) -> np.ndarray:
+    """(n, 4, 4) KITTI camera-0 poses moving ``step_m`` per frame along the camera z (forward)."""
+    poses = np.tile(np.eye(4), (n_frames, 1, 1))
+    poses[:, 2, 3] = np.arange(n_frames) * step_m
+    return poses
+
+
+def write_kitti_odometry(
+    root: Path,
+    sequence: str = "00",
+    n_frames: int = 5,
+    *,
+    camera_poses: np.ndarray | None = None,
+    pose_file: str | None = "odometry",
+    Tr: np.ndarray | None = None,
+    P2: np.ndarray | None = None,
+    calib_text: str | None = None,
+    image_size: tuple[int, int] = (32, 16),
+    n_points: int = 64,
+    with_times: bool = True,
+    skip_scans: Iterable[int] = (),
+    skip_images: Iterable[int] = (),
+    seed: int = 0,
+) -> Path:
+    """Write a KITTI odometry sequence ``root/sequences/<sequence>`` with ``n_frames`` frames.
+
+    Args:
+        camera_poses: (n, 4, 4) or (n, 3, 4) camera-0 poses in the KITTI y-down camera world
+            (one line per frame); default: 1 m per frame along the camera z (forward).
+        pose_file: ``"odometry"`` writes ``root/poses/<sequence>.txt``, ``"semantic"`` writes
+            ``sequences/<sequence>/poses.txt`` (SemanticKITTI), None writes no poses.
+        Tr: 4x4 (or 3x4) Velodyne -> camera 0; default :data:`IDEAL_TR`.
+        P2: 3x4 projection of ``image_2``; default :func:`default_projection` of ``image_size``.
+        calib_text: exact content of ``calib.txt`` instead of the one built from Tr and P2.
+        image_size: (width, height) of the PNG images.
+        with_times: write ``times.txt`` (0.1 s per frame).
+        skip_scans / skip_images: frame numbers whose scan / image is not written.
+
+    Returns:
+        The sequence folder.
+    """
+    seq = root / "sequences" / sequence
+    rng = np.random.default_rng(seed)
+    _write_frames(
+        seq / "velodyne",
+        seq / "image_2",
+        range(n_frames),
+        6,
+        image_size,
+        n_points,
+        skip_scans,
+        skip_images,
+        rng,
+    )
+    Tr = IDEAL_TR if Tr is None else np.asarray(Tr)
+    P2 = default_projection(image_size, baseline_px=4.5) if P2 is None else np.asarray(P2)
+    P0 = default_projection(image_size)
+    if calib_text is None:
+        calib_text = "".join(
+            f"{key}: {_matrix_text(value)}\n"
+            for key, value in [("P0", P0), ("P1", P0), ("P2", P2), ("P3", P2), ("Tr", Tr[:3, :])]
+        )
+    (seq / "calib.txt").write_text(calib_text)
+    if with_times:
+        (seq / "times.txt").write_text("".join(f"{0.1 * i:.6e}\n" for i in range(n_frames)))
+    poses = forward_camera_poses(n_frames) if camera_poses is None else np.asarray(camera_poses)
+    if pose_file is not None:
+        path = root / "poses" / f"{sequence}.txt" if pose_file == "odometry" else seq / "poses.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(_matrix_text(p[:3, :]) + "\n" for p in poses))
+    return seq
+
+
+def write_kitti360_calibration(folder: Path, image_size: tuple[int, int] = (32, 16)) -> Path:
+    """Write KITTI-360 calibration files with simple values (camera 0.3 m ahead of the IMU, ...).
+
+    For the real calibration copy :data:`KITTI360_CALIBRATION` instead (``calibration_from``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    # camera 0 -> Velodyne: the camera axes permuted into the LiDAR's (x forward, z up), 0.2 m ahead.
+    T_velo_cam0 = np.linalg.inv(IDEAL_TR)
+    T_velo_cam0[0, 3] += 0.2
+    # camera 0 -> IMU (IMU z down as in KITTI-360): camera z forward = IMU x, camera x right = IMU y.
+    T_imu_cam0 = np.array([[0.0, 0.0, 1.0, 1.5], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, -0.65]])
+    (folder / "calib_cam_to_velo.txt").write_text(_matrix_text(T_velo_cam0[:3, :]) + "\n")
+    (folder / "calib_cam_to_pose.txt").write_text(f"image_00: {_matrix_text(T_imu_cam0)}\n")
+    w, h = image_size
+    (folder / "perspective.txt").write_text(
+        f"S_rect_00: {w:.6e} {h:.6e}\n"
+        f"R_rect_00: {_matrix_text(np.eye(3))}\n"
+        f"P_rect_00: {_matrix_text(default_projection(image_size))}\n"
+    )
+    return folder
+
+
+def write_kitti360(
+    root: Path,
+    drive: str = "2013_05_28_drive_0000_sync",
+    n_frames: int = 5,
+    *,
+    imu_poses: dict[int, np.ndarray] | None = None,
+    pose_lines: Sequence[str] | None = None,
+    calibration_from: Path | None = None,
+    image_size: tuple[int, int] = (32, 16),
+    n_points: int = 64,
+    with_timestamps: bool = True,
+    skip_scans: Iterable[int] = (),
+    skip_images: Iterable[int] = (),
+    seed: int = 0,
+) -> Path:
+    """Write a KITTI-360 drive under ``root`` (``data_3d_raw``, ``data_2d_raw``, ``data_poses``).
+
+    Args:
+        imu_poses: 4x4 IMU-to-world poses by frame number, written to ``poses.txt`` (frames not
+            in it have no pose); default: every frame, 1 m per frame along x. ``{}`` writes no
+            pose file.
+        pose_lines: exact lines of ``poses.txt`` instead (to write malformed files).
+        calibration_from: folder whose calibration files are copied to ``root/calibration``
+            (e.g. :data:`KITTI360_CALIBRATION`); default :func:`write_kitti360_calibration`.
+        with_timestamps: write ``velodyne_points/timestamps.txt``.
+
+    Returns:
+        The drive's folder under ``data_3d_raw``.
+    """
+    rng = np.random.default_rng(seed)
+    scan_drive = root / "data_3d_raw" / drive
+    _write_frames(
+        scan_drive / "velodyne_points" / "data",
+        root / "data_2d_raw" / drive / "image_00" / "data_rect",
+        range(n_frames),
+        10,
+        image_size,
+        n_points,
+        skip_scans,
+        skip_images,
+        rng,
+    )
+    if with_timestamps:
+        (scan_drive / "velodyne_points" / "timestamps.txt").write_text(
+            _timestamps_text(n_frames, start="2013-05-28 08:46:02.000000000")
+        )
+    calib = root / "calibration"
+    if calibration_from is not None:
+        calib.mkdir(parents=True, exist_ok=True)
+        for name in ("calib_cam_to_velo.txt", "calib_cam_to_pose.txt", "perspective.txt"):
+            (calib / name).write_bytes((calibration_from / name).read_bytes())
+    elif not calib.is_dir():
+        write_kitti360_calibration(calib, image_size)
+    if imu_poses is None:
+        imu_poses = {}
+        for i in range(n_frames):
+            imu_poses[i] = np.eye(4)
+            imu_poses[i][0, 3] = float(i)
+    if pose_lines is None and imu_poses:
+        pose_lines = [f"{i} {_matrix_text(p[:3, :])}" for i, p in sorted(imu_poses.items())]
+    if pose_lines is not None:
+        poses = root / "data_poses" / drive / "poses.txt"
+        poses.parent.mkdir(parents=True, exist_ok=True)
+        poses.write_text("".join(line + "\n" for line in pose_lines))
+    return scan_drive
+
+
+def oxts_row(
+    lat: float, lon: float, alt: float, roll: float = 0.0, pitch: float = 0.0, yaw: float = 0.0
+) -> list[float]:
+    """The 30 values of an OXTS record with the given position/orientation (others zero)."""
+    return [lat, lon, alt, roll, pitch, yaw] + [0.0] * 24
+
+
+def write_kitti_raw(
+    root: Path,
+    date: str = "2011_09_26",
+    drive_number: int = 1,
+    frame_numbers: Sequence[int] = range(5),
+    *,
+    oxts: dict[int, Sequence[float]] | None = None,
+    T_velo_imu: np.ndarray | None = None,
+    T_cam0_velo: np.ndarray | None = None,
+    cam_to_cam_text: str | None = None,
+    image_size: tuple[int, int] = (32, 16),
+    n_points: int = 64,
+    with_timestamps: bool = True,
+    skip_scans: Iterable[int] = (),
+    skip_images: Iterable[int] = (),
+    seed: int = 0,
+) -> Path:
+    """Write a KITTI raw drive ``root/<date>/<date>_drive_NNNN_sync`` and the date's calibration.
+
+    Args:
+        frame_numbers: the frame numbers written (need not start at 0 or be consecutive).
+        oxts: OXTS records (30 values, see :func:`oxts_row`) by frame number; None writes no
+            ``oxts`` folder.
+        T_velo_imu: 4x4 IMU -> Velodyne written to ``calib_imu_to_velo.txt``; None writes none.
+        T_cam0_velo: 4x4 Velodyne -> camera 0 written as R, T; default :data:`IDEAL_TR`.
+        cam_to_cam_text: exact content of ``calib_cam_to_cam.txt`` (default: identity
+            ``R_rect_00`` and :func:`default_projection` as ``P_rect_00``/``P_rect_02``).
+        with_timestamps: write ``velodyne_points/timestamps.txt`` (one line per frame number up to
+            the highest, 0.1 s apart, as in a recording).
+
+    Returns:
+        The drive folder.
+    """
+    rng = np.random.default_rng(seed)
+    date_folder = root / date
+    drive = date_folder / f"{date}_drive_{drive_number:04d}_sync"
+    _write_frames(
+        drive / "velodyne_points" / "data",
+        drive / "image_02" / "data",
+        frame_numbers,
+        10,
+        image_size,
+        n_points,
+        skip_scans,
+        skip_images,
+        rng,
+    )
+    T = IDEAL_TR if T_cam0_velo is None else np.asarray(T_cam0_velo)
+    (date_folder / "calib_velo_to_cam.txt").write_text(
+        f"calib_time: 15-Mar-2012 11:37:16\nR: {_matrix_text(T[:3, :3])}\nT: {_matrix_text(T[:3, 3])}\n"
+    )
+    if cam_to_cam_text is None:
+        P = default_projection(image_size)
+        cam_to_cam_text = (
+            f"calib_time: 09-Jan-2012 13:57:47\nR_rect_00: {_matrix_text(np.eye(3))}\n"
+            f"P_rect_00: {_matrix_text(P)}\nP_rect_02: {_matrix_text(default_projection(image_size, 4.5))}\n"
+        )
+    (date_folder / "calib_cam_to_cam.txt").write_text(cam_to_cam_text)
+    if T_velo_imu is not None:
+        (date_folder / "calib_imu_to_velo.txt").write_text(
+            f"R: {_matrix_text(T_velo_imu[:3, :3])}\nT: {_matrix_text(T_velo_imu[:3, 3])}\n"
+        )
+    if with_timestamps and len(frame_numbers):
+        (drive / "velodyne_points" / "timestamps.txt").write_text(_timestamps_text(max(frame_numbers) + 1))
+    if oxts is not None:
+        folder = drive / "oxts" / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, values in oxts.items():
+            (folder / f"{i:010d}.txt").write_text(" ".join(f"{v:.12g}" for v in values) + "\n")
+    return drive
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``shared/data`` with the real KITTI samples (the test is skipped when it is absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real KITTI samples not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def kitti_odometry_root(tmp_path: Path) -> Path:
+    """A KITTI odometry folder with sequence ``00`` (5 frames, poses), from :func:`write_kitti_odometry`."""
+    write_kitti_odometry(tmp_path)
+    return tmp_path
