@@ -1,0 +1,370 @@
+"""A LiDAR map: LiDAR embeddings with their poses and frame ids, searchable by camera embeddings.
+
+A saved map is a folder::
+
+    manifest.json     format, version, sizes, the model's fingerprint and config, sha256 of each file
+    embeddings.npy    (N, D) float32, L2-normalised LiDAR embeddings
+    poses.npy         (N, 4, 4) float64 LiDAR poses in the z-up world frame
+    frames.json       sequence name, frame index and timestamp (or null) of each entry
+    index.faiss       the faiss index over the embeddings
+
+The folder is written under a temporary name and renamed into place, so a reader never sees a
+half-written map. Loading checks every file's sha256 and names the file that is missing or corrupt.
+Queries must come from the model that built the map: ``localize`` compares fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liploc.errors import DataError, EmbeddingError, ModelMismatchError
+from liploc.index import EmbeddingIndex, IndexKind, check_embeddings
+
+MAP_FORMAT = "liploc-lidar-map"
+MAP_VERSION = 1
+MANIFEST = "manifest.json"
+_FILES = ("embeddings.npy", "poses.npy", "frames.json", "index.faiss")
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """One retrieved map entry.
+
+    Attributes:
+        rank: 1 for the best match of the query, 2 for the next...
+        score: cosine similarity between the query and the entry's embedding.
+        map_index: row of the entry in the map.
+        sequence, frame_index: the frame the entry's scan comes from.
+        timestamp: seconds since the start of its sequence, or None.
+        pose: 4x4 LiDAR pose in the z-up world frame.
+    """
+
+    rank: int
+    score: float
+    map_index: int
+    sequence: str
+    frame_index: int
+    timestamp: float | None
+    pose: np.ndarray
+
+    @property
+    def frame_id(self) -> str:
+        """``sequence/frame_index``, e.g. ``08/000123``."""
+        return f"{self.sequence}/{self.frame_index:06d}"
+
+    @property
+    def xy(self) -> np.ndarray:
+        """Ground-plane position (x, y) in metres."""
+        return self.pose[:2, 3].copy()
+
+    @property
+    def yaw(self) -> float:
+        """Heading of the LiDAR's x axis in the ground plane, radians counter-clockwise from world x."""
+        return math.atan2(self.pose[1, 0], self.pose[0, 0])
+
+
+class LidarMap:
+    """LiDAR embeddings, poses and frame ids of a map, with a faiss index and the model's identity."""
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        poses: np.ndarray,
+        sequences: list[str],
+        frame_indices: np.ndarray,
+        timestamps: np.ndarray,
+        model_fingerprint: str,
+        model_config: dict[str, Any],
+        index: EmbeddingIndex,
+    ) -> None:
+        """Use :meth:`build` or :meth:`load`; this constructor trusts its (consistent) arguments."""
+        self.embeddings = embeddings
+        self.poses = poses
+        self.sequences = sequences
+        self.frame_indices = frame_indices
+        self.timestamps = timestamps
+        self.model_fingerprint = model_fingerprint
+        self.model_config = model_config
+        self.index = index
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        poses: np.ndarray,
+        frame_ids: Sequence[tuple[str, int]],
+        model_fingerprint: str,
+        model_config: dict[str, Any],
+        timestamps: Sequence[float | None] | np.ndarray | None = None,
+        index_kind: IndexKind = "auto",
+    ) -> LidarMap:
+        """Make a map from LiDAR embeddings and their frames.
+
+        Args:
+            embeddings: (N, D) L2-normalised LiDAR embeddings.
+            poses: (N, 4, 4) LiDAR poses in the z-up world frame.
+            frame_ids: N (sequence, frame index) pairs.
+            model_fingerprint: identity of the model that made the embeddings (queries must match).
+            model_config: the model's configuration (JSON-serialisable), kept for the record.
+            timestamps: N seconds (None/NaN where unknown), or None.
+            index_kind: faiss index kind (``auto``: exact below a million-ish entries).
+        """
+        emb = check_embeddings(embeddings, "map embeddings")
+        n = len(emb)
+        poses = np.asarray(poses, dtype=np.float64)
+        if poses.shape != (n, 4, 4):
+            raise ValueError(f"poses: expected shape ({n}, 4, 4), got {tuple(poses.shape)}")
+        if not np.all(np.isfinite(poses)):
+            raise ValueError("poses: every map entry needs a finite pose")
+        if len(frame_ids) != n:
+            raise ValueError(f"frame_ids: expected {n} (sequence, index) pairs, got {len(frame_ids)}")
+        sequences = [str(s) for s, _ in frame_ids]
+        frame_indices = np.array([int(i) for _, i in frame_ids], dtype=np.int64)
+        if timestamps is None:
+            times = np.full(n, np.nan)
+        else:
+            times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
+            if times.shape != (n,):
+                raise ValueError(f"timestamps: expected {n} values, got {times.shape}")
+        if not model_fingerprint:
+            raise ValueError("model_fingerprint must be a non-empty string")
+        json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
+        index = EmbeddingIndex.build(emb, kind=index_kind)
+        return cls(emb, poses, sequences, frame_indices, times, model_fingerprint, dict(model_config), index)
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.embeddings.shape[1])
+
+    @property
+    def xy(self) -> np.ndarray:
+        """(N, 2) ground-plane positions of the entries."""
+        return self.poses[:, :2, 3].copy()
+
+    def check_query_model(self, query_fingerprint: str) -> None:
+        """Raise :class:`ModelMismatchError` unless the query embeddings come from the map's model."""
+        if query_fingerprint != self.model_fingerprint:
+            raise ModelMismatchError(
+                f"this map was built with model {self.model_fingerprint} "
+                f"({_describe_model(self.model_config)}) but the query embeddings were made by model "
+                f"{query_fingerprint}; embed the queries with the map's model or rebuild the map"
+            )
+
+    def search(
+        self, query_embeddings: np.ndarray, k: int, *, query_fingerprint: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), map indices (Q, k)) of the best entries, -1 padded; checks the model."""
+        self.check_query_model(query_fingerprint)
+        try:
+            return self.index.search(query_embeddings, k)
+        except EmbeddingError as err:
+            raise EmbeddingError(f"{err} [map dimension {self.dim}]") from err
+
+    def localize(
+        self, query_embeddings: np.ndarray, k: int = 5, *, query_fingerprint: str
+    ) -> list[list[Match]]:
+        """The k best map entries for each query embedding ((Q, D) or one (D,) vector).
+
+        Raises:
+            ModelMismatchError: the queries were embedded by another model than the map's.
+            EmbeddingError: wrong dimension or not L2-normalised.
+        """
+        scores, indices = self.search(query_embeddings, k, query_fingerprint=query_fingerprint)
+        return [
+            [
+                self._match(rank, float(s), int(i))
+                for rank, (s, i) in enumerate(zip(srow, irow, strict=True), 1)
+                if i >= 0
+            ]
+            for srow, irow in zip(scores, indices, strict=True)
+        ]
+
+    def _match(self, rank: int, score: float, i: int) -> Match:
+        t = self.timestamps[i]
+        return Match(
+            rank=rank,
+            score=score,
+            map_index=i,
+            sequence=self.sequences[i],
+            frame_index=int(self.frame_indices[i]),
+            timestamp=None if math.isnan(t) else float(t),
+            pose=self.poses[i].copy(),
+        )
+
+    # --- save / load ---------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the map folder atomically and return its path.
+
+        An existing map folder (or an empty folder) at ``directory`` is replaced; any other
+        non-empty folder is refused so that a wrong path never deletes user files.
+        """
+        directory = Path(directory)
+        if directory.exists() and (
+            not directory.is_dir() or (any(directory.iterdir()) and not (directory / MANIFEST).is_file())
+        ):
+            raise DataError(directory, "exists and is not a liploc map folder; refusing to overwrite it")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            self._write_files(tmp)
+            _replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def _write_files(self, folder: Path) -> None:
+        np.save(folder / "embeddings.npy", self.embeddings, allow_pickle=False)
+        np.save(folder / "poses.npy", self.poses, allow_pickle=False)
+        frames = {
+            "sequence": self.sequences,
+            "frame_index": self.frame_indices.tolist(),
+            "timestamp": [None if math.isnan(t) else float(t) for t in self.timestamps],
+        }
+        (folder / "frames.json").write_text(json.dumps(frames), encoding="utf-8")
+        self.index.save(folder / "index.faiss")
+        manifest = {
+            "format": MAP_FORMAT,
+            "version": MAP_VERSION,
+            "num_entries": len(self),
+            "embedding_dim": self.dim,
+            "index_kind": self.index.kind,
+            "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
+            "files": {name: {"sha256": _sha256(folder / name)} for name in _FILES},
+        }
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        for name in (*_FILES, MANIFEST):
+            with open(folder / name, "rb+") as f:
+                os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True) -> LidarMap:
+        """Read a map folder written by :meth:`save`.
+
+        Args:
+            directory: the map folder.
+            verify: check each file's sha256 against the manifest (a corrupt file is named).
+
+        Raises:
+            DataError: the folder, the manifest or a file is missing, corrupt or inconsistent.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise DataError(directory, "map folder not found")
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise DataError(manifest_path, "missing: this folder is not a liploc map (no manifest)")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(manifest_path, f"unreadable map manifest ({err})") from err
+        if not isinstance(manifest, dict) or manifest.get("format") != MAP_FORMAT:
+            raise DataError(manifest_path, f"not a liploc map manifest (format is not {MAP_FORMAT!r})")
+        if manifest.get("version") != MAP_VERSION:
+            raise DataError(
+                manifest_path,
+                f"map format version {manifest.get('version')} is not supported (this liploc reads "
+                f"version {MAP_VERSION}); rebuild the map",
+            )
+        try:
+            files = manifest["files"]
+            n = int(manifest["num_entries"])
+            dim = int(manifest["embedding_dim"])
+            fingerprint = str(manifest["model"]["fingerprint"])
+            model_config = dict(manifest["model"]["config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(manifest_path, f"map manifest lacks or mangles an entry ({err})") from err
+        for name in _FILES:
+            path = directory / name
+            if not path.is_file():
+                raise DataError(path, "missing map file")
+            if verify:
+                expected = files.get(name, {}).get("sha256") if isinstance(files, dict) else None
+                if expected != _sha256(path):
+                    raise DataError(
+                        path, "checksum does not match the manifest: the file is corrupt or was changed"
+                    )
+
+        embeddings = _load_npy(directory / "embeddings.npy", (n, dim))
+        poses = _load_npy(directory / "poses.npy", (n, 4, 4))
+        frames_path = directory / "frames.json"
+        try:
+            frames = json.loads(frames_path.read_text(encoding="utf-8"))
+            sequences = [str(s) for s in frames["sequence"]]
+            frame_indices = np.array(frames["frame_index"], dtype=np.int64)
+            times = np.array([np.nan if t is None else t for t in frames["timestamp"]], dtype=np.float64)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise DataError(frames_path, f"unreadable frame list ({err})") from err
+        if not (len(sequences) == len(frame_indices) == len(times) == n):
+            raise DataError(frames_path, f"expected {n} frames as the manifest says")
+        index = EmbeddingIndex.load(directory / "index.faiss")
+        if index.ntotal != n or index.dim != dim:
+            raise DataError(
+                directory / "index.faiss",
+                f"index holds {index.ntotal} x {index.dim} but the map has {n} x {dim} embeddings",
+            )
+        return cls(
+            embeddings.astype(np.float32, copy=False),
+            poses.astype(np.float64, copy=False),
+            sequences,
+            frame_indices,
+            times,
+            fingerprint,
+            model_config,
+            index,
+        )
+
+
+def _describe_model(config: dict[str, Any]) -> str:
+    keys = ("image_encoder", "lidar_encoder", "embed_dim")
+    parts = [f"{k}={config[k]}" for k in keys if k in config]
+    return ", ".join(parts) if parts else "no model config recorded"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(path, f"not a readable .npy array ({err})") from err
+    if array.shape != shape:
+        raise DataError(path, f"expected shape {shape}, found {array.shape}")
+    return array
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename folder ``new`` to ``target``; an existing ``target`` is swapped out, then removed."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, old / "map")
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old / "map", target)  # put the previous map back
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

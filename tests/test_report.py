@@ -1,0 +1,88 @@
+"""Evaluation report: the PNGs are valid images, the HTML page holds the figures and the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from liploc.metrics import score_retrieval
+from liploc.report import RetrievalExample, select_examples, write_report
+
+
+def loop_result():
+    """A 200-scan loop; queries are the scans, every third retrieval is 40 m off."""
+    angle = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    xy = 100 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    ids = np.arange(200)
+    offset = np.where(ids % 3 == 0, 13, 1)  # 13 scans ~ 41 m away on the circle
+    retrieved = (ids[:, None] + offset[:, None] + np.arange(25)[None, :]) % 200
+    scores = np.linspace(0.9, 0.5, 25)[None, :].repeat(200, axis=0)
+    result = score_retrieval(retrieved, scores, xy, xy, thresholds_m=[20.0, 10.0], ks=[1, 5, 10])
+    result.info["protocol"] = "same-sequence"
+    return result, xy
+
+
+def test_report_writes_valid_pngs_and_html(tmp_path: Path) -> None:
+    result, xy = loop_result()
+    rng = np.random.default_rng(0)
+    picks = select_examples(result, count=4)
+    examples = [
+        RetrievalExample(
+            q,
+            rng.integers(0, 255, size=(120, 400, 3), dtype=np.uint8),
+            [rng.integers(0, 255, size=(32, 300), dtype=np.uint8) for _ in range(3)],
+            label=f"00/{q:06d}",
+        )
+        for q in picks
+    ]
+    files = write_report(
+        tmp_path / "report", result, xy, xy, examples, run_info={"checkpoint": "<runs/a & b>"}
+    )
+    assert set(files) == {"trajectory", "recall_curve", "examples", "html"}
+    for name in ("trajectory", "recall_curve", "examples"):
+        with Image.open(files[name]) as image:
+            assert image.format == "PNG"
+            image.load()  # decodes the whole file
+            assert image.width > 300 and image.height > 200
+    page = files["html"].read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for name in ("trajectory.png", "recall_curve.png", "examples.png"):
+        assert f"src='{name}'" in page
+    main = result.main
+    assert f"{100 * main.recall[1]:.1f}%" in page
+    assert f"{100 * main.chance[1]:.1f}%" in page
+    assert "same-sequence" in page
+    assert "&lt;runs/a &amp; b&gt;" in page and "<runs/a" not in page  # escaped
+    assert sorted(p.name for p in files["html"].parent.iterdir()) == sorted(p.name for p in files.values())
+
+
+def test_report_without_examples_and_square_range_images(tmp_path: Path) -> None:
+    result, xy = loop_result()
+    files = write_report(tmp_path, result, xy, xy)
+    assert "examples" not in files and "examples.png" not in files["html"].read_text()
+    square = [RetrievalExample(5, np.zeros((60, 200, 3), np.uint8), [np.zeros((224, 224, 3), np.uint8)] * 2)]
+    files = write_report(tmp_path, result, xy, xy, square)
+    with Image.open(files["examples"]) as image:
+        assert image.format == "PNG"
+
+
+def test_select_examples_mixes_successes_and_failures() -> None:
+    result, _ = loop_result()
+    picks = select_examples(result, count=4)
+    success = result.main.success[picks]
+    assert len(picks) == 4 and success.sum() == 2
+    assert picks == sorted(set(picks))
+
+
+def test_bad_inputs_are_refused(tmp_path: Path) -> None:
+    result, xy = loop_result()
+    with pytest.raises(ValueError, match="query_xy"):
+        write_report(tmp_path, result, xy[:10], xy)
+    bad = [RetrievalExample(0, np.zeros((10, 10, 3), np.uint8), [np.zeros((2, 3, 5))])]
+    with pytest.raises(ValueError, match="cannot show an image"):
+        write_report(tmp_path, result, xy, xy, bad)
+    with pytest.raises(ValueError, match="outside"):
+        write_report(tmp_path, result, xy, xy, [RetrievalExample(999, np.zeros((10, 10, 3), np.uint8), [])])
