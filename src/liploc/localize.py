@@ -1,0 +1,112 @@
+"""LiDAR maps from a trained model, and localization of camera images against them.
+
+A map folder (see :mod:`liploc.lidar_map`) holds the LiDAR embeddings, poses and faiss index of
+one or more sequences, plus a copy of the model checkpoint that made them (``model/``), so that a
+deployed map is self-contained: ``liploc localize MAP IMAGE`` needs nothing else. A query embedded
+by another model (``--checkpoint`` of another run) is refused by the map's fingerprint check.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from liploc.config import Config
+from liploc.datasets import open_dataset
+from liploc.embedding import embed_frames, embed_image_files, pick_device
+from liploc.errors import DataError
+from liploc.evaluate import frame_times, posed_frames, progress_bar
+from liploc.lidar_map import LidarMap, Match
+from liploc.models import TwoTowerModel
+from liploc.run_folder import load_model_from_checkpoint, resolve_checkpoint
+
+MODEL_DIR = "model"
+
+
+def build_map(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    sequences: Sequence[str],
+    out: str | Path,
+    *,
+    layout: str = "auto",
+    device: str = "auto",
+    batch_size: int = 64,
+    console: Console | None = None,
+) -> LidarMap:
+    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``."""
+    model, config = load_model_from_checkpoint(checkpoint)
+    reader = open_dataset(data_root, layout)
+    frames = []
+    for seq in sequences:
+        if seq not in reader.sequences():
+            raise DataError(data_root, f"no sequence '{seq}' (found: {', '.join(reader.sequences())})")
+        kept, skipped = posed_frames(reader.frames(seq))
+        if skipped and console is not None:
+            console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
+        frames.extend(kept)
+    if not frames:
+        raise DataError(data_root, "no frame with a pose in the requested sequences")
+    dev = pick_device(device)
+    progress = progress_bar(console)
+    if progress is not None:
+        with progress:
+            emb = embed_frames(
+                model, frames, config, "lidar", device=dev, batch_size=batch_size, progress=progress
+            )
+    else:
+        emb = embed_frames(model, frames, config, "lidar", device=dev, batch_size=batch_size)
+    lidar_map = LidarMap.build(
+        emb,
+        np.stack([f.pose for f in frames]),
+        [(f.sequence, f.index) for f in frames],
+        model.fingerprint(),
+        config.model.model_dump(mode="json"),
+        timestamps=frame_times(frames),
+    )
+    out = lidar_map.save(out)
+    # The checkpoint travels with the map so that a deployed map is self-contained.
+    ckpt = resolve_checkpoint(checkpoint)
+    (out / MODEL_DIR).mkdir(exist_ok=True)
+    for src in (ckpt, ckpt.with_suffix(".json")):
+        tmp = out / MODEL_DIR / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        tmp.replace(out / MODEL_DIR / ("model" + src.suffix))
+    if console is not None:
+        console.print(f"map of {len(lidar_map)} scans ({', '.join(sequences)}) written to {out}")
+    return lidar_map
+
+
+@dataclass
+class Localizer:
+    """A map and the model whose camera tower embeds queries for it (the Python API of ``localize``)."""
+
+    lidar_map: LidarMap
+    model: TwoTowerModel
+    config: Config
+    device: Any
+
+    @classmethod
+    def open(
+        cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto"
+    ) -> Localizer:
+        """Load a map folder and its model (the map's own copy unless ``checkpoint`` is given)."""
+        map_dir = Path(map_dir)
+        lidar_map = LidarMap.load(map_dir)
+        if checkpoint is None:
+            checkpoint = map_dir / MODEL_DIR / "model.safetensors"
+            if not checkpoint.is_file():
+                raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
+        model, config = load_model_from_checkpoint(checkpoint)
+        return cls(lidar_map, model, config, pick_device(device))
+
+    def localize(self, images: Sequence[str | Path], k: int = 5) -> list[list[Match]]:
+        """Top-``k`` map entries (poses and scores) for each camera image file."""
+        emb = embed_image_files(self.model, images, self.config, device=self.device)
+        return self.lidar_map.localize(emb, k, query_fingerprint=self.model.fingerprint())
