@@ -161,11 +161,16 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimiser steps (overrides epochs when reached first)."""
     batch_size: int = Field(32, ge=2)
+    """Global batch: the in-batch negatives of the loss; split among the processes under torchrun."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimiser step (negatives stay within each micro-batch)."""
     lr_head: float = 1e-3
     lr_image_encoder: float = 1e-4
     lr_lidar_encoder: float = 1e-5
     weight_decay: float = 1e-3
+    encoder_weight_decay: float | None = Field(None, ge=0)
+    """Weight decay of the two encoders; None: ``weight_decay``. The reference code decays only
+    the projection heads (encoders 0)."""
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     plateau_patience: int = Field(1, ge=0)
     plateau_factor: float = Field(0.8, gt=0, lt=1)

@@ -1,0 +1,490 @@
+"""Torch datasets of camera/LiDAR pairs with the paper's preprocessing.
+
+Files on disk become model inputs in two stages:
+
+1. **Preprocessing** (deterministic, cacheable): the camera image is decoded and resized to
+   ``data.image_size``; the scan is read, turned into the LiDAR input of ``data.lidar_input``
+   (cropped range image, or depth image in the camera plane) and resized. Both are kept in the
+   0..255 scale, as the reference code's 8-bit images are.
+2. **Transform** (per sample): scale to 0..1, ImageNet normalisation and, in training, coarse
+   dropout. Its randomness comes from a generator seeded by ``(seed, epoch, index)`` so that a
+   sample looks the same whatever the worker, the number of processes, or a resume in between.
+
+:class:`PairDataset` yields both inputs of a frame with its ground-plane position;
+:class:`ImageDataset` and :class:`LidarDataset` yield one modality, for embedding a sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from liploc.atomic import atomic_write
+from liploc.config import Config, DataConfig, DatasetSplit
+from liploc.datasets import Frame, load_image, load_scan, open_dataset
+from liploc.errors import ConfigError, DataError, LiplocError
+
+if TYPE_CHECKING:
+    from liploc.lidar import RangeProjector
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Modality = Literal["image", "lidar"]
+SplitName = Literal["train", "val", "test"]
+
+PREPROCESS_VERSION = 1
+"""Bumped when preprocessing changes, so that old cache entries are not reused."""
+
+
+# --- transforms ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CoarseDropout:
+    """Blank ``holes`` rectangles of an input (the reference code's albumentations CoarseDropout).
+
+    Each hole's height and width are drawn uniformly in ``[min_size, max_size]`` times the input's
+    height and width; holes lie inside the input and may overlap. Filled with ``fill`` (0 after
+    normalisation: the mean colour).
+    """
+
+    holes: int
+    min_size: float
+    max_size: float
+    p: float
+    fill: float = 0.0
+
+    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """``x`` (C, H, W) with holes, changed in place and returned."""
+        if self.holes == 0 or rng.random() >= self.p:
+            return x
+        _, h, w = x.shape
+        for _ in range(self.holes):
+            hh = max(1, round(h * rng.uniform(self.min_size, self.max_size)))
+            hw = max(1, round(w * rng.uniform(self.min_size, self.max_size)))
+            top = int(rng.integers(0, max(1, h - hh + 1)))
+            left = int(rng.integers(0, max(1, w - hw + 1)))
+            x[:, top : top + hh, left : left + hw] = self.fill
+        return x
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """A preprocessed (C, H, W) array in 0..255 -> float tensor: /255, normalise, optional dropout."""
+
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    dropout: CoarseDropout | None = None
+
+    def __call__(self, array: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32) / np.float32(255.0))
+        if self.mean is not None and self.std is not None:
+            c = x.shape[0]
+            mean = torch.tensor(_per_channel(self.mean, c), dtype=torch.float32).view(c, 1, 1)
+            std = torch.tensor(_per_channel(self.std, c), dtype=torch.float32).view(c, 1, 1)
+            x = (x - mean) / std
+        if self.dropout is not None and rng is not None:
+            x = self.dropout(x, rng)
+        return x
+
+
+def _per_channel(values: tuple[float, ...], channels: int) -> list[float]:
+    # ImageNet statistics have 3 entries; other channel counts reuse them cyclically.
+    return [values[i % len(values)] for i in range(channels)]
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """The transform of each tower's input."""
+
+    image: InputTransform
+    lidar: InputTransform
+
+
+def build_transforms(data: DataConfig, train: bool) -> Transforms:
+    """The per-sample transforms of ``data``: normalisation, plus coarse dropout when ``train``."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if data.normalize == "imagenet" else (None, None)
+    dropout = None
+    if train and data.augment and data.coarse_dropout_holes > 0:
+        dropout = CoarseDropout(
+            holes=data.coarse_dropout_holes,
+            min_size=data.coarse_dropout_min_size,
+            max_size=data.coarse_dropout_size,
+            p=data.coarse_dropout_p,
+        )
+    return Transforms(
+        image=InputTransform(mean, std, dropout),
+        lidar=InputTransform(mean, std, dropout if data.augment_lidar else None),
+    )
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+def resize_chw(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (C, h, w) array to (C, H, W) float32 (``size`` = (H, W)).
+
+    Half-pixel centres without antialiasing, as OpenCV's ``INTER_LINEAR`` used by the reference code.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.numpy()
+    out = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)
+    return out[0].numpy()
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    # OpenCV rounds when resizing 8-bit images; so do we.
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def camera_input(frame: Frame, config: Config) -> np.ndarray:
+    """uint8 (3, H, W) camera image of ``frame`` resized to ``data.image_size``."""
+    image = load_image(frame.image_path)
+    return _to_uint8(resize_chw(image.transpose(2, 0, 1), config.data.image_size))
+
+
+def lidar_input(frame: Frame, config: Config, projector: RangeProjector | None = None) -> np.ndarray:
+    """(C, H, W) LiDAR input of ``frame`` in the 0..255 scale at ``data.image_size``.
+
+    ``range``: the cropped range image, resized. ``camera_depth``: the sparse depth image in the
+    camera, projected directly at the network size (scaled intrinsics) instead of blurred by a
+    resize. uint8 when the projection quantises to 8-bit levels (paper), float32 otherwise.
+    ``projector`` (optional) reuses its work memory across scans.
+    """
+    from liploc.lidar import RangeProjector, camera_depth_input
+
+    points = load_scan(frame.scan_path)
+    h, w = config.data.image_size
+    try:
+        if config.data.lidar_input == "range":
+            projector = projector or RangeProjector(config.projection)
+            values = resize_chw(projector.model_input(points, frame.calib), (h, w))
+        else:
+            if frame.calib.image_size is None:
+                raise DataError(
+                    frame.image_path, "calibration has no image size; the camera depth input needs it"
+                )
+            values = camera_depth_input(points, frame.calib, config.projection, out_size=(w, h))
+    except LiplocError:
+        raise
+    except (ValueError, ArithmeticError) as err:
+        raise DataError(frame.scan_path, f"cannot make the LiDAR input ({err})") from None
+    return _to_uint8(values) if config.projection.quantize else values.astype(np.float32)
+
+
+class PreprocessCache:
+    """Preprocessed inputs kept as ``.npy`` files under ``folder/<settings key>/<modality>/``.
+
+    The settings key hashes everything preprocessing depends on (input size, LiDAR input kind,
+    projection); the file name hashes the source file's absolute path, size and modification time,
+    so an edited source or changed setting never returns a stale array. Writes are atomic, so
+    several workers or processes may share a cache.
+    """
+
+    def __init__(self, folder: str | Path, config: Config) -> None:
+        settings = {
+            "version": PREPROCESS_VERSION,
+            "image_size": list(config.data.image_size),
+            "lidar_input": config.data.lidar_input,
+            "projection": config.projection.model_dump(mode="json"),
+        }
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(folder) / key
+
+    def path_for(self, source: Path, modality: Modality) -> Path:
+        """Cache file of ``source`` (raises DataError when the source is missing)."""
+        try:
+            st = source.stat()
+        except OSError as err:
+            raise DataError(source, f"cannot read file ({err.strerror or err})") from None
+        ident = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return self.folder / modality / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
+
+    def get(self, source: Path, modality: Modality, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array for ``source``, made (and stored) with ``make()`` when absent or unreadable."""
+        path = self.path_for(source, modality)
+        if path.is_file():
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                pass  # damaged entry: make it again below
+        array = make()
+        with contextlib.suppress(OSError):  # a read-only or full disk only costs speed
+            atomic_write(path, lambda p: _save_npy(p, array))
+        return array
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+# --- datasets ------------------------------------------------------------------------------------
+class WorkerDataError(DataError):
+    """A DataError raised in a data-loading worker process, as the main process receives it.
+
+    torch re-creates a worker's exception in the main process from one string (a traceback
+    text); this class takes that string and keeps only the original ``PATH: problem`` line, so
+    the command line still shows a clean message naming the file.
+    """
+
+    _MARK = "DataError: "
+
+    def __init__(self, message: str) -> None:
+        lines = [line for line in str(message).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(message)
+        if self._MARK in last:
+            last = last.split(self._MARK, 1)[1]
+        path, sep, problem = last.partition(": ")
+        super().__init__(path if sep else "<data>", problem if sep else last)
+
+
+class PairDataset(Dataset):
+    """Samples of frames: ``{"image", "lidar", "position_xy", "index"}`` (the modalities asked for).
+
+    Args:
+        frames: the frames, in the order of the dataset's indices.
+        config: full configuration (``data`` and ``projection`` are used).
+        train: apply the training augmentation.
+        modalities: which inputs to build (``image``, ``lidar`` or both).
+        cache_dir: folder of a :class:`PreprocessCache`, or None to preprocess every time.
+        seed: seed of the augmentation (default ``config.train.seed``).
+
+    An item is looked up by index, or by ``(epoch, index)`` as :class:`EpochSampler` yields: the
+    augmentation of a sample is a function of ``(seed, epoch, index)`` alone.
+
+    ``position_xy`` is the float64 ground-plane position (NaN for frames without a pose).
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Frame],
+        config: Config,
+        train: bool = False,
+        modalities: Sequence[Modality] = ("image", "lidar"),
+        cache_dir: str | Path | None = None,
+        seed: int | None = None,
+    ) -> None:
+        unknown = set(modalities) - {"image", "lidar"}
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of ('image', 'lidar'), got {modalities}")
+        self.frames = list(frames)
+        self.config = config
+        self.train = train
+        self.modalities = tuple(modalities)
+        self.transforms = build_transforms(config.data, train)
+        self.cache = PreprocessCache(cache_dir, config) if cache_dir is not None else None
+        self.seed = config.train.seed if seed is None else seed
+        self._projector: RangeProjector | None = None  # made lazily: one per worker process
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _range_projector(self) -> RangeProjector:
+        if self._projector is None:
+            from liploc.lidar import RangeProjector
+
+            self._projector = RangeProjector(self.config.projection)
+        return self._projector
+
+    def preprocessed(self, index: int, modality: Modality) -> np.ndarray:
+        """The preprocessed (C, H, W) 0..255 array of one modality of frame ``index`` (cached)."""
+        frame = self.frames[index]
+
+        def make() -> np.ndarray:
+            if modality == "image":
+                return camera_input(frame, self.config)
+            return lidar_input(frame, self.config, self._range_projector())
+
+        if self.cache is None:
+            return make()
+        source = frame.image_path if modality == "image" else frame.scan_path
+        return self.cache.get(source, modality, make)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        try:
+            return self._sample(key)
+        except DataError as err:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise WorkerDataError(str(err)) from None
+
+    def _sample(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        frame = self.frames[index]
+        # Independent streams per modality, fixed by (seed, epoch, index).
+        streams = np.random.SeedSequence([self.seed, int(epoch), index]).spawn(2)
+        sample: dict[str, torch.Tensor] = {
+            "index": torch.tensor(index, dtype=torch.long),
+            "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
+        }
+        if "image" in self.modalities:
+            rng = np.random.default_rng(streams[0]) if self.train else None
+            sample["image"] = self.transforms.image(self.preprocessed(index, "image"), rng)
+        if "lidar" in self.modalities:
+            rng = np.random.default_rng(streams[1]) if self.train else None
+            sample["lidar"] = self.transforms.lidar(self.preprocessed(index, "lidar"), rng)
+        return sample
+
+
+class ImageDataset(PairDataset):
+    """Camera inputs of frames (no augmentation): ``{"image", "position_xy", "index"}``."""
+
+    def __init__(self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None) -> None:
+        super().__init__(frames, config, train=False, modalities=("image",), cache_dir=cache_dir)
+
+
+class LidarDataset(PairDataset):
+    """LiDAR inputs of frames (no augmentation): ``{"lidar", "position_xy", "index"}``."""
+
+    def __init__(self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None) -> None:
+        super().__init__(frames, config, train=False, modalities=("lidar",), cache_dir=cache_dir)
+
+
+# --- frames of a split ---------------------------------------------------------------------------
+def resolve_data_roots(config: Config, data_roots: Sequence[str | Path]) -> Config:
+    """A copy of ``config`` with dataset roots set from ``--data-root`` values.
+
+    ``DIR`` sets the root of every dataset entry that has none; ``LAYOUT=DIR`` sets the root of
+    every entry of that layout (for configs combining datasets). A value whose part before ``=``
+    names no layout of the config is taken as a plain folder (folder names may hold ``=``).
+    """
+    config = config.model_copy(deep=True)
+    layouts = {d.layout for d in config.data.datasets}
+    for value in data_roots:
+        text = str(value)
+        name, sep, folder = text.partition("=")
+        if sep and name in layouts:
+            for entry in config.data.datasets:
+                if entry.layout == name:
+                    entry.root = Path(folder)
+        else:
+            for entry in config.data.datasets:
+                if entry.root is None:
+                    entry.root = Path(text)
+    return config
+
+
+def _check_root(entry: DatasetSplit, position: int) -> Path:
+    if entry.root is None:
+        raise ConfigError(
+            f"data.datasets[{position}] (layout {entry.layout}) has no root: pass --data-root DIR "
+            f"(or --data-root {entry.layout}=DIR) or set data.datasets[{position}].root"
+        )
+    return entry.root
+
+
+def split_frames(data: DataConfig, split: SplitName) -> list[Frame]:
+    """Frames of the ``split`` sequences of every dataset entry, every ``frame_step``-th frame.
+
+    Poses are not required here (see :func:`posed`). A named sequence missing from its folder is a
+    DataError naming the folder and the sequences found.
+    """
+    frames: list[Frame] = []
+    for position, entry in enumerate(data.datasets):
+        sequences = getattr(entry, split)
+        if not sequences:
+            continue
+        reader = open_dataset(_check_root(entry, position), entry.layout)
+        for sequence in sequences:
+            frames.extend(reader.frames(sequence)[:: entry.frame_step])
+    return frames
+
+
+def posed(frames: Sequence[Frame]) -> tuple[list[Frame], int]:
+    """The frames that have a pose, and how many had none."""
+    kept = [f for f in frames if f.pose is not None]
+    return kept, len(frames) - len(kept)
+
+
+@dataclass
+class TrainingSplits:
+    """Training and validation frames, and what was left out and why."""
+
+    train: list[Frame]
+    val: list[Frame]
+    notes: list[str] = field(default_factory=list)
+    """Human-readable lines: frames skipped for lack of a pose, how validation was chosen."""
+
+
+def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
+    """Training and validation frames of ``data``.
+
+    Frames without a pose are skipped (the pose-aware loss and validation positions need one).
+    Validation takes the ``val`` sequences when any entry lists some, else ``val_fraction`` of the
+    training frames drawn at random with ``seed`` (as the reference code does).
+    """
+    notes: list[str] = []
+    train, no_pose = posed(split_frames(data, "train"))
+    if no_pose:
+        notes.append(f"skipped {no_pose} training frames without a pose")
+    if any(entry.val for entry in data.datasets):
+        val, no_pose_val = posed(split_frames(data, "val"))
+        if no_pose_val:
+            notes.append(f"skipped {no_pose_val} validation frames without a pose")
+        notes.append(f"validation: {len(val)} frames of the val sequences")
+    elif data.val_fraction > 0 and len(train) > 1:
+        n_val = max(1, round(data.val_fraction * len(train)))
+        order = np.random.default_rng(seed).permutation(len(train))
+        held = set(order[:n_val].tolist())
+        val = [f for i, f in enumerate(train) if i in held]
+        train = [f for i, f in enumerate(train) if i not in held]
+        notes.append(f"validation: {len(val)} random training frames ({data.val_fraction:.0%}, seed {seed})")
+    else:
+        val = []
+        notes.append("validation: none (no val sequences and val_fraction 0)")
+    return TrainingSplits(train=train, val=val, notes=notes)
+
+
+# --- sampling ------------------------------------------------------------------------------------
+class EpochSampler(Sampler[tuple[int, int]]):
+    """One process's share of an epoch's (shuffled) indices, as ``(epoch, index)`` keys.
+
+    The order is torch's :class:`DistributedSampler` (seeded by ``seed + epoch``; one process is
+    the one-replica case), so it depends only on the seed, the epoch and the number of processes.
+    ``set_epoch(epoch, start)`` skips the first ``start`` samples of this process's share, which
+    is how a resumed run continues mid-epoch exactly where the interrupted one stopped.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        self._order = DistributedSampler(
+            range(num_samples),  # type: ignore[arg-type]  # only its length is used
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, beginning at its ``start``-th sample."""
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self):  # type: ignore[override]
+        self._order.set_epoch(self.epoch)
+        for position, index in enumerate(self._order):
+            if position >= self.start:
+                yield (self.epoch, int(index))
+
+    def __len__(self) -> int:
+        return max(0, len(self._order) - self.start)

@@ -1,0 +1,882 @@
+"""The training loop: AdamW with per-module learning rates, schedules, AMP, DDP, checkpoints, resume.
+
+One call, :func:`train`, runs a whole training in one process or, under ``torchrun``, in each
+process of a DDP job (gloo on CPU, NCCL on CUDA). Only rank 0 writes files.
+
+Exact resume: everything random is a function of the seed and the position in training, never of
+the history of a random generator. Data order comes from :class:`~liploc.data.EpochSampler`
+(seed + epoch), augmentation from ``(seed, epoch, index)`` per sample, and the torch generator
+(dropout) is reseeded from ``(seed, step, rank)`` before every optimiser step. A checkpoint
+therefore only needs the weights, the optimiser and schedule states, and the position (epoch and
+step within it); a run resumed from it ends with the same weights as one never interrupted (with
+the same number of processes).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from liploc import distributed
+from liploc.atomic import atomic_write_text
+from liploc.checkpoint import load_checkpoint, save_checkpoint, state_to_tensors, tensors_to_state
+from liploc.config import Config, TrainConfig, config_from_dict, load_config, save_config
+from liploc.data import EpochSampler, PairDataset, resolve_data_roots, training_splits
+from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.run_folder import CsvLog, RunFolder
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+VAL_METRICS = ("val_loss", "val_top1_image_to_lidar", "val_top1_lidar_to_image")
+"""Columns of the validation results in ``epochs.csv``."""
+
+RESUME_MUST_MATCH = ("model", "loss", "projection")
+"""Config sections a resumed run may not change (the weights or the inputs would not fit)."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    step: int
+    """Optimiser steps done in all (across resumes)."""
+    epoch: int
+    """Epochs completed."""
+    stopped: str
+    """``finished`` (all epochs or ``max_steps``) or ``interrupted`` (signal; resumable)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Latest train loss, validation loss and in-batch top-1, throughput."""
+
+
+# --- devices, precision, seeds --------------------------------------------------------------------
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this process's GPU under torchrun) when present, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: '{name}' is not a torch device (auto, cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is '{name}' but CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """dtype of autocast for ``train.precision`` on ``device`` (None: full fp32)."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the torch generator for optimiser step ``step`` on process ``rank``."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Data-loading worker set-up: seeds, and leave Ctrl-C to the main process.
+
+    A terminal's Ctrl-C reaches every process of the group; the main process then finishes its
+    step and saves, which needs the workers alive until it shuts them down.
+    """
+    import random
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # torch seeds each worker from the loader's generator; derive numpy's and python's from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device``, or nothing for full precision."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@contextmanager
+def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while training (restored afterwards)."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+# --- learning-rate schedule ------------------------------------------------------------------------
+class LrSchedule:
+    """Learning rate of every parameter group as a function of the step, plus plateau reductions.
+
+    ``lr = base_lr * warmup(step) * cosine(step) * plateau_scale``: linear warm-up over
+    ``warmup_steps``; with ``scheduler: cosine`` a half cosine to 0 at ``total_steps``; with
+    ``plateau`` the scale drops by ``plateau_factor`` when the validation loss has not improved
+    (relative 1e-4, as torch's ReduceLROnPlateau) for more than ``plateau_patience`` validations.
+    Its state is three numbers, stored in the checkpoint JSON.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> None:
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.total_steps = max(1, total_steps)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.plateau_scale = 1.0
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def factor(self, step: int) -> float:
+        """Multiplier of the base learning rates for the optimiser step after ``step`` steps."""
+        f = self.plateau_scale
+        warmup = self.cfg.warmup_steps
+        if warmup and step < warmup:
+            f *= (step + 1) / warmup
+        if self.cfg.scheduler == "cosine":
+            span = max(1, self.total_steps - warmup)
+            progress = min(1.0, max(0.0, (step - warmup) / span))
+            f *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return f
+
+    def apply(self, step: int) -> None:
+        """Set the groups' learning rates for the step after ``step`` steps."""
+        f = self.factor(step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * f
+
+    def validation_done(self, loss: float) -> bool:
+        """Record a validation loss; True when the plateau rule reduced the learning rate."""
+        if self.cfg.scheduler != "plateau" or not math.isfinite(loss):
+            return False
+        if self.best is None or loss < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = loss, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.plateau_patience:
+            self.plateau_scale *= self.cfg.plateau_factor
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.plateau_scale = float(state["plateau_scale"])
+        self.best = None if state["best"] is None else float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+# --- stopping on a signal --------------------------------------------------------------------------
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and save (a second SIGINT aborts)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        if not distributed.is_distributed():
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
+# --- logging -------------------------------------------------------------------------------------
+class _RunLog:
+    """Lines for ``train.log`` and, when given, the console (rank 0 only)."""
+
+    def __init__(self, run: RunFolder, main: bool, console: Any | None) -> None:
+        self.run, self.main, self.console = run, main, console
+
+    def __call__(self, message: str) -> None:
+        if not self.main:
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.run.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.run.log, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {message}\n")
+        if self.console is not None:
+            self.console.print(message, markup=False, highlight=False)
+
+
+def _tensorboard_writer(run: RunFolder, log: _RunLog) -> Any | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log(
+            "train.log is set to tensorboard but the tensorboard package is not installed "
+            "(pip install tensorboard); writing CSV logs only"
+        )
+        return None
+    return SummaryWriter(log_dir=str(run.tensorboard))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _save_training_checkpoint(
+    path: Path,
+    config: Config,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    position: dict[str, Any],
+    metrics: dict[str, float],
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: LrSchedule | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Weights (+ optimiser state when given) as safetensors; config, position, metrics as JSON."""
+    state: dict[str, Any] = {"model": _unwrap(model).state_dict(), "loss": loss_fn.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    tensors, skeleton = state_to_tensors(state)
+    metadata: dict[str, Any] = {
+        "config": config.model_dump(mode="json"),
+        "step": position["step"],
+        "position": position,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+        "model_fingerprint": _unwrap(model).fingerprint(),
+        "state": skeleton,
+        "torch_version": torch.__version__,
+    }
+    if schedule is not None:
+        metadata["schedule"] = schedule.state_dict()
+    if scaler is not None:
+        metadata["scaler"] = scaler.state_dict()
+    metadata.update(extra or {})
+    save_checkpoint(path, tensors, metadata)
+
+
+# --- validation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Mean loss and in-batch top-1 (image->LiDAR, LiDAR->image) over ``loader``'s batches.
+
+    Under DDP every process passes its shard; embeddings are gathered so each batch is the global
+    one, and every process returns the same numbers (those of rank 0's weights and buffers).
+    """
+    from liploc.losses import in_batch_accuracy
+
+    net = _unwrap(model)
+    if distributed.is_distributed():
+        # Batch-norm statistics drift apart on each process after DDP's last buffer broadcast:
+        # evaluate every shard with rank 0's, the weights its checkpoints hold.
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
+    was_training = net.training
+    net.eval()
+    loss_sum = i2l_sum = l2i_sum = 0.0
+    pairs = 0
+    for batch in loader:
+        image = batch["image"].to(device, non_blocking=True)
+        lidar = batch["lidar"].to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            image_emb, lidar_emb = net(image, lidar)
+        loss = loss_fn(image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device))
+        image_all = distributed.all_gather_no_grad(image_emb.float())
+        lidar_all = distributed.all_gather_no_grad(lidar_emb.float())
+        n = image_all.shape[0]
+        i2l, l2i = in_batch_accuracy(image_all, lidar_all)
+        loss_sum += float(loss) * n
+        i2l_sum += i2l * n
+        l2i_sum += l2i * n
+        pairs += n
+    net.train(was_training)
+    if pairs == 0:
+        return {}
+    return {
+        "val_loss": loss_sum / pairs,
+        "val_top1_image_to_lidar": i2l_sum / pairs,
+        "val_top1_lidar_to_image": l2i_sum / pairs,
+        "val_pairs": float(pairs),
+    }
+
+
+# --- the loop -------------------------------------------------------------------------------------
+def _check_resume_config(saved: Config, config: Config, log: _RunLog) -> None:
+    old, new = saved.model_dump(mode="json"), config.model_dump(mode="json")
+    fixed = [s for s in RESUME_MUST_MATCH if old[s] != new[s]]
+    fixed += [f"data.{k}" for k in ("image_size", "lidar_input") if old["data"][k] != new["data"][k]]
+    if fixed:
+        raise ConfigError(
+            f"cannot resume with a changed {', '.join(fixed)}: the checkpoint was trained with "
+            "another model, loss or input; start a new run (another --out) instead"
+        )
+    changed = [
+        f"{section}.{key}"
+        for section in ("data", "train", "eval")
+        for key in sorted(set(old[section]) | set(new[section]))
+        if old[section].get(key) != new[section].get(key)
+    ]
+    if changed:
+        log(f"resuming with changed settings: {', '.join(changed)}")
+
+
+def _lidar_channels(config: Config) -> int:
+    if config.data.lidar_input == "camera_depth":
+        return 3
+    from liploc.lidar.range_image import lidar_input_channels
+
+    return lidar_input_channels(config.projection)
+
+
+def train(
+    config: Config,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+    console: Any | None = None,
+) -> TrainResult:
+    """Train the two-tower model of ``config`` and write the run folder ``out_dir``.
+
+    Args:
+        config: full configuration; every dataset entry needs its ``root``
+            (see :func:`liploc.data.resolve_data_roots`).
+        out_dir: run folder (see :mod:`liploc.run_folder`). A folder that already holds a run is
+            refused unless ``resume``.
+        resume: continue from ``checkpoints/last.safetensors`` of ``out_dir``.
+        progress: show a progress bar (rank 0).
+        on_step: called on every process after each optimiser step with the step number and its
+            logged values (loss, learning rates, pairs/s on logging steps).
+        console: a rich Console for messages (rank 0); None: messages only go to ``train.log``
+            (a console is made for the progress bar when ``progress``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process calls this; they form a DDP job, split
+    every batch (``train.batch_size`` is the global batch, divided among processes) and only rank
+    0 writes files. SIGINT/SIGTERM stop after the current step and save a resumable checkpoint.
+    """
+    was_initialized = dist.is_available() and dist.is_initialized()
+    info = distributed.init_from_env()
+    trainer: _Trainer | None = None
+    try:
+        device = resolve_device(config.train.device, info.local_rank)
+        with _determinism(config.train.deterministic, device), _StopRequest() as stop:
+            trainer = _Trainer(config, Path(out_dir), resume, progress, info, device, console)
+            return trainer.run(stop, on_step)
+    finally:
+        if not was_initialized:
+            # DDP must be gone before its process group is.
+            trainer = None
+            gc.collect()
+            distributed.destroy()
+
+
+class _Trainer:
+    """State of one training run; :meth:`run` is the loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        out_dir: Path,
+        resume: bool,
+        progress: bool,
+        info: distributed.DistributedInfo,
+        device: torch.device,
+        console: Any | None,
+    ) -> None:
+        from liploc.losses import build_loss
+        from liploc.models import create_model
+
+        self.config, self.tc, self.info, self.device = config, config.train, info, device
+        tc = self.tc
+        self.run_folder = run = RunFolder(out_dir)
+        self.console = console if info.is_main else None
+        if progress and info.is_main and console is None:
+            from rich.console import Console
+
+            self.console = Console()
+        self.progress = progress and info.is_main
+        self.log = _RunLog(run, info.is_main, self.console)
+        self._check(resume)
+        self.amp_dtype = autocast_dtype(tc.precision, device)
+        self.rank_batch = tc.batch_size // info.world_size
+
+        # Data.
+        self.splits = training_splits(config.data, tc.seed)
+        if len(self.splits.train) < tc.batch_size * tc.grad_accum:
+            raise DataError(
+                out_dir,
+                f"only {len(self.splits.train)} training pairs with a pose, fewer than one step of "
+                f"batch_size {tc.batch_size} x grad_accum {tc.grad_accum}",
+            )
+        cache_dir = (config.data.cache_dir or run.cache) if config.data.cache else None
+        train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir)
+        val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir)
+        self.train_sampler = EpochSampler(len(train_set), True, tc.seed, info.rank, info.world_size, True)
+        val_sampler = EpochSampler(len(val_set), True, tc.seed + 1, info.rank, info.world_size, False)
+        self.train_loader = self._loader(train_set, self.train_sampler, drop_last=True)
+        self.val_loader = self._loader(val_set, val_sampler, drop_last=False) if len(val_set) else None
+        self.steps_per_epoch = len(self.train_sampler) // self.rank_batch // tc.grad_accum
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+
+        # Model, loss, optimiser: identical initial weights on every process.
+        torch.manual_seed(tc.seed)
+        self.model = create_model(config.model).to(device)
+        self.loss_fn = build_loss(config.loss).to(device)
+        groups = [
+            *self.model.param_groups(tc.lr_head, tc.lr_image_encoder, tc.lr_lidar_encoder, tc.weight_decay),
+            *self.loss_fn.param_groups(tc.lr_head),
+        ]
+        if tc.encoder_weight_decay is not None:
+            for group in groups:
+                if group.get("name") in ("image_encoder", "lidar_encoder"):
+                    group["weight_decay"] = tc.encoder_weight_decay
+        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr_head, weight_decay=tc.weight_decay)
+        self.group_names = [g.get("name", f"group{i}") for i, g in enumerate(self.optimizer.param_groups)]
+        self.schedule = LrSchedule(self.optimizer, tc, self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.position: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "epoch_loss_sum": 0.0,
+            "epoch_loss_count": 0,
+        }
+        self.best: dict[str, Any] = {
+            "loss": None,
+            "step": None,
+            "metric": "val_loss" if self.val_loader is not None else "train_loss",
+        }
+        self.metrics: dict[str, float] = {}
+        if resume:
+            self._restore()
+        self.net: nn.Module = self.model
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+        lr_columns = [f"lr_{n}" for n in self.group_names]
+        step_columns = ["step", "epoch", "loss", *lr_columns, "temperature", "pairs_per_s", "elapsed_s"]
+        self.step_log = CsvLog(run.metrics, step_columns)
+        epoch_columns = ["epoch", "step", "train_loss", *VAL_METRICS, lr_columns[0], "elapsed_s"]
+        self.epoch_log = CsvLog(run.epochs, epoch_columns)
+        self.tb = None
+        self._prepare_folder(resume)
+
+    # --- set-up ---------------------------------------------------------------------------------
+    def _check(self, resume: bool) -> None:
+        run, tc, config = self.run_folder, self.tc, self.config
+        if resume and not run.last_checkpoint.is_file():
+            raise DataError(run.last_checkpoint, "cannot resume: no last checkpoint in this run folder")
+        if not resume and run.has_run():
+            raise ConfigError(
+                f"{run.root}: run folder already holds a training run; pass --resume to continue it "
+                "or choose another --out"
+            )
+        if tc.batch_size % self.info.world_size:
+            raise ConfigError(
+                f"train.batch_size ({tc.batch_size}) must be divisible by the number of processes "
+                f"({self.info.world_size}); it is the global batch, split among them"
+            )
+        channels = _lidar_channels(config)
+        if channels != config.model.lidar_in_chans:
+            raise ConfigError(
+                f"model.lidar_in_chans is {config.model.lidar_in_chans} but the LiDAR input has "
+                f"{channels} channels (projection.channels {config.projection.channels})"
+            )
+
+    def _loader(self, dataset: PairDataset, sampler: EpochSampler, drop_last: bool) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.rank_batch,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_init_worker,
+            generator=torch.Generator().manual_seed(self.tc.seed),
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def _restore(self) -> None:
+        path = self.run_folder.last_checkpoint
+        tensors, meta = load_checkpoint(path, device="cpu")
+        saved = config_from_dict(meta["config"], source=f"{path} (config)")
+        _check_resume_config(saved, self.config, self.log)
+        saved_world = meta["position"].get("world_size", 1)
+        if saved_world != self.info.world_size:
+            self.log(
+                f"note: the run was saved with {saved_world} processes and resumes with "
+                f"{self.info.world_size}; the data order differs from an uninterrupted run"
+            )
+        state = tensors_to_state(tensors, meta["state"])
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(meta["schedule"])
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        self.position.update({k: meta["position"][k] for k in self.position})
+        self.best.update(meta.get("best", {}))
+        self.metrics = dict(meta.get("metrics", {}))
+        self.log(f"resumed from {path} at step {self.position['step']} (epoch {self.position['epoch'] + 1})")
+
+    def _prepare_folder(self, resume: bool) -> None:
+        run, tc = self.run_folder, self.tc
+        if self.info.is_main:
+            run.root.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, run.config)
+            if resume:
+                self.step_log.truncate_after(self.position["step"])
+                self.epoch_log.truncate_after(self.position["step"])
+            else:
+                for path in (run.metrics, run.epochs, run.summary):
+                    path.unlink(missing_ok=True)
+            if tc.log == "tensorboard":
+                self.tb = _tensorboard_writer(run, self.log)
+        if not resume:
+            self.log(
+                f"run {self.config.name}: {len(self.splits.train)} training pairs, "
+                f"{len(self.splits.val)} validation pairs"
+            )
+            for note in self.splits.notes:
+                self.log(note)
+            self.log(
+                f"{self.info.world_size} process(es) on {self.device}, precision {self.amp_dtype or 'fp32'}, "
+                f"batch {tc.batch_size} (x{tc.grad_accum} accumulation), {self.steps_per_epoch} steps per "
+                f"epoch, {self.total_steps} steps in all"
+            )
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _save(self, kind: str) -> None:
+        if not self.info.is_main:
+            return
+        position = {**self.position, "world_size": self.info.world_size}
+        run = self.run_folder
+        if kind == "last":
+            _save_training_checkpoint(
+                run.last_checkpoint,
+                self.config,
+                self.model,
+                self.loss_fn,
+                position,
+                self.metrics,
+                self.optimizer,
+                self.schedule,
+                self.scaler,
+                {"best": self.best},
+            )
+        else:
+            _save_training_checkpoint(
+                run.best_checkpoint, self.config, self.model, self.loss_fn, position, self.metrics
+            )
+
+    def _consider_best(self, value: float | None) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        if self.best["loss"] is None or value < self.best["loss"]:
+            self.best.update(loss=value, step=self.position["step"])
+            self._save("best")
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, stop: _StopRequest, on_step: StepCallback | None) -> TrainResult:
+        """Train until ``total_steps`` or a stop request; write checkpoints, logs and the summary."""
+        tc, position = self.tc, self.position
+        bar = _ProgressBar(self.console, self.total_steps, position["step"]) if self.progress else None
+        self.start_time = time.perf_counter()
+        self.window: dict[str, Any] = {"start": self.start_time, "pairs": 0, "losses": []}
+        stopped = "finished"
+        self.net.train()
+        try:
+            # An epoch whose steps are all done but whose end (validation, checkpoint) is not, as
+            # after a stop at its last step, still gets its end.
+            while position["step"] < self.total_steps or position["step_in_epoch"] >= self.steps_per_epoch:
+                epoch = position["epoch"]
+                start = position["step_in_epoch"] * tc.grad_accum * self.rank_batch
+                self.train_sampler.set_epoch(epoch, start=start)
+                batches = iter(self.train_loader)
+                while (
+                    position["step_in_epoch"] < self.steps_per_epoch and position["step"] < self.total_steps
+                ):
+                    row = self._step(batches, epoch)
+                    if bar is not None:
+                        bar.update(
+                            position["step"],
+                            row["loss_step"],
+                            self.metrics.get("pairs_per_s"),
+                            epoch + 1,
+                            tc.epochs,
+                        )
+                    if on_step is not None:
+                        on_step(position["step"], row)
+                    if tc.checkpoint_every_steps and position["step"] % tc.checkpoint_every_steps == 0:
+                        self._save("last")
+                    if stop.agreed(self.device):
+                        stopped = "interrupted"
+                        break
+                if stopped == "interrupted":
+                    self._save("last")
+                    self.log(f"stopped at step {position['step']}; continue with --resume")
+                    break
+                self._end_epoch(epoch)
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+        return self._finish(stopped)
+
+    def _step(self, batches: Iterator[dict[str, torch.Tensor]], epoch: int) -> dict[str, float]:
+        """One optimiser step (``grad_accum`` micro-batches); returns its log row."""
+        tc, position, device = self.tc, self.position, self.device
+        torch.manual_seed(step_seed(tc.seed, position["step"], self.info.rank))
+        self.schedule.apply(position["step"])
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(tc.grad_accum):
+            batch = next(batches)
+            sync = micro == tc.grad_accum - 1 or not self.info.enabled
+            with nullcontext() if sync else self.net.no_sync():  # type: ignore[operator]
+                with _autocast(device, self.amp_dtype):
+                    image_emb, lidar_emb = self.net(
+                        batch["image"].to(device, non_blocking=True),
+                        batch["lidar"].to(device, non_blocking=True),
+                    )
+                loss = self.loss_fn(image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device))
+                self.scaler.scale(loss / tc.grad_accum).backward()
+            step_loss += float(loss.detach()) / tc.grad_accum
+        if not math.isfinite(step_loss):
+            raise LiplocError(
+                f"training loss is {step_loss} at step {position['step'] + 1}; lower the learning rates "
+                "or use train.precision fp32"
+            )
+        if tc.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        position["step"] += 1
+        position["step_in_epoch"] += 1
+        position["epoch_loss_sum"] += step_loss
+        position["epoch_loss_count"] += 1
+        self.metrics["loss"] = step_loss
+        return self._log_step(step_loss, epoch)
+
+    def _log_step(self, step_loss: float, epoch: int) -> dict[str, float]:
+        step = self.position["step"]
+        window = self.window
+        window["pairs"] += self.tc.batch_size * self.tc.grad_accum
+        window["losses"].append(step_loss)
+        row: dict[str, float] = {"step": step, "epoch": epoch + 1, "loss": step_loss, "loss_step": step_loss}
+        for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True):
+            row[f"lr_{name}"] = float(group["lr"])
+        if hasattr(self.loss_fn, "temperature"):
+            row["temperature"] = float(self.loss_fn.temperature)
+        if step % self.tc.log_every == 0 or step == self.total_steps:
+            now = time.perf_counter()
+            row["pairs_per_s"] = window["pairs"] / max(now - window["start"], 1e-9)
+            row["elapsed_s"] = now - self.start_time
+            row["loss"] = sum(window["losses"]) / len(window["losses"])  # mean since the last row
+            self.window = {"start": now, "pairs": 0, "losses": []}
+            self.metrics["pairs_per_s"] = row["pairs_per_s"]
+            if self.info.is_main:
+                self.step_log.append(row)
+                if self.tb is not None:
+                    for key in ("loss", "pairs_per_s", "temperature", *[f"lr_{n}" for n in self.group_names]):
+                        if key in row:
+                            self.tb.add_scalar(f"train/{key}", row[key], step)
+        return row
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Validation, plateau schedule, best and last checkpoints, epoch log (also after a
+        ``max_steps`` stop mid-epoch, then without a plateau step and keeping the position)."""
+        tc, position = self.tc, self.position
+        complete = position["step_in_epoch"] >= self.steps_per_epoch
+        train_loss = position["epoch_loss_sum"] / max(1, position["epoch_loss_count"])
+        due = (epoch + 1) % tc.val_every_epochs == 0 or epoch + 1 == tc.epochs
+        results: dict[str, float] = {}
+        if self.val_loader is not None and (due or not complete):
+            results = validate(self.net, self.loss_fn, self.val_loader, self.device, self.amp_dtype)
+        self.metrics.update({"train_loss": train_loss, **results})
+        if complete and results and self.schedule.validation_done(results["val_loss"]):
+            self.log(f"validation loss did not improve: learning rates x{tc.plateau_factor}")
+        self._consider_best(results.get("val_loss") if self.val_loader is not None else train_loss)
+        if self.info.is_main:
+            row = {"epoch": epoch + 1, "step": position["step"], "train_loss": train_loss, **results}
+            row[f"lr_{self.group_names[0]}"] = self.optimizer.param_groups[0]["lr"]
+            row["elapsed_s"] = time.perf_counter() - self.start_time
+            self.epoch_log.append(row)
+            if self.tb is not None:
+                for key, value in {"train_loss": train_loss, **results}.items():
+                    self.tb.add_scalar(f"epoch/{key}", value, position["step"])
+        self.log(_epoch_line(epoch + 1, tc.epochs, position["step"], train_loss, results, complete))
+        if complete:
+            position.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+        self._save("last")
+
+    def _finish(self, stopped: str) -> TrainResult:
+        run, best = self.run_folder, self.best
+        result = TrainResult(
+            run_dir=run.root,
+            last_checkpoint=run.last_checkpoint,
+            best_checkpoint=run.best_checkpoint if best["step"] is not None else None,
+            step=self.position["step"],
+            epoch=self.position["epoch"],
+            stopped=stopped,
+            metrics=dict(self.metrics),
+        )
+        if self.info.is_main:
+            summary = {
+                "name": self.config.name,
+                "stopped": stopped,
+                "step": result.step,
+                "epochs_completed": result.epoch,
+                "best": best,
+                "metrics": self.metrics,
+                "train_pairs": len(self.splits.train),
+                "val_pairs": len(self.splits.val),
+                "processes": self.info.world_size,
+                "device": str(self.device),
+                "seconds": time.perf_counter() - self.start_time,
+                "last_checkpoint": str(run.last_checkpoint),
+                "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            }
+            atomic_write_text(run.summary, json.dumps(summary, indent=1, default=str) + "\n")
+            best_text = "none"
+            if best["step"] is not None:
+                best_text = f"{best['metric']} {best['loss']:.4f} at step {best['step']}"
+            self.log(f"done: {result.step} steps ({stopped}); best {best_text}; run folder {run.root}")
+        distributed.barrier()
+        return result
+
+
+def _epoch_line(
+    epoch: int, epochs: int, step: int, train_loss: float, results: dict[str, float], complete: bool
+) -> str:
+    head = f"epoch {epoch}/{epochs}" + ("" if complete else " (partial)")
+    text = f"{head} step {step}: train loss {train_loss:.4f}"
+    if results:
+        text += (
+            f", val loss {results['val_loss']:.4f}, in-batch top-1 image->LiDAR "
+            f"{results['val_top1_image_to_lidar']:.1%}, LiDAR->image {results['val_top1_lidar_to_image']:.1%}"
+        )
+    return text
+
+
+class _ProgressBar:
+    """rich progress bar of optimiser steps with the loss and pairs/s."""
+
+    def __init__(self, console: Any, total: int, done: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} pairs/s"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", rate="-")
+        self.progress.start()
+
+    def update(self, step: int, loss: float, rate: float | None, epoch: int, epochs: int) -> None:
+        self.progress.update(
+            self.task,
+            completed=step,
+            description=f"epoch {epoch}/{epochs}",
+            loss=f"{loss:.4f}",
+            rate="-" if rate is None else f"{rate:.1f}",
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def load_training_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, Path | None]:
+    """Config of ``liploc train``: a YAML file, or a run folder (its ``config.yaml``) to resume.
+
+    Returns the config and, for a run folder, the folder itself (the default ``--out``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        run = RunFolder(path)
+        if not run.config.is_file():
+            raise ConfigError(f"{path}: a folder was given but it holds no config.yaml (not a run folder)")
+        return load_config(run.config, overrides), path
+    return load_config(path, overrides), None
+
+
+def configure_run(
+    config: str | Path,
+    data_roots: list[str] | tuple[str, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+) -> tuple[Config, Path]:
+    """Config and run folder of ``liploc train CONFIG [--data-root ...] [--set ...] [--out ...]``.
+
+    ``config`` is a YAML file or a run folder (its saved config; the folder is the default
+    ``--out``, for resuming). The default run folder is ``runs/<config name>``.
+    """
+    cfg, run_dir = load_training_config(config, list(overrides))
+    cfg = resolve_data_roots(cfg, list(data_roots))
+    return cfg, Path(out) if out is not None else (run_dir or Path("runs") / cfg.name)
