@@ -1,0 +1,43 @@
+"""LiDAR projections: the spherical range image (the paper's input) and the camera depth image."""
+
+from liploc.lidar.camera_depth import (
+    camera_depth_image,
+    camera_depth_input,
+    project_to_camera,
+    scale_calibration,
+)
+from liploc.lidar.range_image import (
+    CropWindow,
+    RangeImage,
+    RangeProjector,
+    camera_crop_window,
+    crop_range_image,
+    crop_window,
+    lidar_input_channels,
+    lidar_range_input,
+    nearest_point_per_pixel,
+    paper_crop_window,
+    project_to_range_image,
+    range_image_to_input,
+    spherical_coordinates,
+)
+
+__all__ = [
+    "CropWindow",
+    "RangeImage",
+    "RangeProjector",
+    "camera_crop_window",
+    "camera_depth_image",
+    "camera_depth_input",
+    "crop_range_image",
+    "crop_window",
+    "lidar_input_channels",
+    "lidar_range_input",
+    "nearest_point_per_pixel",
+    "paper_crop_window",
+    "project_to_camera",
+    "project_to_range_image",
+    "range_image_to_input",
+    "scale_calibration",
+    "spherical_coordinates",
+]
