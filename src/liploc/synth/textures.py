@@ -1,0 +1,117 @@
+"""Procedural textures: hashed value noise and facade windows, evaluated per hit point.
+
+Everything is a pure function of world (or surface) coordinates and a seed, so a texture belongs to
+the scene: the same wall looks the same from every frame and every drive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_M1 = np.uint32(0x8DA6B343)
+_M2 = np.uint32(0xD8163841)
+_M3 = np.uint32(0xCB1AB31F)
+_M4 = np.uint32(0x5BD1E995)
+
+FACADE_TEX_FIELDS = (
+    "wall_length",
+    "eave_height",
+    "window_spacing",
+    "floor_height",
+    "window_width",
+    "window_height",
+    "shopfront",
+    "margin",
+)
+"""Meaning of the eight texture parameters of a facade part (lengths in metres, sizes as fractions)."""
+
+
+def _hash(hx: np.ndarray, hy: np.ndarray, seed: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = hx * _M1
+        h ^= hy * _M2
+        h ^= np.uint32(seed & 0xFFFFFFFF) * _M3
+        h ^= h >> np.uint32(13)
+        h *= _M4
+        h ^= h >> np.uint32(15)
+    return (h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+def hash_uniform(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform numbers in [0, 1) from integer lattice coordinates (a stateless hash)."""
+    return _hash(
+        np.asarray(ix).astype(np.int64).astype(np.uint32),
+        np.asarray(iy).astype(np.int64).astype(np.uint32),
+        seed,
+    )
+
+
+def value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Smooth value noise in [0, 1) with unit lattice spacing (scale the inputs for other sizes)."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    fx = np.floor(x)
+    fy = np.floor(y)
+    tx = x - fx
+    ty = y - fy
+    ix = fx.astype(np.int64).astype(np.uint32)
+    iy = fy.astype(np.int64).astype(np.uint32)
+    ix1 = ix + np.uint32(1)
+    iy1 = iy + np.uint32(1)
+    tx = tx * tx * (3 - 2 * tx)
+    ty = ty * ty * (3 - 2 * ty)
+    a = _hash(ix, iy, seed)
+    b = _hash(ix1, iy, seed)
+    c = _hash(ix, iy1, seed)
+    d = _hash(ix1, iy1, seed)
+    top = a + (b - a) * tx
+    bottom = c + (d - c) * tx
+    return top + (bottom - top) * ty
+
+
+def fractal_noise(x: np.ndarray, y: np.ndarray, seed: int, octaves: int = 2) -> np.ndarray:
+    """Sum of ``octaves`` value-noise layers (each twice as fine, half as strong), in [0, 1)."""
+    total = np.zeros(np.shape(x), dtype=np.float32)
+    weight = 1.0
+    norm = 0.0
+    for octave in range(octaves):
+        scale = 2.0**octave
+        total += np.float32(weight) * value_noise(x * scale, y * scale, seed + 101 * octave)
+        norm += weight
+        weight *= 0.5
+    return total / np.float32(norm)
+
+
+def surface_coordinates(points: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two coordinates running along a surface, picked by the dominant axis of its normal."""
+    axis = np.argmax(np.abs(normals), axis=1)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    u = np.where(axis == 0, y, x)
+    v = np.where(axis == 2, y, z)
+    return u, v
+
+
+def facade_windows(along: np.ndarray, height: np.ndarray, tex: np.ndarray) -> np.ndarray:
+    """Boolean mask of the points of a facade that fall on a window.
+
+    Args:
+        along: metres along the wall from its start.
+        height: metres above the wall's base.
+        tex: (N, 8) facade parameters, see ``FACADE_TEX_FIELDS``.
+    """
+    length, eave, spacing, floor_h, win_w, win_h, shop, margin = (tex[:, i] for i in range(8))
+    usable = np.maximum(length - 2 * margin, 0.0)
+    columns = np.floor(usable / spacing)
+    start = margin + 0.5 * (usable - columns * spacing)
+    u = (along - start) / spacing
+    fu = u - np.floor(u)
+    fv = height / floor_h - np.floor(height / floor_h)
+    inside = (u > 0) & (u < columns) & (height < eave - 0.35)
+    upper = (
+        (np.abs(fu - 0.5) < 0.5 * win_w)
+        & (fv > 0.3)
+        & (fv < 0.3 + win_h)
+        & (height > floor_h * np.where(shop > 0, 1.0, 0.0))
+    )
+    shopfront = (shop > 0) & (height > 0.45) & (height < floor_h - 0.7) & (np.abs(fu - 0.5) < 0.42)
+    return inside & (upper | shopfront)
