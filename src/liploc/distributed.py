@@ -1,0 +1,187 @@
+"""Process-group helpers: rank and world size, start-up from torchrun, collectives with gradients.
+
+Everything here also works without ``torch.distributed`` being initialised: a single process is
+rank 0 of a world of size 1, and the collectives return their input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether several processes take part."""
+        return self.world_size > 1
+
+
+def is_distributed() -> bool:
+    """Whether a process group is initialised and holds more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """Rank of this process (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0."""
+    return get_rank() == 0
+
+
+def init_from_env(backend: str | None = None) -> DistributedInfo:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and the single process
+    is rank 0. ``backend`` defaults to ``nccl`` when CUDA is present and ``gloo`` otherwise; with
+    NCCL the CUDA device of ``LOCAL_RANK`` is made current.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size <= 1:
+        return DistributedInfo()
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistributedInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def destroy() -> None:
+    """Leave the process group if one is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sends each process the summed gradient of its rows.
+
+    The backward all-reduces the full gradient and keeps this rank's rows: every backend supports
+    all-reduce (gloo has no reduce-scatter), and embeddings are small.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        world_size = dist.get_world_size()
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor)
+        ctx.rank = dist.get_rank()  # type: ignore[attr-defined]
+        ctx.rows = tensor.shape[0]  # type: ignore[attr-defined]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.rows  # type: ignore[attr-defined]
+        return grad[start : start + ctx.rows]  # type: ignore[attr-defined]
+
+
+class _AllReduceGradMean(torch.autograd.Function):
+    """Identity whose backward averages the gradient over processes.
+
+    For parameters outside DDP (a learnable temperature in the loss): every process then holds the
+    same gradient, so the parameter stays the same on every process.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad / dist.get_world_size()
+
+
+def all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` [n, ...] of every process along dim 0 -> [world_size * n, ...].
+
+    Gradients flow back to the process that owns the rows (summed over every process's use of
+    them). Every process must pass the same shape. Without a process group: ``tensor`` itself.
+    """
+    if not is_distributed():
+        return tensor
+    return _AllGatherWithGrad.apply(tensor)
+
+
+def all_gather_no_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` of every process along dim 0, without gradient (e.g. positions)."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.detach().contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_grad_mean(tensor: Tensor) -> Tensor:
+    """Identity in the forward pass; the backward averages the gradient over processes."""
+    if not is_distributed():
+        return tensor
+    return _AllReduceGradMean.apply(tensor)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum of ``tensor`` over processes (a new tensor, no gradient)."""
+    out = tensor.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over processes (a new tensor, no gradient), e.g. for logging a metric."""
+    return all_reduce_sum(tensor) / get_world_size()
+
+
+def check_same_rows(tensor: Tensor) -> None:
+    """Raise ValueError unless every process has the same number of rows in ``tensor``.
+
+    All-gather needs equal shapes; a sampler without ``drop_last`` breaks this on the last batch.
+    """
+    if not is_distributed():
+        return
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows)
+    counts = [int(p.item()) for p in parts]
+    if len(set(counts)) != 1:
+        raise ValueError(
+            f"processes hold different batch sizes {counts}; gathering needs equal batches "
+            "(use drop_last=True in the distributed sampler and loader)"
+        )

@@ -1,0 +1,42 @@
+"""create_model(): the two-tower model from a ModelConfig, in the spirit of timm.create_model."""
+
+from __future__ import annotations
+
+from liploc.config import ModelConfig
+from liploc.models.encoders import create_encoder
+from liploc.models.two_tower import TwoTowerModel
+
+
+def create_model(cfg: ModelConfig) -> TwoTowerModel:
+    """Build the two towers (timm encoders + projection heads) described by ``cfg``.
+
+    Encoders come from ``timm.create_model(name, pretrained=cfg.pretrained, num_classes=0)``;
+    ``cfg.image_weights`` / ``cfg.lidar_weights`` load a local safetensors backbone instead.
+    Unknown names, unreadable or mismatched weight files raise liploc errors with the cause.
+    """
+    image_encoder, image_features = create_encoder(
+        cfg.image_encoder,
+        pretrained=cfg.pretrained,
+        weights=cfg.image_weights,
+        in_chans=3,
+        extra_args=cfg.image_encoder_args,
+        setting="model.image_encoder",
+    )
+    lidar_encoder, lidar_features = create_encoder(
+        cfg.lidar_encoder,
+        pretrained=cfg.pretrained,
+        weights=cfg.lidar_weights,
+        in_chans=cfg.lidar_in_chans,
+        extra_args=cfg.lidar_encoder_args,
+        setting="model.lidar_encoder",
+    )
+    return TwoTowerModel(image_encoder, image_features, lidar_encoder, lidar_features, cfg)
+
+
+def inference_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` for rebuilding a trained model before loading its checkpoint: no weight loading.
+
+    The weights come from the checkpoint, so pretrained downloads and local backbone files (which
+    may not exist on this machine) are skipped; the architecture and fingerprint stay the same.
+    """
+    return cfg.model_copy(update={"pretrained": False, "image_weights": None, "lidar_weights": None})
