@@ -274,8 +274,8 @@ def demo(
         "runs/demo"
     ),
     town_seed: Annotated[int, typer.Option(help="Seed of the synthetic town.")] = 7,
-    frames: Annotated[int, typer.Option(help="Frames per drive.")] = 300,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the tiny config's).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames per drive.")] = 120,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     config: Annotated[Path | None, typer.Option(help="Training config (default configs/tiny.yaml).")] = None,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""

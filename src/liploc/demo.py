@@ -37,14 +37,17 @@ class DemoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     town_seed: int = Field(7, ge=0)
-    drives: int = Field(6, ge=2)
-    """Drives in all; ``held_out_drives`` of them are in streets no training drive uses."""
+    drives: int = Field(20, ge=2)
+    """Drives in all; ``held_out_drives`` of them are in streets no training drive uses. Many short
+    drives generalise better than a few long ones: the model must learn geometry, not places."""
     held_out_drives: int = Field(2, ge=1)
-    frames: int = Field(300, ge=10)
-    """Frames per drive (about 1 m apart)."""
-    blocks: tuple[int, int] = (6, 4)
-    epochs: int | None = Field(None, ge=1)
-    """Training epochs (default: the tiny config's)."""
+    frames: int = Field(120, ge=10)
+    """Frames per drive."""
+    spacing_m: float = Field(3.0, gt=0)
+    """Metres driven between frames."""
+    blocks: tuple[int, int] = (8, 4)
+    epochs: int | None = Field(25, ge=1)
+    """Training epochs (None: the config's)."""
     max_steps: int | None = Field(None, ge=1)
     config: Path = DEFAULT_CONFIG
 
@@ -89,6 +92,7 @@ def run_demo(
         drives=options.drives,
         held_out_drives=options.held_out_drives,
         frames=options.frames,
+        frame_spacing_m=options.spacing_m,
         size="small",
         blocks=options.blocks,
         pairs="same-direction",  # cross-drive queries see the map drive's view of the street
