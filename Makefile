@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.liploc-installed
-SHARED_SAMPLE ?= ../shared/data/kitti-raw-sample
 
 .PHONY: setup demo test bench lint clean
 
@@ -16,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/liploc info $(SHARED_SAMPLE)
+	$(BIN)/liploc demo --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -274,6 +274,7 @@ def demo(
         "runs/demo"
     ),
     town_seed: Annotated[int, typer.Option(help="Seed of the synthetic town.")] = 7,
+    drives: Annotated[int, typer.Option(help="Drives (2 of them on held-out streets).")] = 30,
     frames: Annotated[int, typer.Option(help="Frames per drive.")] = 120,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     config: Annotated[Path | None, typer.Option(help="Training config (default configs/tiny.yaml).")] = None,
@@ -283,7 +284,7 @@ def demo(
 
     try:
         extra = {"config": config} if config is not None else {}
-        options = DemoOptions(town_seed=town_seed, frames=frames, epochs=epochs, **extra)
+        options = DemoOptions(town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, **extra)
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)

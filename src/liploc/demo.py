@@ -37,7 +37,7 @@ class DemoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     town_seed: int = Field(7, ge=0)
-    drives: int = Field(20, ge=2)
+    drives: int = Field(30, ge=2)
     """Drives in all; ``held_out_drives`` of them are in streets no training drive uses. Many short
     drives generalise better than a few long ones: the model must learn geometry, not places."""
     held_out_drives: int = Field(2, ge=1)
