@@ -18,6 +18,8 @@ demo: setup
 	$(BIN)/liploc demo --out runs/demo
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: setup
