@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from liploc.atomic import atomic_write, atomic_write_text
+from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError
 
 FORMAT = "liploc-checkpoint"
@@ -74,16 +75,6 @@ def _tensors_for_file(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
     """Write ``tensors`` to ``path`` (``.safetensors``) and ``metadata`` plus the file's size and
     sha256 to ``path.with_suffix('.json')``, each atomically.
@@ -100,7 +91,7 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], metadata: M
 
     def write(tmp: Path) -> None:
         save_file(prepared, str(tmp))
-        written["size"], written["sha256"] = _hash_file(tmp)
+        written["size"], written["sha256"] = file_size_and_sha256(tmp)
 
     atomic_write(path, write)
     record = {

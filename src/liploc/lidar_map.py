@@ -15,7 +15,6 @@ Queries must come from the model that built the map: ``localize`` compares finge
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
 from liploc.index import EmbeddingIndex, IndexKind, check_embeddings
 
@@ -245,7 +245,7 @@ class LidarMap:
             "embedding_dim": self.dim,
             "index_kind": self.index.kind,
             "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
-            "files": {name: {"sha256": _sha256(folder / name)} for name in _FILES},
+            "files": {name: {"sha256": file_size_and_sha256(folder / name)[1]} for name in _FILES},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         for name in (*_FILES, MANIFEST):
@@ -295,7 +295,7 @@ class LidarMap:
                 raise DataError(path, "missing map file")
             if verify:
                 expected = files.get(name, {}).get("sha256") if isinstance(files, dict) else None
-                if expected != _sha256(path):
+                if expected != file_size_and_sha256(path)[1]:
                     raise DataError(
                         path, "checksum does not match the manifest: the file is corrupt or was changed"
                     )
@@ -334,14 +334,6 @@ def _describe_model(config: dict[str, Any]) -> str:
     keys = ("image_encoder", "lidar_encoder", "embed_dim")
     parts = [f"{k}={config[k]}" for k in keys if k in config]
     return ", ".join(parts) if parts else "no model config recorded"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
