@@ -167,7 +167,8 @@ def run_demo(
 
 def _print_table(console: Console, metrics: dict[str, dict[str, Any]]) -> None:
     table = Table(title="Held-out drive, threshold 20 m")
-    for col in ("protocol", "queries", "database", "R@1", "R@5", "R@1%", "chance R@1", "median error"):
+    table.add_column("protocol", no_wrap=True, min_width=13)
+    for col in ("queries", "scans", "R@1", "R@5", "R@1%", "chance R@1", "median err"):
         table.add_column(col, justify="right")
     for name, m in metrics.items():
         table.add_row(
