@@ -65,11 +65,29 @@ def positive_mask(
 
 
 class ContrastiveLoss(nn.Module):
-    """Base of the contrastive losses: gathering, pose-aware positives, gradient scaling."""
+    """Base of the contrastive losses: gathering, pose-aware positives, gradient scaling, and the
+    log-parametrised logit scale (a parameter when learnable, else a buffer kept in the state)."""
 
-    def __init__(self, cfg: LossConfig) -> None:
+    def __init__(self, cfg: LossConfig, init_scale: float, learnable_scale: bool) -> None:
         super().__init__()
         self.cfg = cfg
+        value = torch.tensor(math.log(init_scale), dtype=torch.float32)
+        if learnable_scale:
+            self.log_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("log_scale", value)
+
+    def _clamped_log_scale(self) -> Tensor:
+        return self.log_scale.clamp(max=math.log(self.cfg.max_logit_scale))
+
+    def scale(self) -> Tensor:
+        """Current logit scale (1/tau; SigLIP's t), gradients averaged over processes."""
+        return distributed.all_reduce_grad_mean(self._clamped_log_scale()).exp()
+
+    @property
+    def temperature(self) -> float:
+        """Current temperature tau = 1 / scale (for SigLIP, logged alongside CLIP's)."""
+        return 1.0 / float(self._clamped_log_scale().detach().exp())
 
     def forward(self, image_emb: Tensor, lidar_emb: Tensor, positions_xy: Tensor | None = None) -> Tensor:
         """Scalar loss of the (global) batch; see the module docstring for the distributed case."""
@@ -138,15 +156,6 @@ class ContrastiveLoss(nn.Module):
         return [{"params": params, "lr": lr, "weight_decay": 0.0, "name": "loss"}]
 
 
-def _logit_scale_parameter(module: nn.Module, init_scale: float, learnable: bool) -> None:
-    """Register ``log_scale`` = log(init_scale) as a parameter or, when fixed, a buffer."""
-    value = torch.tensor(math.log(init_scale), dtype=torch.float32)
-    if learnable:
-        module.log_scale = nn.Parameter(value)
-    else:
-        module.register_buffer("log_scale", value)
-
-
 class ClipLoss(ContrastiveLoss):
     """The paper's symmetric cross-entropy over the N x N cosine similarities / temperature.
 
@@ -155,18 +164,7 @@ class ClipLoss(ContrastiveLoss):
     """
 
     def __init__(self, cfg: LossConfig) -> None:
-        super().__init__(cfg)
-        _logit_scale_parameter(self, 1.0 / cfg.temperature, cfg.learnable_temperature)
-
-    def scale(self) -> Tensor:
-        """Current logit scale 1/tau (gradients averaged over processes)."""
-        log_scale = self.log_scale.clamp(max=math.log(self.cfg.max_logit_scale))
-        return distributed.all_reduce_grad_mean(log_scale).exp()
-
-    @property
-    def temperature(self) -> float:
-        """Current temperature tau."""
-        return 1.0 / float(self.log_scale.detach().clamp(max=math.log(self.cfg.max_logit_scale)).exp())
+        super().__init__(cfg, 1.0 / cfg.temperature, cfg.learnable_temperature)
 
     def logits(self, image_emb: Tensor, lidar_emb: Tensor) -> Tensor:
         return self.scale() * image_emb.float() @ lidar_emb.float().T
@@ -217,20 +215,9 @@ class SigLipLoss(ContrastiveLoss):
     """
 
     def __init__(self, cfg: LossConfig) -> None:
-        super().__init__(cfg)
-        _logit_scale_parameter(self, cfg.siglip_scale_init, learnable=True)
+        super().__init__(cfg, cfg.siglip_scale_init, learnable_scale=True)
         bias = torch.tensor(cfg.siglip_bias_init, dtype=torch.float32)
         self.bias = nn.Parameter(bias)
-
-    def scale(self) -> Tensor:
-        """Current logit scale t (gradients averaged over processes)."""
-        log_scale = self.log_scale.clamp(max=math.log(self.cfg.max_logit_scale))
-        return distributed.all_reduce_grad_mean(log_scale).exp()
-
-    @property
-    def temperature(self) -> float:
-        """1 / t, for logging alongside the CLIP temperature."""
-        return 1.0 / float(self.log_scale.detach().clamp(max=math.log(self.cfg.max_logit_scale)).exp())
 
     def logits(self, image_emb: Tensor, lidar_emb: Tensor) -> Tensor:
         bias = distributed.all_reduce_grad_mean(self.bias)
