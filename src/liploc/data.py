@@ -147,7 +147,11 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def camera_input(frame: Frame, config: Config) -> np.ndarray:
     """uint8 (3, H, W) camera image of ``frame`` resized to ``data.image_size``."""
-    image = load_image(frame.image_path)
+    return camera_image_input(load_image(frame.image_path), config)
+
+
+def camera_image_input(image: np.ndarray, config: Config) -> np.ndarray:
+    """uint8 (3, H, W) of an (H, W, 3) camera image resized to ``data.image_size``."""
     return _to_uint8(resize_chw(image.transpose(2, 0, 1), config.data.image_size))
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from liploc.atomic import atomic_write
 from liploc.config import Config
-from liploc.data import ImageDataset, LidarDataset, build_transforms, resize_chw
+from liploc.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
 from liploc.datasets import Frame, load_image
 from liploc.models import TwoTowerModel
 from liploc.train import autocast_dtype, resolve_device
@@ -91,9 +91,7 @@ def embed_image_files(
     transform = build_transforms(config.data, train=False).image
     tensors = []
     for path in paths:
-        image = load_image(Path(path))
-        chw = np.clip(np.rint(resize_chw(image.transpose(2, 0, 1), config.data.image_size)), 0, 255)
-        tensors.append(transform(chw.astype(np.uint8)))
+        tensors.append(transform(camera_image_input(load_image(Path(path)), config)))
     model.eval().to(device)
     emb = model.encode_image(torch.stack(tensors).to(device))
     return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()

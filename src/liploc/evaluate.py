@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
 from liploc.data import LidarDataset
-from liploc.datasets import Frame, load_image, open_dataset
+from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
 from liploc.embedding import EmbeddingCache, embed_frames, pick_device
 from liploc.errors import ConfigError, DataError
 from liploc.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
@@ -51,6 +51,14 @@ def posed_frames(frames: list[Frame]) -> tuple[list[Frame], int]:
     """Frames that have a pose, and how many were left out."""
     kept = [f for f in frames if f.pose is not None]
     return kept, len(frames) - len(kept)
+
+
+def require_sequences(reader: DatasetReader, data_root: str | Path, sequences: list[str]) -> None:
+    """Raise a DataError naming the folder when one of ``sequences`` is not in the dataset."""
+    known = reader.sequences()
+    for s in sequences:
+        if s not in known:
+            raise DataError(data_root, f"no sequence '{s}' (found: {', '.join(known) or 'none'})")
 
 
 def frame_times(frames: list[Frame]) -> np.ndarray:
@@ -131,10 +139,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
 
     reader = open_dataset(data_root, layout)
-    known = reader.sequences()
-    for s in {sequence, map_sequence or sequence}:
-        if s not in known:
-            raise DataError(data_root, f"no sequence '{s}' (found: {', '.join(known) or 'none'})")
+    require_sequences(reader, data_root, [sequence, map_sequence or sequence])
     queries, skipped_q = posed_frames(reader.frames(sequence))
     if protocol == "cross-drive":
         database, skipped_db = posed_frames(reader.frames(map_sequence))  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from liploc.config import Config
 from liploc.datasets import open_dataset
 from liploc.embedding import embed_frames, embed_image_files, pick_device
 from liploc.errors import DataError
-from liploc.evaluate import frame_times, posed_frames, progress_bar
+from liploc.evaluate import frame_times, posed_frames, progress_bar, require_sequences
 from liploc.lidar_map import LidarMap, Match
 from liploc.models import TwoTowerModel
 from liploc.run_folder import load_model_from_checkpoint, resolve_checkpoint
@@ -43,10 +44,9 @@ def build_map(
     """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``."""
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
+    require_sequences(reader, data_root, list(sequences))
     frames = []
     for seq in sequences:
-        if seq not in reader.sequences():
-            raise DataError(data_root, f"no sequence '{seq}' (found: {', '.join(reader.sequences())})")
         kept, skipped = posed_frames(reader.frames(seq))
         if skipped and console is not None:
             console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
@@ -55,13 +55,10 @@ def build_map(
         raise DataError(data_root, "no frame with a pose in the requested sequences")
     dev = pick_device(device)
     progress = progress_bar(console)
-    if progress is not None:
-        with progress:
-            emb = embed_frames(
-                model, frames, config, "lidar", device=dev, batch_size=batch_size, progress=progress
-            )
-    else:
-        emb = embed_frames(model, frames, config, "lidar", device=dev, batch_size=batch_size)
+    with progress if progress is not None else nullcontext():
+        emb = embed_frames(
+            model, frames, config, "lidar", device=dev, batch_size=batch_size, progress=progress
+        )
     lidar_map = LidarMap.build(
         emb,
         np.stack([f.pose for f in frames]),
