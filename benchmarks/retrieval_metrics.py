@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from liploc.index import l2_normalize
-from liploc.lidar_map import LidarMap
-from liploc.metrics import TimeWindowExclusion, count_positives_within, evaluate_retrieval
-from liploc.report import write_report
+from liploc.retrieval.index import l2_normalize
+from liploc.retrieval.lidar_map import LidarMap
+from liploc.retrieval.metrics import TimeWindowExclusion, count_positives_within, evaluate_retrieval
+from liploc.retrieval.report import write_report
 
 N, DIM = 5000, 256
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from liploc.config import Config, load_config
-from liploc.losses import build_loss
 from liploc.models import create_model
-from liploc.train import autocast_dtype
+from liploc.training.losses import build_loss
+from liploc.training.train import autocast_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

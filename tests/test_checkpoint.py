@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from liploc.checkpoint import (
+from liploc.config import LossConfig
+from liploc.errors import DataError
+from liploc.training.checkpoint import (
     load_checkpoint,
     metadata_path,
     read_checkpoint_metadata,
@@ -20,9 +22,7 @@ from liploc.checkpoint import (
     strip_prefix,
     tensors_to_state,
 )
-from liploc.config import LossConfig
-from liploc.errors import DataError
-from liploc.losses import build_loss
+from liploc.training.losses import build_loss
 
 
 def small_checkpoint(tmp_path: Path) -> Path:

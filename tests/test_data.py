@@ -12,7 +12,10 @@ from conftest import write_kitti_odometry
 from torch.utils.data import DataLoader
 
 from liploc.config import Config, DatasetSplit, load_config
-from liploc.data import (
+from liploc.datasets import load_scan
+from liploc.errors import ConfigError, DataError
+from liploc.lidar import lidar_range_input
+from liploc.training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EpochSampler,
@@ -26,9 +29,6 @@ from liploc.data import (
     split_frames,
     training_splits,
 )
-from liploc.datasets import load_scan
-from liploc.errors import ConfigError, DataError
-from liploc.lidar import lidar_range_input
 
 SIZE = (24, 40)  # (height, width) of the network inputs in these tests
 

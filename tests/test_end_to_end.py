@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from liploc.config import DatasetSplit, load_config
-from liploc.evaluate import evaluate
+from liploc.retrieval.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
-from liploc.train import train
+from liploc.training.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from liploc.cli import app
 from liploc.config import load_config
 from liploc.errors import ConfigError, DataError, ModelMismatchError
-from liploc.evaluate import evaluate
-from liploc.localize import Localizer, build_map
-from liploc.train import train
+from liploc.retrieval.evaluate import evaluate
+from liploc.retrieval.localize import Localizer, build_map
+from liploc.training.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from liploc.config import LossConfig
 from liploc.errors import ConfigError
-from liploc.losses import ClipLoss, SigLipLoss, SoftTargetLoss, build_loss, in_batch_accuracy, positive_mask
+from liploc.training.losses import (
+    ClipLoss,
+    SigLipLoss,
+    SoftTargetLoss,
+    build_loss,
+    in_batch_accuracy,
+    positive_mask,
+)
 
 
 def random_unit(n: int, d: int, seed: int) -> torch.Tensor:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from liploc import distributed
 from liploc.config import LossConfig
-from liploc.losses import build_loss
+from liploc.training import distributed
+from liploc.training.losses import build_loss
 
 WORLD = 2
 BATCH = 8  # global; 4 per process

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from liploc.index import l2_normalize
-from liploc.metrics import (
+from liploc.retrieval.index import l2_normalize
+from liploc.retrieval.metrics import (
     TimeWindowExclusion,
     chance_hit_probability,
     count_positives_within,

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 from liploc.config import LossConfig, ModelConfig
 from liploc.errors import ConfigError, DataError
-from liploc.losses import build_loss
 from liploc.models import ProjectionHead, TwoTowerModel, create_model, inference_config
+from liploc.training.losses import build_loss
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from liploc.metrics import score_retrieval
-from liploc.report import RetrievalExample, select_examples, write_report
+from liploc.retrieval.metrics import score_retrieval
+from liploc.retrieval.report import RetrievalExample, select_examples, write_report
 
 
 def loop_result():

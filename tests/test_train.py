@@ -15,15 +15,15 @@ from corridor_world import write_corridor
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
-from liploc.checkpoint import load_checkpoint, metadata_path, strip_prefix
 from liploc.cli import app
 from liploc.config import Config, TrainConfig, load_config
-from liploc.data import PairDataset, resolve_data_roots, split_frames
 from liploc.errors import ConfigError, DataError
-from liploc.losses import build_loss
 from liploc.models import create_model
-from liploc.run_folder import load_model_from_checkpoint, read_csv_rows
-from liploc.train import LrSchedule, train, validate
+from liploc.training.checkpoint import load_checkpoint, metadata_path, strip_prefix
+from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.training.losses import build_loss
+from liploc.training.run_folder import load_model_from_checkpoint, read_csv_rows
+from liploc.training.train import LrSchedule, train, validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

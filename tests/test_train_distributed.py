@@ -13,12 +13,12 @@ import torch
 from corridor_world import write_corridor
 from torch.utils.data import DataLoader
 
-from liploc.checkpoint import load_checkpoint, strip_prefix
 from liploc.config import load_config
-from liploc.data import PairDataset, split_frames
-from liploc.losses import build_loss
-from liploc.run_folder import load_model_from_checkpoint, read_csv_rows
-from liploc.train import validate
+from liploc.training.checkpoint import load_checkpoint, strip_prefix
+from liploc.training.data import PairDataset, split_frames
+from liploc.training.losses import build_loss
+from liploc.training.run_folder import load_model_from_checkpoint, read_csv_rows
+from liploc.training.train import validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -137,7 +137,7 @@ def train_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
 ) -> None:
     """Train the two towers; many GPUs/nodes: torchrun --nproc_per_node=N -m liploc train ..."""
-    from liploc.train import configure_run, train
+    from liploc.training.train import configure_run, train
 
     try:
         cfg, run_dir = configure_run(config, data_root or [], overrides or [], out)
@@ -167,7 +167,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
 ) -> None:
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
-    from liploc.evaluate import evaluate as run_evaluation
+    from liploc.retrieval.evaluate import evaluate as run_evaluation
 
     try:
         run_evaluation(
@@ -197,7 +197,7 @@ def map_build(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
-    from liploc.localize import build_map
+    from liploc.retrieval.localize import build_map
 
     try:
         build_map(run, data_root, sequence, out, layout=layout, device=device, console=console)
@@ -221,7 +221,7 @@ def localize(
 
     from rich.table import Table
 
-    from liploc.localize import Localizer
+    from liploc.retrieval.localize import Localizer
 
     try:
         results = Localizer.open(map_dir, checkpoint, device).localize(images, k)

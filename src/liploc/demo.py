@@ -24,9 +24,9 @@ from rich.table import Table
 from liploc.atomic import atomic_write_text
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.errors import ConfigError
-from liploc.evaluate import evaluate
+from liploc.retrieval.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
-from liploc.train import train
+from liploc.training.train import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from liploc.atomic import atomic_write
 from liploc.config import Config
-from liploc.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
 from liploc.datasets import Frame, load_image
 from liploc.models import TwoTowerModel
-from liploc.train import autocast_dtype, resolve_device
+from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
+from liploc.training.train import autocast_dtype, resolve_device
 
 Modality = Literal["image", "lidar"]
 
@@ -54,7 +54,7 @@ def embed_frames(
         device: where to run the model; bf16 autocast on CUDA when supported.
         batch_size: frames per forward pass.
         num_workers: DataLoader worker processes for loading and preprocessing.
-        cache_dir: preprocessing cache folder (see :class:`liploc.data.PreprocessCache`).
+        cache_dir: preprocessing cache folder (see :class:`liploc.training.data.PreprocessCache`).
         progress: a ``rich.progress.Progress`` to report to, or None.
     """
     model.eval().to(device)

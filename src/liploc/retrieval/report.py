@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from liploc.atomic import atomic_write, atomic_write_text
-from liploc.metrics import RetrievalResult, format_percent
+from liploc.retrieval.metrics import RetrievalResult, format_percent
 
 SUCCESS_COLOR = "#1a9850"
 FAILURE_COLOR = "#d73027"

@@ -4,7 +4,7 @@ One call, :func:`train`, runs a whole training in one process or, under ``torchr
 process of a DDP job (gloo on CPU, NCCL on CUDA). Only rank 0 writes files.
 
 Exact resume: everything random is a function of the seed and the position in training, never of
-the history of a random generator. Data order comes from :class:`~liploc.data.EpochSampler`
+the history of a random generator. Data order comes from :class:`~liploc.training.data.EpochSampler`
 (seed + epoch), augmentation from ``(seed, epoch, index)`` per sample, and the torch generator
 (dropout) is reseeded from ``(seed, step, rank)`` before every optimiser step. A checkpoint
 therefore only needs the weights, the optimiser and schedule states, and the position (epoch and
@@ -33,13 +33,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from liploc import distributed
 from liploc.atomic import atomic_write_text
-from liploc.checkpoint import load_checkpoint, save_checkpoint, state_to_tensors, tensors_to_state
 from liploc.config import Config, TrainConfig, config_from_dict, load_config, save_config
-from liploc.data import EpochSampler, PairDataset, resolve_data_roots, training_splits
 from liploc.errors import ConfigError, DataError, LiplocError
-from liploc.run_folder import CsvLog, RunFolder
+from liploc.training import distributed
+from liploc.training.checkpoint import load_checkpoint, save_checkpoint, state_to_tensors, tensors_to_state
+from liploc.training.data import EpochSampler, PairDataset, resolve_data_roots, training_splits
+from liploc.training.run_folder import CsvLog, RunFolder
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -317,7 +317,7 @@ def validate(
     Under DDP every process passes its shard; embeddings are gathered so each batch is the global
     one, and every process returns the same numbers (those of rank 0's weights and buffers).
     """
-    from liploc.losses import in_batch_accuracy
+    from liploc.training.losses import in_batch_accuracy
 
     net = _unwrap(model)
     if distributed.is_distributed():
@@ -394,8 +394,8 @@ def train(
 
     Args:
         config: full configuration; every dataset entry needs its ``root``
-            (see :func:`liploc.data.resolve_data_roots`).
-        out_dir: run folder (see :mod:`liploc.run_folder`). A folder that already holds a run is
+            (see :func:`liploc.training.data.resolve_data_roots`).
+        out_dir: run folder (see :mod:`liploc.training.run_folder`). A folder that already holds a run is
             refused unless ``resume``.
         resume: continue from ``checkpoints/last.safetensors`` of ``out_dir``.
         progress: show a progress bar (rank 0).
@@ -437,8 +437,8 @@ class _Trainer:
         device: torch.device,
         console: Any | None,
     ) -> None:
-        from liploc.losses import build_loss
         from liploc.models import create_model
+        from liploc.training.losses import build_loss
 
         self.config, self.tc, self.info, self.device = config, config.train, info, device
         tc = self.tc

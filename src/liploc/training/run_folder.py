@@ -164,8 +164,8 @@ def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[T
     pretrained download, no local backbone files), then the weights are loaded strictly.
     Never unpickles; a tampered or truncated checkpoint is refused by the checkpoint module.
     """
-    from liploc.checkpoint import load_checkpoint, strip_prefix
     from liploc.models import create_model, inference_config
+    from liploc.training.checkpoint import load_checkpoint, strip_prefix
 
     file = resolve_checkpoint(path)
     tensors, metadata = load_checkpoint(file)

@@ -29,7 +29,7 @@ import numpy as np
 
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
-from liploc.index import EmbeddingIndex, IndexKind, check_embeddings
+from liploc.retrieval.index import EmbeddingIndex, IndexKind, check_embeddings
 
 MAP_FORMAT = "liploc-lidar-map"
 MAP_VERSION = 1

@@ -1,6 +1,6 @@
 """LiDAR maps from a trained model, and localization of camera images against them.
 
-A map folder (see :mod:`liploc.lidar_map`) holds the LiDAR embeddings, poses and faiss index of
+A map folder (see :mod:`liploc.retrieval.lidar_map`) holds the LiDAR embeddings, poses and faiss index of
 one or more sequences, plus a copy of the model checkpoint that made them (``model/``), so that a
 deployed map is self-contained: ``liploc localize MAP IMAGE`` needs nothing else. A query embedded
 by another model (``--checkpoint`` of another run) is refused by the map's fingerprint check.
@@ -20,12 +20,12 @@ from rich.console import Console
 
 from liploc.config import Config
 from liploc.datasets import open_dataset
-from liploc.embedding import embed_frames, embed_image_files, pick_device
 from liploc.errors import DataError
-from liploc.evaluate import frame_times, posed_frames, progress_bar, require_sequences
-from liploc.lidar_map import LidarMap, Match
 from liploc.models import TwoTowerModel
-from liploc.run_folder import load_model_from_checkpoint, resolve_checkpoint
+from liploc.retrieval.embedding import embed_frames, embed_image_files, pick_device
+from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
+from liploc.retrieval.lidar_map import LidarMap, Match
+from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 MODEL_DIR = "model"
 

@@ -24,14 +24,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
-from liploc.data import LidarDataset
 from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
-from liploc.embedding import EmbeddingCache, embed_frames, pick_device
 from liploc.errors import ConfigError, DataError
-from liploc.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
 from liploc.models import TwoTowerModel
-from liploc.report import RetrievalExample, select_examples, write_report
-from liploc.run_folder import load_model_from_checkpoint, resolve_checkpoint
+from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
+from liploc.retrieval.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
+from liploc.retrieval.report import RetrievalExample, select_examples, write_report
+from liploc.training.data import LidarDataset
+from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 PROTOCOLS = ("same-sequence", "cross-drive", "revisit")
 FALLBACK_FRAME_RATE_HZ = 10.0  # KITTI's LiDAR rate, for sequences without timestamps

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from liploc.index import EmbeddingIndex, Exclusion, IndexKind
+from liploc.retrieval.index import EmbeddingIndex, Exclusion, IndexKind
 
 DEFAULT_THRESHOLDS_M: tuple[float, ...] = (20.0, 10.0)
 """20 m as in the LIP-Loc paper, 10 m as in later cross-modal localization work."""

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from liploc import distributed
 from liploc.config import LossConfig
 from liploc.errors import ConfigError
+from liploc.training import distributed
 
 
 @dataclass(frozen=True)

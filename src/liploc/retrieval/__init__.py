@@ -1,0 +1,1 @@
+"""Retrieval: embedding, the faiss index, metrics, evaluation protocols, LiDAR maps, localization, reports."""
