@@ -60,7 +60,7 @@ def _east_step_deg(lat: float, metres: float) -> float:
     return np.rad2deg(metres / (np.cos(np.deg2rad(lat)) * EARTH_RADIUS_M))
 
 
-def test_oxts_poses_are_relative_to_first_lidar_pose(tmp_path: Path) -> None:
+def test_oxts_poses_are_east_north_up_from_the_reference_record(tmp_path: Path) -> None:
     lat, lon = 49.0, 8.4
     north = np.pi / 2
     dlat = np.rad2deg(10.0 / EARTH_RADIUS_M)
@@ -74,14 +74,52 @@ def test_oxts_poses_are_relative_to_first_lidar_pose(tmp_path: Path) -> None:
     reader = open_dataset(tmp_path / "2011_09_26")
     drive = reader.sequences()[0]
     frames = reader.frames(drive)
-    np.testing.assert_allclose(frames[0].pose, np.eye(4), atol=1e-9)
-    np.testing.assert_allclose(frames[1].pose[:3, 3], [10.0, 0.0, 0.0], atol=0.01)  # forward = +x
+    # World axes east, north, up; origin the first IMU record. The LiDAR sits 0.81 m ahead,
+    # 0.32 m right and 0.80 m above the IMU; facing north, ahead is +y and right is +x.
+    np.testing.assert_allclose(frames[0].pose[:3, :3], [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-9)
+    np.testing.assert_allclose(frames[0].pose[:3, 3], [0.32, 0.81, 0.80], atol=1e-6)
+    np.testing.assert_allclose(frames[1].pose[:3, 3], [0.32, 10.81, 0.80], atol=0.01)  # 10 m north
+    relative = np.linalg.inv(frames[0].pose) @ frames[2].pose
     c, s = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
-    np.testing.assert_allclose(frames[2].pose[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-9)
-    assert frames[2].pose[2, 3] == pytest.approx(2.0, abs=1e-6)
+    np.testing.assert_allclose(relative[:3, :3], [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-9)
+    assert relative[2, 3] == pytest.approx(2.0, abs=1e-6)
     assert frames[3].pose is None
     assert any("1 of 4 frames have no pose" in p and "frames 6" in p for p in reader.problems)
     assert [f.timestamp for f in frames[:2]] == pytest.approx([0.3, 0.4])
+
+
+def test_drives_passing_one_point_in_opposite_directions_share_its_position(tmp_path: Path) -> None:
+    lat, lon = 48.98, 8.39
+    east, west = 0.0, np.pi
+    step = _east_step_deg(lat, 10.0)
+    # Drive 1 heads east from lon for 50 m; drive 2 (a later drive, another date) starts 80 m east
+    # and heads west, passing drive 1's frame 3 (30 m east) at its own frame 5.
+    write_kitti_raw(
+        tmp_path,
+        "2011_09_26",
+        1,
+        range(6),
+        oxts={i: oxts_row(lat, lon + i * step, 110.0, yaw=east) for i in range(6)},
+        T_velo_imu=rigid_transform(np.eye(3), np.array([0.0, 0.0, -0.8])),
+    )
+    write_kitti_raw(
+        tmp_path,
+        "2011_09_28",
+        2,
+        range(8),
+        oxts={i: oxts_row(lat, lon + (8 - i) * step, 111.0, yaw=west) for i in range(8)},
+        T_velo_imu=rigid_transform(np.eye(3), np.array([0.0, 0.0, -0.8])),
+    )
+    for first in ("2011_09_28_drive_0002_sync", "2011_09_26_drive_0001_sync"):  # any reading order
+        reader = open_dataset(tmp_path)
+        frames = {name: reader.frames(name) for name in sorted(reader.sequences(), key=lambda n: n != first)}
+        one, two = frames["2011_09_26_drive_0001_sync"], frames["2011_09_28_drive_0002_sync"]
+        np.testing.assert_allclose(one[3].position_xy, two[5].position_xy, atol=1e-6)
+        np.testing.assert_allclose(one[3].position_xy, [30.0, 0.0], atol=0.01)
+        np.testing.assert_allclose(two[0].position_xy, [80.0, 0.0], atol=0.01)
+        assert one[0].world == two[0].world
+        assert reader.world_frame(one[0].sequence) == reader.world_frame(two[0].sequence)
+        assert reader.mercator_reference()[2].parent.parent.parent.name == "2011_09_26_drive_0001_sync"
 
 
 def test_oxts_without_imu_calibration_uses_imu_pose_and_reports(tmp_path: Path) -> None:

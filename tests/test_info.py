@@ -99,3 +99,25 @@ def test_cli_info_on_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no known dataset layout" in " ".join(result.output.split())  # rich wraps lines
     assert "Traceback" not in result.output
+
+
+def test_info_names_the_world_frame_of_each_layout(tmp_path: Path) -> None:
+    odometry = tmp_path / "odometry"
+    for name in ("00", "01"):
+        write_kitti_odometry(odometry, name, n_frames=2)
+    result = CliRunner().invoke(app, ["info", str(odometry), "--no-check-files"])
+    assert result.exit_code == 0, result.output
+    assert "each sequence has its own" in result.output
+
+    # The same folder written by `liploc synth --pose-frame town`: one world for all sequences.
+    (odometry / "synth.json").write_text('{"pose_frame": "town"}')
+    summary = describe_dataset(odometry, console=_console()[0], check_files=False)
+    assert {s.world_frame for s in summary.sequences} == {"town frame (synth.json)"}
+    result = CliRunner().invoke(app, ["info", str(odometry), "--no-check-files"])
+    assert "world frame: town frame (synth.json) - 00, 01" in result.output
+
+    kitti360 = tmp_path / "kitti360"
+    write_kitti360(kitti360, "2013_05_28_drive_0000_sync", n_frames=2)
+    write_kitti360(kitti360, "2013_05_28_drive_0002_sync", n_frames=2)
+    summary = describe_dataset(kitti360, console=_console()[0], check_files=False)
+    assert len({s.world_frame for s in summary.sequences}) == 1

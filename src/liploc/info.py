@@ -36,6 +36,8 @@ class SequenceSummary:
         duration_s: time from the first to the last frame, when timestamps are known.
         path_length_m: ground-plane length of the trajectory of the frames with a pose.
         error: why the sequence could not be read (then it has no frames), or None.
+        world_frame: the world frame its poses are in; sequences with the same one can be
+            compared (cross-drive evaluation).
     """
 
     name: str
@@ -47,6 +49,7 @@ class SequenceSummary:
     duration_s: float | None = None
     path_length_m: float | None = None
     error: str | None = None
+    world_frame: str = ""
 
 
 @dataclass
@@ -105,7 +108,7 @@ def describe_dataset(
 
     with Progress(console=console, transient=True) as progress:
         for name in reader.sequences():
-            sequence = SequenceSummary(name=name)
+            sequence = SequenceSummary(name=name, world_frame=reader.world_frame(name))
             summary.sequences.append(sequence)
             paths_to_check: tuple[list[Path], list[Path]] = ([], [])
             if isinstance(reader, PairedFramesReader):
@@ -187,6 +190,22 @@ def _format_matrix(matrix: np.ndarray) -> str:
     return "\n".join(" ".join(f"{v:10.5g}" for v in row) for row in matrix)
 
 
+def world_frame_lines(sequences: list[SequenceSummary]) -> list[str]:
+    """Lines saying which sequences share a world frame (only those can be compared by position)."""
+    groups: dict[str, list[str]] = {}
+    for s in sequences:
+        groups.setdefault(s.world_frame, []).append(s.name)
+    if not groups:
+        return []
+    if len(groups) == len(sequences) and len(sequences) > 1:
+        return ["world frames: each sequence has its own (positions across sequences not comparable)"]
+    lines = []
+    for frame, names in groups.items():
+        shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ... ({len(names)} in all)"
+        lines.append(f"world frame: {frame} - {shown}")
+    return lines
+
+
 def _print_summary(summary: DatasetSummary, description: str, console: Console) -> None:
     console.print(f"[bold]{summary.root}[/]")
     console.print(f"layout: [bold cyan]{summary.layout}[/] — {description}")
@@ -211,6 +230,8 @@ def _print_summary(summary: DatasetSummary, description: str, console: Console) 
             f"{s.path_length_m:.0f} m" if s.path_length_m is not None else "-",
         )
     console.print(table)
+    for line in world_frame_lines(summary.sequences):
+        console.print(line)
 
     for calib, names in summary.calibrations:
         console.print(_calibration_table(calib, names))

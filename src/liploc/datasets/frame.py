@@ -57,6 +57,10 @@ class Frame:
             no pose for this frame (such frames are kept out of evaluation).
         calib: calibration of this frame.
         timestamp: seconds since the start of the sequence, when known.
+        world: id of the world frame ``pose`` is expressed in (see
+            :meth:`~liploc.datasets.registry.DatasetReader.world_frame`). Positions of two frames
+            can only be compared when their worlds are equal; None (frames made by hand) means
+            the sequence's own frame.
     """
 
     sequence: str
@@ -67,6 +71,12 @@ class Frame:
     calib: Calibration
     timestamp: float | None = None
     extras: dict = field(default_factory=dict)
+    world: str | None = None
+
+    @property
+    def world_id(self) -> str:
+        """The world frame of ``pose``: ``world``, or the sequence's own frame when unset."""
+        return self.world if self.world is not None else f"{self.sequence} (own frame)"
 
     @property
     def position_xy(self) -> np.ndarray:

@@ -9,10 +9,15 @@ Layout (``root`` may also be the folder holding ``dataset/``)::
 Pose files hold camera-0 poses in camera 0's first frame (x right, y down, z forward), one line
 per frame. The LiDAR pose in a z-up world whose origin is the first LiDAR pose is
 ``inv(Tr) @ P_i @ Tr`` with ``Tr`` (Velodyne -> camera 0) from ``calib.txt``.
+
+World frames: each sequence is its own world (KITTI's poses start at the identity in every
+sequence; positions of two sequences cannot be compared). A folder written by ``liploc synth
+--pose-frame town`` says in its ``synth.json`` that all its sequences share the town's frame.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +32,11 @@ from liploc.datasets.frame import Calibration
 from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
 from liploc.datasets.registry import register
 from liploc.errors import DataError
+
+SYNTH_MANIFEST = "synth.json"
+"""Manifest of a ``liploc synth`` folder; its ``pose_frame`` says whether sequences share a world."""
+SHARED_POSE_FRAMES = {"town": "town frame (synth.json)"}
+"""``pose_frame`` values of a synth manifest under which all sequences share one world."""
 
 CAMERAS = ("image_0", "image_1", "image_2", "image_3")
 """Camera folders of a KITTI odometry sequence; ``image_N`` goes with projection matrix ``PN``."""
@@ -100,6 +110,24 @@ class KittiOdometryReader(PairedFramesReader):
 
     def _find_sequences(self) -> list[str]:
         return [d.name for d in _sequence_dirs(self.root) if _looks_like_sequence(d)]
+
+    def world_frame(self, sequence: str) -> str:
+        """The shared town frame of a ``liploc synth --pose-frame town`` folder, else the sequence's own."""
+        shared = self._shared_pose_frame()
+        return shared if shared is not None else super().world_frame(sequence)
+
+    def _shared_pose_frame(self) -> str | None:
+        for folder in dict.fromkeys((self.root, self.base)):
+            path = folder / SYNTH_MANIFEST
+            if not path.is_file():
+                continue
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise DataError(path, f"cannot read the synth manifest ({err})") from None
+            frame = manifest.get("pose_frame") if isinstance(manifest, dict) else None
+            return SHARED_POSE_FRAMES.get(frame) if isinstance(frame, str) else None
+        return None
 
     def sequence_folder(self, sequence: str) -> Path:
         """``sequences/<sequence>``."""

@@ -10,6 +10,11 @@ Layout::
     calibration/perspective.txt         S_rect_00, R_rect_00, P_rect_00
 
 The LiDAR pose in the (z-up) world is ``T_world_imu @ T_imu_cam0 @ inv(T_velo_cam0)``.
+
+World frame: all drives share one. The documentation describes ``poses.txt`` as the transform
+from the IMU to "a world coordinate system", and the devkit's OXTS <-> pose conversions
+(``convertOxtsToPose`` / ``convertPoseToOxts``) use one fixed Mercator origin for every sequence
+(lat 48.9843445, lon 8.4295857, "lake in Karlsruhe"), so poses of different drives are comparable.
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ class Kitti360Reader(PairedFramesReader):
             if folder.is_dir():
                 names += [d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
         return names
+
+    def world_frame(self, sequence: str) -> str:
+        """Every drive's poses are in the one KITTI-360 world frame (see the module docstring)."""
+        return "KITTI-360 world (Mercator, devkit origin)"
 
     def scan_folder(self, sequence: str) -> Path:
         return self.root / "data_3d_raw" / sequence / "velodyne_points" / "data"

@@ -9,9 +9,13 @@ Layout (``root`` is a folder of date folders, or one date folder)::
     <date>/<date>_drive_NNNN_sync/velodyne_points/data/NNNNNNNNNN.bin (+ ../timestamps.txt)
     <date>/<date>_drive_NNNN_sync/oxts/data/NNNNNNNNNN.txt          (optional)
 
-Poses come from OXTS as in the KITTI raw devkit (Mercator projection scaled by the first
-latitude; roll, pitch, yaw give the IMU orientation), turned into LiDAR poses with
-``calib_imu_to_velo.txt`` and expressed relative to the first LiDAR pose (x forward, z up).
+Poses come from OXTS as in the KITTI raw devkit (Mercator projection; roll, pitch, yaw give the
+IMU orientation), turned into LiDAR poses with ``calib_imu_to_velo.txt``. All drives under one
+root share ONE world frame, so drives over the same streets can be compared (cross-drive
+evaluation): one Mercator scale and one origin for the whole root, both from the reference record
+(the first OXTS record of the lexicographically first drive with OXTS). The frame's axes are
+east, north, up (metres); its origin is the reference record's position. The devkit instead
+starts every drive at its own first pose, which makes drives incomparable.
 """
 
 from __future__ import annotations
@@ -63,14 +67,18 @@ def find_drives(root: Path) -> dict[str, Path]:
     return {d.name: d for d in drives}
 
 
-def oxts_to_imu_poses(oxts: np.ndarray) -> np.ndarray:
+def oxts_to_imu_poses(
+    oxts: np.ndarray, reference_lat_deg: float | None = None, origin: np.ndarray | None = None
+) -> np.ndarray:
     """(N, 4, 4) IMU poses in a metric east-north-up frame from OXTS rows (KITTI raw devkit).
 
     ``oxts[:, :6]`` are latitude, longitude (degrees), altitude (m), roll, pitch, yaw (rad). The
-    Mercator scale comes from the first row's latitude.
+    Mercator scale is ``cos(reference_lat_deg)`` (default: the first row's latitude, as the
+    devkit does per drive); ``origin`` (3,) is subtracted from the Mercator position (default:
+    none). Give both to put several drives in one frame.
     """
     lat, lon, alt, roll, pitch, yaw = (oxts[:, k] for k in range(6))
-    scale = np.cos(np.deg2rad(lat[0]))
+    scale = np.cos(np.deg2rad(lat[0] if reference_lat_deg is None else reference_lat_deg))
     translation = np.stack(
         [
             scale * EARTH_RADIUS_M * np.deg2rad(lon),
@@ -81,8 +89,15 @@ def oxts_to_imu_poses(oxts: np.ndarray) -> np.ndarray:
     )
     poses = np.tile(np.eye(4), (len(oxts), 1, 1))
     poses[:, :3, :3] = _rot_z(yaw) @ _rot_y(pitch) @ _rot_x(roll)
-    poses[:, :3, 3] = translation
+    poses[:, :3, 3] = translation - (0.0 if origin is None else np.asarray(origin, dtype=np.float64))
     return poses
+
+
+def mercator_position(lat_deg: float, lon_deg: float, alt_m: float, reference_lat_deg: float) -> np.ndarray:
+    """(3,) Mercator x, y (scaled by ``cos(reference_lat_deg)``) and altitude of one position."""
+    row = np.zeros((1, 30))
+    row[0, :3] = lat_deg, lon_deg, alt_m
+    return oxts_to_imu_poses(row, reference_lat_deg)[0, :3, 3]
 
 
 def read_oxts_file(path: Path) -> np.ndarray:
@@ -122,6 +137,7 @@ class KittiRawReader(PairedFramesReader):
             raise DataError(self.root, f"unknown KITTI raw camera folder {camera!r} (one of {known})")
         self.camera = camera
         self._drives = find_drives(self.root)
+        self._reference: tuple[float, np.ndarray, Path] | None = None
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -144,6 +160,29 @@ class KittiRawReader(PairedFramesReader):
 
     def image_folder(self, sequence: str) -> Path:
         return self.drive_folder(sequence) / self.camera / "data"
+
+    def world_frame(self, sequence: str) -> str:
+        """All drives of the root share one Mercator frame (see :meth:`mercator_reference`)."""
+        return "Mercator (one scale and origin for the root)"
+
+    def mercator_reference(self) -> tuple[float, np.ndarray, Path]:
+        """(reference latitude in degrees, (3,) origin, OXTS file) of the root's world frame.
+
+        The first OXTS record (lowest file name) of the first drive (by name) that has any; the
+        same for every drive of the root whatever is read first. A DataError when no drive has OXTS.
+        """
+        if self._reference is None:
+            for name in self.sequences():
+                folder = self.oxts_folder(name)
+                records = sorted(folder.glob("*.txt")) if folder.is_dir() else []
+                if records:
+                    row = read_oxts_file(records[0])
+                    lat = float(row[0])
+                    self._reference = (lat, mercator_position(row[0], row[1], row[2], lat), records[0])
+                    break
+            else:
+                raise DataError(self.root, "no drive has OXTS records to fix the world frame")
+        return self._reference
 
     def oxts_folder(self, sequence: str) -> Path:
         """``<drive>/oxts/data`` (it may not exist)."""
@@ -176,9 +215,10 @@ class KittiRawReader(PairedFramesReader):
         if not with_oxts:
             return {}
         oxts = np.stack([read_oxts_file(folder / f"{files.scans[i].stem}.txt") for i in with_oxts])
-        T_world_lidar = oxts_to_imu_poses(oxts) @ np.linalg.inv(self._T_velo_imu(sequence))
-        relative = np.linalg.inv(T_world_lidar[0]) @ T_world_lidar
-        return dict(zip(with_oxts, relative, strict=True))
+        reference_lat, origin, _ = self.mercator_reference()
+        T_world_imu = oxts_to_imu_poses(oxts, reference_lat, origin)
+        T_world_lidar = T_world_imu @ np.linalg.inv(self._T_velo_imu(sequence))
+        return dict(zip(with_oxts, T_world_lidar, strict=True))
 
     def _timestamps(self, sequence: str, files: SequenceFiles) -> dict[int, float]:
         path = self.scan_folder(sequence).parent / "timestamps.txt"

@@ -177,6 +177,7 @@ class PairedFramesReader(DatasetReader):
         poses = self._poses(sequence, files, calib)
         times = self._timestamps(sequence, files)
         indices = files.paired
+        world = self.world_id(sequence)
         no_pose = [i for i in indices if i not in poses]
         if no_pose:
             self.report(
@@ -192,6 +193,7 @@ class PairedFramesReader(DatasetReader):
                 pose=poses.get(i),
                 calib=calib,
                 timestamp=times.get(i),
+                world=world,
             )
             for i in indices
         ]

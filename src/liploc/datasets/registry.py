@@ -42,6 +42,20 @@ class DatasetReader(ABC):
     def frames(self, sequence: str) -> list[Frame]:
         """Paired frames of ``sequence`` in time order (frames without a pose have ``pose=None``)."""
 
+    def world_frame(self, sequence: str) -> str:
+        """Name of the world frame the poses of ``sequence`` are expressed in.
+
+        Sequences whose world frames have the same name share one metric frame: their positions
+        can be compared (cross-drive evaluation, pose-aware positives). The default is one frame
+        per sequence (its own first pose, as KITTI odometry); layouts whose sequences share a
+        frame override this.
+        """
+        return f"{sequence} (own frame)"
+
+    def world_id(self, sequence: str) -> str:
+        """:meth:`world_frame` made unique across dataset folders (stored on every Frame)."""
+        return f"{self.name}:{self.root.resolve()}:{self.world_frame(sequence)}"
+
     def frame(self, sequence: str, index: int) -> Frame:
         """Frame ``index`` of ``sequence``, or a DataError saying it is not there."""
         for frame in self.frames(sequence):
