@@ -228,3 +228,41 @@ def test_losses_run_on_cuda_like_on_cpu() -> None:
         gpu = build_loss(cfg).cuda()(image.cuda(), lidar.cuda(), positions.cuda())
         assert gpu.device.type == "cuda"
         assert gpu.item() == pytest.approx(cpu.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("shared_world", [False, True])
+def test_pose_aware_positives_only_within_one_world(tmp_path, shared_world: bool) -> None:
+    # Two KITTI odometry sequences both start at (0, 0) in their own frames: their first frames
+    # are not the same place, so they must stay negatives. Written by `synth --pose-frame town`,
+    # the same numbers are one world and the first frames are positives of each other.
+    from conftest import write_kitti_odometry
+    from torch.utils.data import default_collate
+
+    from liploc.config import Config
+    from liploc.datasets import open_dataset
+    from liploc.training.data import PairDataset
+
+    for name in ("00", "01"):
+        write_kitti_odometry(tmp_path, name, n_frames=3)
+    if shared_world:
+        (tmp_path / "synth.json").write_text('{"pose_frame": "town"}')
+    reader = open_dataset(tmp_path)
+    frames = [reader.frames("00")[0], reader.frames("01")[0], reader.frames("00")[2]]
+    batch = default_collate([PairDataset(frames, Config(), modalities=("image",))[i] for i in range(3)])
+    assert batch["position_xy"][0].tolist() == batch["position_xy"][1].tolist() == [0.0, 0.0]
+
+    image = lidar = torch.eye(4)[:3]
+    aware = build_loss(LossConfig(kind="clip", temperature=0.1, pose_aware=True, positive_radius_m=1.0))
+    targets = torch.eye(3)
+    if shared_world:
+        targets[:2, :2] = 0.5
+    logits = image @ lidar.T / 0.1
+    expected = (
+        (-targets * F.log_softmax(logits, 1)).sum(1) + (-targets * F.log_softmax(logits.T, 1)).sum(1)
+    ).mean() / 2
+    value = aware(image, lidar, batch["position_xy"], batch["world"])
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    mask = positive_mask(
+        3, 0, 3, batch["position_xy"], batch["position_xy"], 1.0, "cpu", batch["world"], batch["world"]
+    )
+    assert mask[0, 1].item() is shared_world

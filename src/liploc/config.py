@@ -27,11 +27,23 @@ class DatasetSplit(_Section):
     root: Path | None = None
     """Folder of the dataset; usually given on the command line with ``--data-root``."""
     train: list[str] = Field(default_factory=list)
+    """Training sequences; each may be a frame range, e.g. ``00[0:3000]`` (frame numbers, half-open)."""
     val: list[str] = Field(default_factory=list)
     """Validation sequences; when empty, ``val_fraction`` of the training frames is held out."""
     test: list[str] = Field(default_factory=list)
+    """Test sequences: what ``liploc evaluate RUN`` evaluates (with ``eval.protocol``) when neither
+    ``--sequence`` nor a preset (``--preset``, ``eval.preset``) is given."""
     frame_step: int = Field(1, ge=1)
     """Take every n-th frame (KITTI is 10 Hz; consecutive frames are nearly identical)."""
+
+    @field_validator("train", "val", "test")
+    @classmethod
+    def _sequence_ranges(cls, v: list[str]) -> list[str]:
+        from liploc.datasets.sequence_range import SequenceRange
+
+        for text in v:
+            SequenceRange.parse(text)  # ValueError -> a ConfigError naming the key
+        return v
 
 
 class DataConfig(_Section):
@@ -189,7 +201,13 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    preset: Literal["lip-loc", "kitti-b", "kitti-a"] | None = None
+    """The literature's protocol this config trains for (``liploc.retrieval.protocols``);
+    ``liploc evaluate RUN`` without ``--sequence`` runs its test sequences and prints its table."""
     protocol: Literal["same-sequence", "cross-drive", "revisit"] = "same-sequence"
+    """Protocol of ``liploc evaluate`` when ``--protocol`` is not given (no preset)."""
+    exclude_self: bool = False
+    """Same-sequence: take the query's own scan out of the database (kitti-b does)."""
     thresholds_m: list[float] = Field(default_factory=lambda: [20.0, 10.0])
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
     revisit_window_s: float = Field(30.0, ge=0)

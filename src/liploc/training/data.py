@@ -32,7 +32,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from liploc.atomic import atomic_write
 from liploc.config import Config, DataConfig, DatasetSplit
 from liploc.datasets import Frame, load_image, load_scan, open_dataset
+from liploc.datasets.sequence_range import parse_ranges
 from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.training.losses import world_code
 
 if TYPE_CHECKING:
     from liploc.lidar import RangeProjector
@@ -252,7 +254,7 @@ class WorkerDataError(DataError):
 
 
 class PairDataset(Dataset):
-    """Samples of frames: ``{"image", "lidar", "position_xy", "index"}`` (the modalities asked for).
+    """Samples of frames: ``{"image", "lidar", "position_xy", "world", "index"}`` (the modalities asked for).
 
     Args:
         frames: the frames, in the order of the dataset's indices.
@@ -265,7 +267,9 @@ class PairDataset(Dataset):
     An item is looked up by index, or by ``(epoch, index)`` as :class:`EpochSampler` yields: the
     augmentation of a sample is a function of ``(seed, epoch, index)`` alone.
 
-    ``position_xy`` is the float64 ground-plane position (NaN for frames without a pose).
+    ``position_xy`` is the float64 ground-plane position (NaN for frames without a pose);
+    ``world`` the int64 code of the world frame it is in (positions of different worlds are not
+    comparable; the pose-aware loss takes positives only within one world).
     """
 
     def __init__(
@@ -330,6 +334,7 @@ class PairDataset(Dataset):
         sample: dict[str, torch.Tensor] = {
             "index": torch.tensor(index, dtype=torch.long),
             "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
+            "world": torch.tensor(world_code(frame.world_id), dtype=torch.long),
         }
         if "image" in self.modalities:
             rng = np.random.default_rng(streams[0]) if self.train else None
@@ -390,6 +395,9 @@ def _check_root(entry: DatasetSplit, position: int) -> Path:
 def split_frames(data: DataConfig, split: SplitName) -> list[Frame]:
     """Frames of the ``split`` sequences of every dataset entry, every ``frame_step``-th frame.
 
+    A sequence may be a frame range (``00[0:3000]``: frame numbers 0-2999; see
+    :class:`~liploc.datasets.sequence_range.SequenceRange`).
+
     Poses are not required here (see :func:`posed`). A named sequence missing from its folder is a
     DataError naming the folder and the sequences found.
     """
@@ -399,8 +407,8 @@ def split_frames(data: DataConfig, split: SplitName) -> list[Frame]:
         if not sequences:
             continue
         reader = open_dataset(_check_root(entry, position), entry.layout)
-        for sequence in sequences:
-            frames.extend(reader.frames(sequence)[:: entry.frame_step])
+        for spec in parse_ranges(sequences):
+            frames.extend(spec.select(reader.frames(spec.sequence))[:: entry.frame_step])
     return frames
 
 

@@ -2,7 +2,9 @@
 
 Every loss takes L2-normalised embeddings ``image_emb`` and ``lidar_emb`` [B, D] (row i of both
 comes from the same place) and optionally the ground-plane positions [B, 2] for pose-aware
-targets: pairs of the batch taken within ``positive_radius_m`` of each other are positives too.
+targets: pairs of the batch taken within ``positive_radius_m`` of each other are positives too,
+but only pairs of one world frame (``worlds`` [B], integer codes of :func:`world_code`): two
+KITTI sequences that both start at (0, 0) are not the same place.
 
 Distributed training: with a process group of several processes and ``gather_distributed``, the
 embeddings (and positions) of every process are all-gathered so the global batch serves as
@@ -16,6 +18,7 @@ inside the loss, so do not wrap the loss in DDP; give its parameters to the opti
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -40,6 +43,11 @@ class _Batch:
     offset: int  # global index of local row 0
 
 
+def world_code(world: str) -> int:
+    """A stable int64 code of a world-frame id (the same in every process and run)."""
+    return int.from_bytes(hashlib.sha1(world.encode("utf-8")).digest()[:8], "little", signed=True)
+
+
 def positive_mask(
     rows: int,
     offset: int,
@@ -48,10 +56,13 @@ def positive_mask(
     positions_all: Tensor | None = None,
     radius_m: float | None = None,
     device: torch.device | str = "cpu",
+    worlds: Tensor | None = None,
+    worlds_all: Tensor | None = None,
 ) -> Tensor:
     """Positives [rows, total] of local rows among all columns: the same pair (column
     ``offset + i`` for row ``i``), plus, when ``radius_m`` is given, pairs whose ground-plane
-    positions are within ``radius_m``. NaN positions (frames without a pose) match nothing else.
+    positions are within ``radius_m`` and, when ``worlds`` codes are given, in the same world
+    frame. NaN positions (frames without a pose) match nothing else.
     """
     if radius_m is None:
         mask = torch.zeros(rows, total, dtype=torch.bool, device=device)
@@ -59,6 +70,10 @@ def positive_mask(
         if positions is None or positions_all is None:
             raise ValueError("pose-aware positives need the positions of the rows and the columns")
         mask = torch.cdist(positions.double(), positions_all.double()) <= radius_m
+        if (worlds is None) != (worlds_all is None):
+            raise ValueError("give the world codes of both the rows and the columns, or of neither")
+        if worlds is not None and worlds_all is not None:
+            mask &= worlds.to(mask.device)[:, None] == worlds_all.to(mask.device)[None, :]
     index = torch.arange(rows, device=mask.device)
     mask[index, index + offset] = True
     return mask
@@ -89,8 +104,18 @@ class ContrastiveLoss(nn.Module):
         """Current temperature tau = 1 / scale (for SigLIP, logged alongside CLIP's)."""
         return 1.0 / float(self._clamped_log_scale().detach().exp())
 
-    def forward(self, image_emb: Tensor, lidar_emb: Tensor, positions_xy: Tensor | None = None) -> Tensor:
-        """Scalar loss of the (global) batch; see the module docstring for the distributed case."""
+    def forward(
+        self,
+        image_emb: Tensor,
+        lidar_emb: Tensor,
+        positions_xy: Tensor | None = None,
+        worlds: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss of the (global) batch; see the module docstring for the distributed case.
+
+        ``worlds`` [B] (int64 :func:`world_code` of each pair's world frame) keeps pose-aware
+        positives within one world; None treats the whole batch as one world.
+        """
         if image_emb.shape != lidar_emb.shape or image_emb.ndim != 2:
             raise ValueError(
                 f"image and LiDAR embeddings must both be [B, D]; got {tuple(image_emb.shape)} "
@@ -101,11 +126,15 @@ class ContrastiveLoss(nn.Module):
                 raise ValueError("pose-aware loss needs positions_xy [B, 2] of the pairs")
             if positions_xy.shape != (image_emb.shape[0], 2):
                 raise ValueError(f"positions_xy must be [B, 2]; got {tuple(positions_xy.shape)}")
+            if worlds is not None and worlds.shape != (image_emb.shape[0],):
+                raise ValueError(f"worlds must be [B]; got {tuple(worlds.shape)}")
         # The loss runs in float32 even under bf16/fp16 autocast (logsumexp over the batch).
         with torch.autocast(device_type=image_emb.device.type, enabled=False):
-            return self._forward_fp32(image_emb.float(), lidar_emb.float(), positions_xy)
+            return self._forward_fp32(image_emb.float(), lidar_emb.float(), positions_xy, worlds)
 
-    def _forward_fp32(self, image: Tensor, lidar: Tensor, positions_xy: Tensor | None) -> Tensor:
+    def _forward_fp32(
+        self, image: Tensor, lidar: Tensor, positions_xy: Tensor | None, worlds: Tensor | None = None
+    ) -> Tensor:
         gather = self.cfg.gather_distributed and distributed.is_distributed()
         if gather:
             distributed.check_same_rows(image)
@@ -114,12 +143,15 @@ class ContrastiveLoss(nn.Module):
             offset = distributed.get_rank() * image.shape[0]
         else:
             image_all, lidar_all, offset = image, lidar, 0
-        positions = positions_all = None
+        positions = positions_all = world_rows = world_cols = None
         if self.cfg.pose_aware:
             assert positions_xy is not None
             # float64 on the embeddings' device: NCCL gathers device tensors only.
             positions = positions_xy.detach().to(device=image.device, dtype=torch.float64)
             positions_all = distributed.all_gather_no_grad(positions) if gather else positions
+            if worlds is not None:
+                world_rows = worlds.detach().to(device=image.device, dtype=torch.int64)
+                world_cols = distributed.all_gather_no_grad(world_rows) if gather else world_rows
         positives = positive_mask(
             image.shape[0],
             offset,
@@ -128,6 +160,8 @@ class ContrastiveLoss(nn.Module):
             positions_all,
             self.cfg.positive_radius_m if self.cfg.pose_aware else None,
             device=image.device,
+            worlds=world_rows,
+            worlds_all=world_cols,
         )
         batch = _Batch(image, lidar, image_all, lidar_all, positives, offset)
         row_sum = self._row_loss_sum(batch)

@@ -334,7 +334,9 @@ def validate(
         lidar = batch["lidar"].to(device, non_blocking=True)
         with _autocast(device, amp_dtype):
             image_emb, lidar_emb = net(image, lidar)
-        loss = loss_fn(image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device))
+        loss = loss_fn(
+            image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device), batch.get("world")
+        )
         image_all = distributed.all_gather_no_grad(image_emb.float())
         lidar_all = distributed.all_gather_no_grad(lidar_emb.float())
         n = image_all.shape[0]
@@ -699,7 +701,9 @@ class _Trainer:
                         batch["image"].to(device, non_blocking=True),
                         batch["lidar"].to(device, non_blocking=True),
                     )
-                loss = self.loss_fn(image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device))
+                loss = self.loss_fn(
+                    image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device), batch.get("world")
+                )
                 self.scaler.scale(loss / tc.grad_accum).backward()
             step_loss += float(loss.detach()) / tc.grad_accum
         if not math.isfinite(step_loss):
