@@ -75,13 +75,39 @@ def test_same_sequence_writes_metrics_report_and_embeddings(world: dict[str, Pat
 
 
 def test_cross_drive_uses_the_other_drive_as_database(world: dict[str, Path]) -> None:
-    out = evaluate(
-        world["run"], world["root"], "02", protocol="cross-drive", map_sequence="03", num_examples=0
-    )
+    # KITTI odometry layout: every sequence starts at the identity in its own frame, so comparing
+    # positions of 02 and 03 means nothing and is refused, naming both and why.
+    with pytest.raises(ConfigError, match=r"sequences 02 and 03 .*different world frames") as refused:
+        evaluate(world["run"], world["root"], "02", protocol="cross-drive", map_sequence="03", num_examples=0)
+    assert "02 (own frame) vs 03 (own frame)" in str(refused.value)
+    assert not (world["run"] / "eval" / "02-on-03").exists()  # nothing written for a refused run
+    # Written by `liploc synth --pose-frame town`, the same files are one world: allowed.
+    manifest = world["root"] / "synth.json"
+    manifest.write_text('{"pose_frame": "town"}')
+    try:
+        out = evaluate(
+            world["run"], world["root"], "02", protocol="cross-drive", map_sequence="03", num_examples=0
+        )
+    finally:
+        manifest.unlink()
     assert out.result.db_size == 40
     assert out.result.info["map_sequence"] == "03"
+    assert out.result.info["own_scan_in_database"] is False
     with pytest.raises(ConfigError, match="map-sequence"):
         evaluate(world["run"], world["root"], "02", protocol="cross-drive")
+    with pytest.raises(ConfigError, match="exclude-self is for same-sequence"):
+        evaluate(world["run"], world["root"], "02", protocol="revisit", exclude_self=True)
+
+
+def test_evaluation_on_training_sequences_is_refused(world: dict[str, Path]) -> None:
+    # The run trained on 00 and validated on 01.
+    with pytest.raises(ConfigError, match=r"trained or validated on .*00 \(the run used train 00\)"):
+        evaluate(world["run"], world["root"], "00", num_examples=0)
+    with pytest.raises(ConfigError, match=r"01\[5:\] \(the run used val 01\)"):
+        evaluate(world["run"], world["root"], "01[5:]", num_examples=0)
+    out = evaluate(world["run"], world["root"], "01[5:]", num_examples=0, allow_training_data=True)
+    assert out.result.num_queries == 19  # frames 5-23 of the 24
+    assert out.result.info["evaluated_on_training_data"] == ["01[5:] (the run used val 01)"]
 
 
 def test_revisit_excludes_the_same_time_scans(world: dict[str, Path]) -> None:

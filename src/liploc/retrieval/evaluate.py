@@ -6,6 +6,12 @@
 - ``revisit``: as same-sequence, but scans taken within ``revisit_window_s`` of the query leave
   the database, so only true revisits of a place can be found.
 
+Same-sequence with ``exclude_self`` takes each query's own scan out of its database (the
+protocol of later work, e.g. kitti-b). Cross-drive needs both drives in one world frame (see
+``DatasetReader.world_frame``): positions of different worlds cannot be compared. A sequence may
+be a frame range (``00[3000:]``). The run's training and validation sequences are refused
+(``allow_training_data`` to go on); the literature's protocols by name are in ``protocols.py``.
+
 A retrieval is correct when the retrieved scan lies within the threshold (ground-plane distance)
 of the query's true position. Frames without a pose are left out of both sides and counted.
 """
@@ -25,11 +31,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
 from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
+from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError, DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
-from liploc.retrieval.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
+from liploc.retrieval.metrics import (
+    RetrievalResult,
+    SameScanExclusion,
+    TimeWindowExclusion,
+    evaluate_retrieval,
+)
 from liploc.retrieval.report import RetrievalExample, select_examples, write_report
+from liploc.retrieval.training_overlap import refuse_training_data
 from liploc.training.data import LidarDataset
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -59,6 +72,35 @@ def require_sequences(reader: DatasetReader, data_root: str | Path, sequences: l
     for s in sequences:
         if s not in known:
             raise DataError(data_root, f"no sequence '{s}' (found: {', '.join(known) or 'none'})")
+
+
+def require_one_world(reader: DatasetReader, sequence: str, map_sequence: str) -> None:
+    """Raise a ConfigError naming both sequences when their poses are in different world frames."""
+    query_world, map_world = reader.world_frame(sequence), reader.world_frame(map_sequence)
+    if reader.world_id(sequence) != reader.world_id(map_sequence):
+        raise ConfigError(
+            f"cross-drive between sequences {sequence} and {map_sequence} is meaningless: their poses are "
+            f"in different world frames ({query_world} vs {map_world}), "
+            "so their positions cannot be compared. Use drives of one world: KITTI raw drives under one "
+            "root, KITTI-360 drives, or a `liploc synth --pose-frame town` folder (`liploc info` shows "
+            "the world frame of each sequence)"
+        )
+
+
+def own_scan_in_database(protocol: str, exclude_self: bool) -> bool:
+    """Whether the query's own scan can be retrieved (same-sequence without ``exclude_self``)."""
+    return protocol == "same-sequence" and not exclude_self
+
+
+def protocol_label(protocol: str, threshold_m: float, exclude_self: bool) -> str:
+    """``same-sequence, 20 m, own scan in database``: what every printed figure is named by."""
+    if protocol == "same-sequence":
+        own = "own scan removed from database" if exclude_self else "own scan in database"
+    elif protocol == "revisit":
+        own = "scans within the revisit window removed (own scan too)"
+    else:
+        own = "database from another drive"
+    return f"{protocol}, {threshold_m:g} m, {own}"
 
 
 def frame_times(frames: list[Frame]) -> np.ndarray:
@@ -94,11 +136,13 @@ def evaluate(
     data_root: str | Path,
     sequence: str,
     *,
-    protocol: str = "same-sequence",
+    protocol: str | None = None,
     map_sequence: str | None = None,
     thresholds_m: list[float] | None = None,
     ks: list[int] | None = None,
     revisit_window_s: float | None = None,
+    exclude_self: bool | None = None,
+    allow_training_data: bool = False,
     layout: str = "auto",
     out_dir: str | Path | None = None,
     device: str = "auto",
@@ -113,40 +157,57 @@ def evaluate(
     Args:
         checkpoint: run folder or checkpoint file.
         data_root: dataset folder (any registered layout).
-        sequence: the query sequence (and the database for same-sequence and revisit).
-        protocol: ``same-sequence``, ``cross-drive`` or ``revisit``.
-        map_sequence: the database sequence for ``cross-drive``.
+        sequence: the query sequence (and the database for same-sequence and revisit); a frame
+            range such as ``00[3000:]`` evaluates those frames only.
+        protocol: ``same-sequence``, ``cross-drive`` or ``revisit`` (default: the run's
+            ``eval.protocol``).
+        map_sequence: the database sequence for ``cross-drive`` (both must share a world frame).
+        exclude_self: same-sequence: take each query's own scan out of its database (default:
+            the run's ``eval.exclude_self``).
+        allow_training_data: evaluate even on frames the run trained or validated on.
         thresholds_m, ks, revisit_window_s, batch_size: override the run's ``eval`` settings.
         out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
-    if protocol == "cross-drive" and not map_sequence:
-        raise ConfigError("the cross-drive protocol needs --map-sequence (the drive the map comes from)")
-    if protocol != "cross-drive" and map_sequence and map_sequence != sequence:
-        raise ConfigError(f"--map-sequence is only used by the cross-drive protocol, not by '{protocol}'")
+    if protocol is not None:
+        _check_protocol(protocol, sequence, map_sequence, exclude_self)
+    query_range = _parse_range(sequence)
+    map_range = _parse_range(map_sequence) if map_sequence else None
     checkpoint = Path(checkpoint)
     if model is None or config is None:
         model, config = load_model_from_checkpoint(checkpoint)
+    if protocol is None:
+        protocol = config.eval.protocol
+        _check_protocol(protocol, sequence, map_sequence, exclude_self)
+    if exclude_self is None:
+        exclude_self = config.eval.exclude_self and protocol == "same-sequence"
+    evaluated = [query_range] + ([map_range] if protocol == "cross-drive" and map_range else [])
+    overlaps = refuse_training_data(config, evaluated, allow_training_data, f"run {run_dir_of(checkpoint)}")
+    sequence, map_sequence = query_range.sequence, map_range.sequence if map_range else None
     ev = config.eval
     thresholds_m = list(thresholds_m or ev.thresholds_m)
     ks = list(ks or ev.ks)
     window = ev.revisit_window_s if revisit_window_s is None else revisit_window_s
     batch_size = batch_size or ev.batch_size
-    label = f"{sequence}-{protocol}" if protocol != "cross-drive" else f"{sequence}-on-{map_sequence}"
+    label = (
+        f"{query_range.slug}-{protocol}{'-exclude-self' if exclude_self else ''}"
+        if protocol != "cross-drive"
+        else f"{query_range.slug}-on-{map_range.slug if map_range else map_sequence}"
+    )
     out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / label
-    out.mkdir(parents=True, exist_ok=True)
 
     reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, [sequence, map_sequence or sequence])
-    queries, skipped_q = posed_frames(reader.frames(sequence))
     if protocol == "cross-drive":
-        database, skipped_db = posed_frames(reader.frames(map_sequence))  # type: ignore[arg-type]
+        require_one_world(reader, sequence, map_sequence)  # type: ignore[arg-type]
+    queries, skipped_q = posed_frames(query_range.select(reader.frames(sequence)))
+    if protocol == "cross-drive":
+        assert map_range is not None
+        database, skipped_db = posed_frames(map_range.select(reader.frames(map_range.sequence)))
     else:
         database, skipped_db = queries, skipped_q
     if not queries or not database:
-        raise DataError(data_root, f"sequence '{sequence}' has no frame with a pose to evaluate on")
+        raise DataError(data_root, f"sequence '{query_range}' has no frame with a pose to evaluate on")
 
     dev = pick_device(device)
     fingerprint = model.fingerprint()
@@ -170,13 +231,21 @@ def evaluate(
 
     q_xy = np.stack([f.position_xy for f in queries])
     db_xy = np.stack([f.position_xy for f in database])
-    exclude = None
+    exclude: TimeWindowExclusion | SameScanExclusion | None = None
     if protocol == "revisit":
         exclude = TimeWindowExclusion(frame_times(queries), frame_times(database), window)
+    elif exclude_self:
+        keys = [(f.sequence, f.index) for f in queries]
+        exclude = SameScanExclusion(keys, [(f.sequence, f.index) for f in database])
     info: dict[str, Any] = {
         "protocol": protocol,
-        "sequence": sequence,
-        "map_sequence": map_sequence if protocol == "cross-drive" else sequence,
+        "protocol_label": protocol_label(protocol, thresholds_m[0], exclude_self),
+        "threshold_m": thresholds_m[0],
+        "own_scan_in_database": own_scan_in_database(protocol, exclude_self),
+        "exclude_self": bool(exclude_self),
+        "world_frame": reader.world_frame(sequence),
+        "sequence": str(query_range),
+        "map_sequence": str(map_range) if protocol == "cross-drive" else str(query_range),
         "data_root": str(data_root),
         "checkpoint": str(resolve_checkpoint(checkpoint)) if checkpoint.exists() else str(checkpoint),
         "model_fingerprint": fingerprint,
@@ -185,9 +254,12 @@ def evaluate(
     }
     if protocol == "revisit":
         info["revisit_window_s"] = window
+    if overlaps:
+        info["evaluated_on_training_data"] = overlaps
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
 
     files: dict[str, Path] = {}
+    out.mkdir(parents=True, exist_ok=True)
     np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
     np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
     files["metrics"] = out / "metrics.json"
@@ -206,9 +278,35 @@ def evaluate(
         )
     )
     if console is not None:
-        console.print(result.table(title=f"{label} ({len(queries)} queries, {len(database)} scans)"))
+        title = f"{label} ({len(queries)} queries, {len(database)} scans; {info['protocol_label']})"
+        console.print(result.table(title=title))
         console.print(f"wrote {files['metrics']} and {files['html']}")
     return EvaluationOutput(result, out, files, skipped_q)
+
+
+def _check_protocol(
+    protocol: str, sequence: str, map_sequence: str | None, exclude_self: bool | None
+) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "cross-drive" and not map_sequence:
+        raise ConfigError("the cross-drive protocol needs --map-sequence (the drive the map comes from)")
+    if protocol != "cross-drive" and map_sequence and map_sequence != sequence:
+        raise ConfigError(f"--map-sequence is only used by the cross-drive protocol, not by '{protocol}'")
+    if exclude_self and protocol != "same-sequence":
+        why = (
+            "queries and database are different drives"
+            if protocol == "cross-drive"
+            else ("the revisit window already removes the query's own scan")
+        )
+        raise ConfigError(f"--exclude-self is for same-sequence evaluation, not '{protocol}' ({why})")
+
+
+def _parse_range(text: str) -> SequenceRange:
+    try:
+        return SequenceRange.parse(text)
+    except ValueError as err:
+        raise ConfigError(f"sequence {err}") from None
 
 
 def _examples(

@@ -148,6 +148,52 @@ class TimeWindowExclusion:
         return near & (self._query_codes[q] == self._db_codes[d])
 
 
+@dataclass(frozen=True, eq=False)
+class SameScanExclusion:
+    """Leaves the query's own scan out of its database (kitti-b: "own scan removed").
+
+    Same-sequence evaluation queries each camera image against the scans of its own drive; its
+    own scan (same sequence and frame) is then a trivially correct answer at distance 0. The
+    protocols of later work remove it, so only the other scans near the query count.
+
+    Attributes:
+        query_keys: (Q,) hashable id of each query's frame, e.g. ``(sequence, index)``.
+        db_keys: (N,) the same ids of the database entries.
+    """
+
+    query_keys: Sequence[Any]
+    db_keys: Sequence[Any]
+    _query_codes: np.ndarray = field(init=False, repr=False)
+    _db_codes: np.ndarray = field(init=False, repr=False)
+    _counts: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        codes: dict[Any, int] = {}
+        db = np.array([codes.setdefault(k, len(codes)) for k in self.db_keys], dtype=np.int64)
+        # A query whose frame is not in the database gets -1: it excludes nothing.
+        q = np.array([codes.get(k, -1) for k in self.query_keys], dtype=np.int64)
+        per_code = np.bincount(db, minlength=len(codes)) if len(db) else np.zeros(0, np.int64)
+        counts = np.where(q >= 0, per_code[np.maximum(q, 0)] if len(per_code) else 0, 0)
+        object.__setattr__(self, "_query_codes", q)
+        object.__setattr__(self, "_db_codes", db)
+        object.__setattr__(self, "_counts", np.asarray(counts, dtype=np.int64))
+
+    @property
+    def excluded_counts(self) -> np.ndarray:
+        """(Q,) number of database entries excluded for each query (its own scan: 1, or 0)."""
+        return self._counts
+
+    @property
+    def max_excluded(self) -> int:
+        """Largest number of entries excluded for one query."""
+        return int(self._counts.max(initial=0))
+
+    def excluded(self, query_indices: np.ndarray, db_indices: np.ndarray) -> np.ndarray:
+        """True where database entry ``db_indices`` is the scan of query ``query_indices`` (broadcast)."""
+        q = self._query_codes[np.asarray(query_indices)]
+        return (q >= 0) & (q == self._db_codes[np.asarray(db_indices)])
+
+
 def _ground_distance(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     # One formula everywhere, so that a retrieval counts as a hit exactly when it is a positive.
     return np.sqrt(dx * dx + dy * dy)
@@ -586,4 +632,11 @@ def _check_exclusion(exclude: Exclusion | None, num_queries: int, db_size: int) 
         raise ValueError(
             f"the exclusion has {len(exclude.query_timestamps)} query and {len(exclude.db_timestamps)} "
             f"database timestamps for {num_queries} queries and {db_size} database entries"
+        )
+    if isinstance(exclude, SameScanExclusion) and (
+        len(exclude.query_keys) != num_queries or len(exclude.db_keys) != db_size
+    ):
+        raise ValueError(
+            f"the exclusion has {len(exclude.query_keys)} query and {len(exclude.db_keys)} "
+            f"database frames for {num_queries} queries and {db_size} database entries"
         )
