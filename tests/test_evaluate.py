@@ -191,3 +191,159 @@ def test_cli_evaluate_map_localize(world: dict[str, Path], tmp_path: Path) -> No
     res = runner.invoke(app, ["localize", str(map_dir), str(image), "--checkpoint", str(world["other_run"])])
     assert res.exit_code == 1
     assert "built with model" in res.output
+
+
+# --- the literature's protocols on hand-made embeddings with known positions ----------------------
+# Every sequence is a straight drive, 1 m per frame (positions = frame numbers in metres). The
+# embeddings are made by hand so that each query retrieves a chosen list of scans, best first, by
+# offset in metres from the query (0 = its own scan). The class of a query is its frame number % 4:
+RANKED_OFFSETS = {
+    0: [0, 25, 15, 5, 29, 22],  # own scan first
+    1: [5, 0, 25, 15, 29, 22],  # a scan 5 m away first, own scan second
+    2: [15, 25, 0, 5, 29, 22],  # 15 m first (right at 20 m only), own scan third
+    3: [25, 15, 29, 27, 23, 22],  # nothing within 10 m in its top 5; 15 m second
+}
+# Expected, one quarter of the queries per class (every sequence has a multiple of 4 frames):
+#   lip-loc (20 m, own scan in):   R@1 = classes 0, 1, 2 = 75 %;  R@5 = all = 100 %
+#   kitti-a (10 m, own scan in):   R@1 = classes 0, 1    = 50 %;  R@5 = 0, 1, 2 = 75 %
+#   kitti-b (10 m, own removed):   R@1 = class 1         = 25 %;  R@5 = 0, 1, 2 = 75 %
+#   kitti-b keeping the own scan:  R@1 = 50 %; R@5 = 75 %
+# With at most 199 scans per sequence, R@1% uses K = 1 (R@1% = R@1).
+PROTOCOL_SEQUENCES = ("01", "02", "05", "06", "07", "08", "09")
+
+
+def _target(index: int, offset: int, indices: set[int]) -> int:
+    return index + offset if index + offset in indices else index - offset
+
+
+def _hand_made_embeddings(model, frames, config, modality, **kwargs) -> np.ndarray:
+    """Scans: one-hot; images: weights 6..1 on the scans of RANKED_OFFSETS (same-sequence only)."""
+    position = {f.index: k for k, f in enumerate(frames)}
+    out = np.zeros((len(frames), len(frames)), dtype=np.float32)
+    for k, f in enumerate(frames):
+        if modality == "lidar":
+            out[k, k] = 1.0
+            continue
+        for weight, offset in zip(range(6, 0, -1), RANKED_OFFSETS[f.index % 4], strict=True):
+            out[k, position[_target(f.index, offset, set(position))]] = weight
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+class _NoEmbeddingCache:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def get_or_make(self, frames, modality, make):
+        return make(), False
+
+
+@pytest.fixture(scope="module")
+def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """KITTI odometry layout with the test sequences of every preset; a run trained on 01 only."""
+    from conftest import write_kitti_odometry
+
+    root = tmp_path_factory.mktemp("protocols")
+    # 00: frames 0-59 and 3000-3059 (kitti-a tests on 00[3000:], trains on 00[0:3000]).
+    write_kitti_odometry(root, "00", n_frames=3060, skip_scans=range(60, 3000), skip_images=range(60, 3000))
+    for name in PROTOCOL_SEQUENCES:
+        write_kitti_odometry(root, name, n_frames=60 if name != "01" else 24)
+    run = tmp_path_factory.mktemp("protocol_run") / "run"
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.datasets=[{{root: '{root}', train: ['01'], val: []}}]",
+            "data.image_size=[32, 32]",
+            "data.val_fraction=0",
+            "train.max_steps=1",
+            "train.batch_size=8",
+        ],
+    )
+    train(cfg, run, progress=False)
+    return {"root": root, "run": run}
+
+
+@pytest.fixture
+def hand_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    import liploc.retrieval.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "embed_frames", _hand_made_embeddings)
+    monkeypatch.setattr(evaluate_module, "EmbeddingCache", _NoEmbeddingCache)
+
+
+@pytest.mark.parametrize(
+    ("preset", "sequences", "r1", "r5", "own_scan"),
+    [
+        ("lip-loc", ["08", "09"], 0.75, 1.0, True),
+        ("kitti-a", ["00[3000:]", "02", "05", "06", "08"], 0.5, 0.75, True),
+        ("kitti-b", ["00", "02", "05", "06", "07", "08"], 0.25, 0.75, False),
+    ],
+)
+def test_preset_recall_on_hand_made_embeddings(
+    protocol_world: dict[str, Path],
+    hand_made: None,
+    preset: str,
+    sequences: list[str],
+    r1: float,
+    r5: float,
+    own_scan: bool,
+) -> None:
+    from liploc.retrieval.protocols import evaluate_protocol
+
+    report = evaluate_protocol(
+        protocol_world["run"], protocol_world["root"], preset, out_dir=protocol_world["run"] / preset
+    )
+    assert [row.sequence for row in report.rows] == sequences
+    for row in report.rows:
+        assert (row.recall[1], row.recall[5], row.recall_one_percent) == (r1, r5, r1), row.sequence
+        assert row.queries == (60 if row.sequence != "00" else 120) and row.without_positive == 0
+    assert report.mean()["R@1"] == pytest.approx(r1) and report.mean()["R@5"] == pytest.approx(r5)
+    saved = json.loads((protocol_world["run"] / preset / "protocol.json").read_text())
+    assert saved["protocol"] == preset and saved["own_scan_in_database"] is own_scan
+    assert saved["threshold_m"] == (20.0 if preset == "lip-loc" else 10.0)
+    assert saved["mean"]["R@1"] == pytest.approx(r1)
+    per_sequence = json.loads(Path(saved["rows"][0]["metrics_file"]).read_text())
+    assert per_sequence["info"]["own_scan_in_database"] is own_scan
+
+
+def test_exclude_self_and_thresholds_change_the_recall(
+    protocol_world: dict[str, Path], hand_made: None
+) -> None:
+    def r1_r5(threshold: float, exclude_self: bool, sequence: str = "05") -> tuple[float, float]:
+        out = evaluate(
+            protocol_world["run"], protocol_world["root"], sequence, thresholds_m=[threshold],
+            ks=[1, 5], exclude_self=exclude_self, num_examples=0,
+        )  # fmt: skip
+        return out.result.main.recall[1], out.result.main.recall[5]
+
+    assert r1_r5(10.0, exclude_self=False) == (0.5, 0.75)
+    assert r1_r5(10.0, exclude_self=True) == (0.25, 0.75)
+    assert r1_r5(20.0, exclude_self=False) == (0.75, 1.0)
+    # Own scan removed at 20 m: class 0 retrieves 25 m first (miss), class 2 15 m (hit).
+    assert r1_r5(20.0, exclude_self=True) == (0.5, 1.0)
+    # A frame range evaluates those frames only: 00[3000:] is 60 queries, 00 is 120.
+    out = evaluate(
+        protocol_world["run"], protocol_world["root"], "00[3000:]", thresholds_m=[10.0], num_examples=0
+    )
+    assert out.result.num_queries == 60 and out.result.main.recall[1] == 0.5
+
+
+def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Path]) -> None:
+    from liploc.config import Config
+    from liploc.datasets.sequence_range import parse_ranges
+    from liploc.retrieval.protocols import PRESETS
+    from liploc.retrieval.training_overlap import refuse_training_data
+
+    kitti_a = Config()
+    kitti_a.data.datasets[0].train = ["00[0:3000]"]
+    assert refuse_training_data(kitti_a, parse_ranges(PRESETS["kitti-a"].test)) == []
+    with pytest.raises(ConfigError, match=r"00 \(the run used train 00\[0:3000\]\)"):
+        refuse_training_data(kitti_a, parse_ranges(PRESETS["kitti-b"].test))
+    lip_loc = Config()
+    lip_loc.data.datasets[0].train = list(PRESETS["lip-loc"].train)
+    lip_loc.data.datasets[0].val = ["08"]
+    with pytest.raises(ConfigError, match=r"08 \(the run used val 08\)") as refused:
+        refuse_training_data(lip_loc, parse_ranges(PRESETS["kitti-b"].test))
+    assert "00 (the run used train 00)" in str(refused.value) and "07 (the run used train 07)" in str(
+        refused.value
+    )
+    assert "--allow-training-data" in str(refused.value)

@@ -153,23 +153,77 @@ def train_command(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or a checkpoint file.")],
     data_root: Annotated[Path, typer.Option("--data-root", help="Dataset folder.")],
-    sequence: Annotated[str, typer.Option(help="Query sequence (and database, except cross-drive).")],
-    protocol: Annotated[str, typer.Option(help="same-sequence | cross-drive | revisit")] = "same-sequence",
+    sequence: Annotated[
+        str | None,
+        typer.Option(
+            help="Query sequence (and database, except cross-drive); a frame range like 00[3000:] "
+            "works too. Without it: the preset's (or the config's) test sequences."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Protocol of the literature: lip-loc, kitti-b or kitti-a (one table, all test sequences)."
+        ),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="same-sequence | cross-drive | revisit (default: the run's eval.protocol)"),
+    ] = None,
     map_sequence: Annotated[
-        str | None, typer.Option(help="Database sequence of the cross-drive protocol.")
+        str | None, typer.Option(help="Database sequence of the cross-drive protocol (same world frame).")
     ] = None,
     threshold: Annotated[
         list[float] | None, typer.Option(help="Distance threshold in metres (repeatable; first is main).")
     ] = None,
     revisit_window: Annotated[float | None, typer.Option(help="Revisit protocol: seconds left out.")] = None,
+    exclude_self: Annotated[
+        bool | None,
+        typer.Option(
+            "--exclude-self/--keep-self", help="Same-sequence: remove the query's own scan from the database."
+        ),
+    ] = None,
+    allow_training_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-training-data", help="Evaluate even on sequences the run trained or validated on."
+        ),
+    ] = False,
     layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/SEQ-PROTOCOL).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
 ) -> None:
-    """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
-    from liploc.retrieval.evaluate import evaluate as run_evaluation
-
+    """Recall@K and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     try:
+        if sequence is None:
+            from liploc.errors import ConfigError
+            from liploc.retrieval.protocols import evaluate_protocol
+
+            options = {"protocol": protocol, "map_sequence": map_sequence, "threshold": threshold}
+            options.update({"revisit_window": revisit_window, "exclude_self": exclude_self})
+            given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+            if given:
+                what = f"the preset {preset}" if preset else "the config's test split"
+                raise ConfigError(
+                    f"{', '.join(given)}: fixed by {what}; give --sequence to set them yourself"
+                )
+            evaluate_protocol(
+                run,
+                data_root,
+                preset,
+                layout=layout,
+                out_dir=out,
+                device=device,
+                allow_training_data=allow_training_data,
+                console=console,
+            )
+            return
+        if preset is not None:
+            from liploc.errors import ConfigError
+
+            raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
+        from liploc.retrieval.evaluate import evaluate as run_evaluation
+
         run_evaluation(
             run,
             data_root,
@@ -178,6 +232,8 @@ def evaluate(
             map_sequence=map_sequence,
             thresholds_m=threshold,
             revisit_window_s=revisit_window,
+            exclude_self=exclude_self,
+            allow_training_data=allow_training_data,
             layout=layout,
             out_dir=out,
             device=device,
