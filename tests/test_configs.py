@@ -90,3 +90,26 @@ def test_tiny_config_is_small() -> None:
     with torch.no_grad():
         image_emb, lidar_emb = model.eval()(torch.zeros(2, 3, h, w), torch.zeros(2, 3, h, w))
     assert image_emb.shape == lidar_emb.shape == (2, cfg.model.embed_dim)
+
+
+@pytest.mark.parametrize("path", all_configs(), ids=lambda p: p.stem)
+def test_protocol_configs_train_and_test_as_their_preset(path: Path) -> None:
+    from liploc.retrieval.protocols import get_preset
+
+    cfg = load_config(path)
+    if cfg.eval.preset is None:
+        return
+    preset = get_preset(cfg.eval.preset)
+    assert f"Protocol {preset.name}" in path.read_text() or f"Protocol: {preset.name}" in path.read_text()
+    train = [s for entry in cfg.data.datasets for s in entry.train]
+    assert train in (list(preset.train), sorted([*preset.train, *preset.train_largest]))
+    assert [s for entry in cfg.data.datasets for s in entry.test] == list(preset.test)
+    assert cfg.eval.thresholds_m[0] == preset.threshold_m
+    assert cfg.eval.exclude_self == preset.exclude_self
+
+
+def test_every_preset_has_a_training_config() -> None:
+    from liploc.retrieval.protocols import PRESETS
+
+    presets = {load_config(p).eval.preset for p in all_configs()}
+    assert presets >= set(PRESETS)
