@@ -251,11 +251,12 @@ def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = load_config(
         CONFIG,
         [
-            f"data.datasets=[{{root: '{root}', train: ['01'], val: []}}]",
+            f"data.datasets=[{{root: '{root}', train: ['01'], val: [], test: ['02', '00[3000:]']}}]",
             "data.image_size=[32, 32]",
             "data.val_fraction=0",
             "train.max_steps=1",
             "train.batch_size=8",
+            "eval.thresholds_m=[10.0, 20.0]",
         ],
     )
     train(cfg, run, progress=False)
@@ -347,3 +348,19 @@ def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Pa
         refused.value
     )
     assert "--allow-training-data" in str(refused.value)
+
+
+def test_without_preset_the_configs_test_split_is_evaluated(
+    protocol_world: dict[str, Path], hand_made: None
+) -> None:
+    from liploc.retrieval.protocols import evaluate_protocol
+
+    # The run's config: test ['02', '00[3000:]'], eval.protocol same-sequence, thresholds [10, 20].
+    report = evaluate_protocol(
+        protocol_world["run"], protocol_world["root"], out_dir=protocol_world["run"] / "cfg"
+    )
+    assert [(r.sequence, r.queries) for r in report.rows] == [("02", 60), ("00[3000:]", 60)]
+    assert [r.recall[1] for r in report.rows] == [0.5, 0.5]  # 10 m, own scan in the database
+    assert report.label == "config test split: same-sequence, 10 m, own scan in database"
+    saved = json.loads((protocol_world["run"] / "cfg" / "protocol.json").read_text())
+    assert saved["protocol"] == "config-test" and saved["threshold_m"] == 10.0
