@@ -78,7 +78,7 @@ def test_pair_dataset_builds_the_paper_inputs(odometry: Path) -> None:
     frames = split_frames(cfg.data, "train")
     dataset = PairDataset(frames, cfg)
     sample = dataset[3]
-    assert set(sample) == {"image", "lidar", "position_xy", "index"}
+    assert set(sample) == {"image", "lidar", "position_xy", "world", "index"}
     assert sample["image"].shape == (3, *SIZE) and sample["lidar"].shape == (3, *SIZE)
     assert int(sample["index"]) == 3
     np.testing.assert_allclose(sample["position_xy"].numpy(), frames[3].pose[:2, 3])
@@ -90,8 +90,8 @@ def test_pair_dataset_builds_the_paper_inputs(odometry: Path) -> None:
     normalised = (resized - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
     np.testing.assert_allclose(sample["lidar"].numpy(), normalised, atol=1e-5)
 
-    assert set(ImageDataset(frames, cfg)[0]) == {"image", "position_xy", "index"}
-    assert set(LidarDataset(frames, cfg)[0]) == {"lidar", "position_xy", "index"}
+    assert set(ImageDataset(frames, cfg)[0]) == {"image", "position_xy", "world", "index"}
+    assert set(LidarDataset(frames, cfg)[0]) == {"lidar", "position_xy", "world", "index"}
     with pytest.raises(ValueError, match="modalities"):
         PairDataset(frames, cfg, modalities=("radar",))  # type: ignore[arg-type]
 
