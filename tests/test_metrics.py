@@ -307,3 +307,24 @@ def test_kitti00_revisit_positives_appear_only_where_the_drive_returns() -> None
     past = count_positives_within(xy, xy, [10.0], TimeWindowExclusion(t, t, 30.0, past_only=True))[0]
     assert (past[:200] == 0).all()
     assert (past[4440:] > 0).all()
+
+
+def test_same_scan_exclusion_removes_only_the_querys_own_scan() -> None:
+    from liploc.retrieval.metrics import SameScanExclusion
+
+    xy = np.array([[0.0, 0.0], [5.0, 0.0], [30.0, 0.0]])
+    db = np.eye(3, dtype=np.float32)
+    # Own scan first for every query; then query 0 prefers scan 2 (30 m), query 1 scan 0 (5 m).
+    queries = np.array([[0.9, 0.0, 0.4], [0.4, 0.9, 0.0], [0.0, 0.3, 0.9]], dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    kept = evaluate_retrieval(queries, db, xy, xy, [10.0], [1])
+    assert kept.main.recall[1] == 1.0 and kept.main.num_counted == 3
+    keys = [("00", i) for i in range(3)]
+    removed = evaluate_retrieval(queries, db, xy, xy, [10.0], [1], exclude=SameScanExclusion(keys, keys))
+    assert removed.retrieved[:, 0].tolist() == [2, 0, 1]
+    # Query 2 has no other scan within 10 m: not counted; of the others only query 1 is right.
+    assert removed.main.num_without_positive == 1 and removed.main.num_counted == 2
+    assert removed.main.recall[1] == 0.5
+    assert removed.main.chance[1] == 0.5  # one positive among the 2 scans left to each query
+    other = SameScanExclusion([("01", 0)], keys)  # a query of another sequence excludes nothing
+    assert other.excluded_counts.tolist() == [0] and not other.excluded(np.array([0]), np.arange(3)).any()
