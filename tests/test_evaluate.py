@@ -165,6 +165,7 @@ def test_cli_evaluate_map_localize(world: dict[str, Path], tmp_path: Path) -> No
     )
     assert res.exit_code == 0, res.output
     assert "Recall" in res.output or "R@1" in res.output
+    assert "same-sequence, 20 m, own scan in database" in " ".join(res.output.split())
     assert (tmp_path / "ev" / "metrics.json").is_file()
     map_dir = tmp_path / "m"
     res = runner.invoke(

@@ -220,7 +220,7 @@ def published_lines(report: ProtocolReport) -> list[str]:
     """``published R@1 on 00 (kitti-b): ModaLink 90.3, ...`` lines, for reference."""
     return [
         f"published R@1 on {seq} ({report.protocol}, for reference): "
-        + ", ".join(f"{method} {value:g}" for method, value in figures.items())
+        + ", ".join(f"{method} {value}" for method, value in figures.items())
         for seq, figures in report.published_r1.items()
     ]
 
