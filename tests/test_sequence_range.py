@@ -22,6 +22,9 @@ def test_parse_and_print() -> None:
     )
     assert str(SequenceRange("00", 3000, None)) == "00[3000:]" and str(SequenceRange("08")) == "08"
     assert SequenceRange("00", 0, 3000).slug == "00_0-3000"
+    assert (
+        SequenceRange("00", 3000).slug == "00_3000-end" and SequenceRange("00", None, 5).slug == "00_start-5"
+    )
     for bad in ("00[5:2]", "00[a:3]", "00[3]", "", "00 [1:2]"):
         with pytest.raises(ValueError):
             SequenceRange.parse(bad)

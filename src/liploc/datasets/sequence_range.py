@@ -51,14 +51,14 @@ class SequenceRange:
 
     @property
     def slug(self) -> str:
-        """A file-name-safe form: ``00``, ``00_0-3000``, ``00_3000-``."""
+        """A file-name-safe form: ``00``, ``00_0-3000``, ``00_3000-end``."""
         if self.is_whole:
             return self.sequence
-        return f"{self.sequence}_{self._bounds('-')}"
+        return f"{self.sequence}_{self._bounds('-', 'start', 'end')}"
 
-    def _bounds(self, sep: str) -> str:
-        start = "" if self.start is None else str(self.start)
-        stop = "" if self.stop is None else str(self.stop)
+    def _bounds(self, sep: str, first: str = "", last: str = "") -> str:
+        start = first if self.start is None else str(self.start)
+        stop = last if self.stop is None else str(self.stop)
         return f"{start}{sep}{stop}"
 
     def contains(self, index: int) -> bool:
