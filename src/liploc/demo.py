@@ -148,6 +148,7 @@ def run_demo(
             "chance_at_1": main.chance[1],
             "chance_at_5": main.chance[5],
             "threshold_m": main.threshold_m,
+            "own_scan_in_database": ev.result.info["own_scan_in_database"],
             "median_error_m": main.median_error_m,
             "queries": main.num_counted,
             "database": ev.result.db_size,
