@@ -40,8 +40,13 @@ def build_map(
     device: str = "auto",
     batch_size: int = 64,
     console: Console | None = None,
+    precision: str | None = None,
 ) -> LidarMap:
-    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``."""
+    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16``; None: the checkpoint's ``train.precision`` on the
+    device) is recorded in the map; localization embeds its queries with the same one.
+    """
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, list(sequences))
@@ -54,7 +59,7 @@ def build_map(
     if not frames:
         raise DataError(data_root, "no frame with a pose in the requested sequences")
     dev = pick_device(device)
-    precision = embedding_precision(config, dev)
+    precision = precision or embedding_precision(config, dev)
     progress = progress_bar(console)
     with progress if progress is not None else nullcontext():
         emb = embed_frames(
