@@ -128,7 +128,7 @@ def test_validation_batches_count_every_frame_once_on_any_number_of_processes(
     assert sorted(seen) == list(range(n))  # no padded duplicates, nothing left out
     single = list(ValidationBatches(n, batch, seed=1))
     # Rank order within each global batch is the single-process batch.
-    assert [sum((p[k] for p in parts), []) for k in range(len(single))] == single
+    assert [[i for p in parts for i in p[k]] for k in range(len(single))] == single
 
 
 def test_queries_are_embedded_with_the_maps_precision(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def nearest(a: list[Frame], b: list[Frame]) -> float:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_blocks_are_contiguous_and_no_training_frame_is_within_the_gap(seed: int) -> None:
-    frames = frames_at("00", straight(300)) + frames_at("01", straight(100) + [0.0, 500.0])
+    frames = frames_at("00", straight(300)) + frames_at("01", straight(100) + np.array([0.0, 500.0]))
     held = block_split(frames, 0.2, 20.0, seed)
     assert held.blocks == 2
     for seq, n in (("00", 300), ("01", 100)):
@@ -60,7 +60,7 @@ def test_blocks_are_contiguous_and_no_training_frame_is_within_the_gap(seed: int
 def test_a_loop_back_to_the_validation_block_is_kept_out_of_training() -> None:
     # Out along x and back 2 m to the side: the way back passes every validation place again.
     out = straight(100)
-    back = out[::-1] + [0.0, 2.0]
+    back = out[::-1] + np.array([0.0, 2.0])
     frames = frames_at("00", np.concatenate([out, back]))
     held = block_split(frames, 0.1, 10.0, seed=1)
     assert min_train_val_distance(held.train, held.val) > 10.0
