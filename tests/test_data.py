@@ -47,17 +47,33 @@ def odometry(tmp_path: Path) -> Path:
     return root
 
 
+def test_normalisation_follows_each_encoders_pretrained_config_unless_set() -> None:
+    # vit_small_patch16_224 was pretrained on inputs normalised with mean = std = 0.5, resnet50 on
+    # ImageNet statistics; each tower follows its own encoder unless data.normalize says otherwise.
+    cfg = small_config(None, "model.image_encoder=vit_small_patch16_224", "model.lidar_encoder=resnet50")
+    assert cfg.data.normalize == "auto"
+    array = np.full((3, *SIZE), 200, dtype=np.uint8)
+    auto = build_transforms(cfg.data, train=False, model=cfg.model)
+    np.testing.assert_allclose(auto.image(array)[:, 0, 0].numpy(), (200 / 255 - 0.5) / 0.5, rtol=1e-6)
+    imagenet = (200 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(auto.lidar(array)[:, 0, 0].numpy(), imagenet, rtol=1e-6)
+    forced = build_transforms(cfg.data.model_copy(update={"normalize": "imagenet"}), False, cfg.model)
+    np.testing.assert_allclose(forced.image(array)[:, 0, 0].numpy(), imagenet, rtol=1e-6)
+    with pytest.raises(ConfigError, match="no pretrained data config for encoder 'my_net'"):
+        build_transforms(cfg.data, False, cfg.model.model_copy(update={"image_encoder": "my_net"}))
+
+
 def test_transforms_normalise_like_imagenet_and_drop_out_only_in_training() -> None:
     cfg = small_config(None, "data.coarse_dropout_p=1.0")
     array = np.full((3, *SIZE), 200, dtype=np.uint8)
-    evaluation = build_transforms(cfg.data, train=False)
+    evaluation = build_transforms(cfg.data, train=False, model=cfg.model)
     out = evaluation.image(array, np.random.default_rng(0))
     expected = (200 / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     assert out.shape == (3, *SIZE) and out.dtype == torch.float32
     np.testing.assert_allclose(out[:, 0, 0].numpy(), expected, rtol=1e-6)
     assert torch.all(out == out[:, :1, :1])  # no holes when evaluating
 
-    training = build_transforms(cfg.data, train=True)
+    training = build_transforms(cfg.data, train=True, model=cfg.model)
     a = training.image(array, np.random.default_rng(7))
     b = training.image(array, np.random.default_rng(7))
     c = training.image(array, np.random.default_rng(8))
@@ -67,9 +83,11 @@ def test_transforms_normalise_like_imagenet_and_drop_out_only_in_training() -> N
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[:, ~holes], out[:, ~holes])
 
-    no_aug = build_transforms(small_config(None, "data.augment=false").data, train=True)
+    no_aug = build_transforms(small_config(None, "data.augment=false").data, train=True, model=cfg.model)
     assert torch.equal(no_aug.image(array, np.random.default_rng(7)), out)
-    lidar_clean = build_transforms(small_config(None, "data.augment_lidar=false").data, train=True)
+    lidar_clean = build_transforms(
+        small_config(None, "data.augment_lidar=false").data, train=True, model=cfg.model
+    )
     assert lidar_clean.lidar.dropout is None and lidar_clean.image.dropout is not None
 
 
@@ -164,19 +182,30 @@ def test_data_roots_by_default_and_by_layout() -> None:
     assert [d.root for d in odd.data.datasets] == [Path("/data/run=3")] * 2
 
 
-def test_training_splits_skip_frames_without_pose_and_hold_out_validation(odometry: Path) -> None:
+def test_training_splits_refuse_a_sequence_without_poses_unless_allowed(odometry: Path) -> None:
+    # 01 has images and scans but no pose file: training on it would drop all its frames.
     cfg = small_config(odometry, "data.datasets=[{train: ['00', '01']}]", "data.val_fraction=0.25")
-    splits = training_splits(cfg.data, seed=3)
-    assert len(splits.train) + len(splits.val) == 12  # the 6 frames of 01 have no pose
-    assert len(splits.val) == 3
-    assert any("skipped 6 training frames without a pose" in note for note in splits.notes)
+    with pytest.raises(DataError, match=r"poses/01.txt: sequence 01 has no poses.*--allow-missing"):
+        training_splits(cfg.data, seed=3)
+    allowed = cfg.model_copy(deep=True)
+    allowed.data.allow_missing = True
+    splits = training_splits(allowed.data, seed=3)
+    assert splits.missing_sequences == ["auto:01"] and splits.left_out["missing_sequence"] == 1
+    assert any("left out 1 sequence(s) with missing data" in note for note in splits.notes)
+    assert {f.sequence for f in splits.train + splits.val} == {"00"}
+
+    random = allowed.model_copy(deep=True)
+    random.data.val_split = "random"
+    splits = training_splits(random.data, seed=3)
+    assert len(splits.train) + len(splits.val) == 12 and len(splits.val) == 3
     key = {(f.sequence, f.index) for f in splits.val}
     assert key.isdisjoint({(f.sequence, f.index) for f in splits.train})
-    assert key == {(f.sequence, f.index) for f in training_splits(cfg.data, seed=3).val}
+    assert key == {(f.sequence, f.index) for f in training_splits(random.data, seed=3).val}
 
     named = small_config(odometry, "data.datasets=[{train: ['00'], val: ['01'], frame_step: 3}]")
     assert [f.index for f in split_frames(named.data, "train")] == [0, 3, 6, 9]
-    assert training_splits(named.data, seed=0).val == []  # 01 has no poses: nothing to validate on
+    with pytest.raises(DataError, match="sequence 01 has no poses"):
+        training_splits(named.data, seed=0)  # the val sequence cannot be validated on
 
     with pytest.raises(ConfigError, match="--data-root"):
         split_frames(small_config(None, "data.datasets=[{train: ['00']}]").data, "train")

@@ -135,12 +135,20 @@ def train_command(
         bool, typer.Option("--resume", help="Continue the run folder from its last checkpoint.")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing",
+            help="Go on without named sequences that have no images, scans or poses (counted in the log).",
+        ),
+    ] = False,
 ) -> None:
     """Train the two towers; many GPUs/nodes: torchrun --nproc_per_node=N -m liploc train ..."""
     from liploc.training.train import configure_run, train
 
     try:
-        cfg, run_dir = configure_run(config, data_root or [], overrides or [], out)
+        extra = ["data.allow_missing=true"] if allow_missing else []
+        cfg, run_dir = configure_run(config, data_root or [], [*(overrides or []), *extra], out)
         result = train(cfg, run_dir, resume=resume, progress=progress, console=console)
     except LiplocError as err:
         _fail(err)

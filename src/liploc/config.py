@@ -52,7 +52,10 @@ class DataConfig(_Section):
     """LiDAR tower input: the spherical range image (paper) or the sparse depth image in the camera."""
     image_size: tuple[int, int] = (224, 224)
     """(height, width) of both tower inputs after resizing."""
-    normalize: Literal["imagenet", "none"] = "imagenet"
+    normalize: Literal["auto", "imagenet", "none"] = "auto"
+    """Input normalisation of each tower: ``auto`` takes the mean and std of the encoder's pretrained
+    data config from timm (e.g. 0.5/0.5 for ``vit_small_patch16_224``, ImageNet's for ``resnet50``);
+    ``imagenet`` forces ImageNet's (the reference code's albumentations default); ``none``: 0..1."""
     augment: bool = True
     """Coarse-dropout augmentation during training (paper; applied after normalisation, holes filled
     with 0, i.e. the ImageNet mean colour)."""
@@ -68,8 +71,20 @@ class DataConfig(_Section):
     """Largest side of a hole as a fraction of the input side (reference: 100 of 224 pixels); each
     hole's height and width are drawn uniformly between the two sizes."""
     val_fraction: float = Field(0.2, ge=0, lt=1)
-    """Fraction of the training frames held out at random for validation when no ``val`` sequences
-    are given (reference code: 0.2)."""
+    """Fraction of the training frames held out for validation when no ``val`` sequences are given
+    (reference code: 0.2)."""
+    val_split: Literal["blocks", "random"] = "blocks"
+    """How ``val_fraction`` is held out. ``blocks``: one contiguous block of frames per sequence,
+    and training frames within ``val_gap_m`` of it left out of both splits, so that validation
+    frames have no near-identical neighbour in training. ``random``: frames drawn at random
+    (the paper's reference code; each validation frame then has a training neighbour ~1 m away, so
+    the validation loss is close to a training loss)."""
+    val_gap_m: float = Field(20.0, ge=0)
+    """``blocks``: no training frame lies within this distance (metres, same sequence) of a
+    validation frame; frames in the gap are used by neither split."""
+    allow_missing: bool = False
+    """Go on (leaving them out, counted in the log) when a named sequence has no images, scans or
+    poses; by default that is an error naming the sequence and the missing folder or file."""
     num_workers: int = Field(2, ge=0)
     cache: bool = True
     """Keep preprocessed inputs (decoded, projected, resized; before augmentation) as .npy files so

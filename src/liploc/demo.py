@@ -26,7 +26,8 @@ from liploc.config import Config, DatasetSplit, load_config
 from liploc.errors import ConfigError
 from liploc.retrieval.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
-from liploc.training.train import train
+from liploc.training.data_fingerprint import DataChangedError
+from liploc.training.train import TrainResult, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
@@ -73,6 +74,25 @@ def _demo_config(options: DemoOptions, data_root: Path, train_seqs: list[str]) -
     if options.max_steps is not None:
         config.train.max_steps = options.max_steps
     return config
+
+
+def train_or_restart(config: Config, run_dir: Path, console: Console, progress: bool = True) -> TrainResult:
+    """Train into ``run_dir``, continuing a run there, or starting afresh when its data changed.
+
+    A run trained on other data (the synthetic town was regenerated with other options, files
+    were removed) cannot be continued; the old run folder is kept beside, renamed, and named.
+    """
+    if (run_dir / "checkpoints" / "last.safetensors").is_file():
+        try:
+            return train(config, run_dir, resume=True, progress=progress)
+        except DataChangedError as err:
+            kept = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(kept)
+            console.print(
+                f"[yellow]the previous run cannot continue: {'; '.join(err.changes)}; it was moved to "
+                f"{kept} and a fresh run starts[/]"
+            )
+    return train(config, run_dir, resume=False, progress=progress)
 
 
 def run_demo(
@@ -125,8 +145,7 @@ def run_demo(
     console.rule("[bold]2/3 training (tiny config, CPU)")
     config = _demo_config(options, out / "data", train_seqs)
     run_dir = out / "run"
-    resume = (run_dir / "checkpoints" / "last.safetensors").is_file()
-    result = train(config, run_dir, resume=resume, progress=True)
+    result = train_or_restart(config, run_dir, console)
     console.print(f"trained {result.step} steps; checkpoints in {run_dir / 'checkpoints'}")
 
     # 3. Evaluate on the held-out drives.

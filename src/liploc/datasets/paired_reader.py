@@ -135,6 +135,10 @@ class PairedFramesReader(DatasetReader):
         """Text naming where poses come from, for the 'no pose' problem line."""
         return "the pose file"
 
+    def pose_source(self, sequence: str) -> str:
+        """Text naming where the poses of ``sequence`` come from (or were looked for)."""
+        return self._pose_source(sequence)
+
     # --- shared machinery ---------------------------------------------------------------------
     def report(self, problem: str) -> None:
         """Record a non-fatal problem once."""

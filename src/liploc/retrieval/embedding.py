@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return resolve_device(name)
 
 
+_PRECISION_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def embedding_precision(config: Config, device: torch.device) -> str:
+    """Name (``fp32``, ``bf16``, ``fp16``) of the precision ``train.precision`` gives on ``device``.
+
+    Queries and map must be embedded alike (a bf16 map searched with fp32 queries loses recall
+    for no reason): the map records this name and localization embeds its queries with it.
+    """
+    dtype = autocast_dtype(config.train.precision, device)
+    return next(name for name, d in _PRECISION_DTYPES.items() if d == dtype)
+
+
+def _autocast_for(precision: str, device: torch.device):
+    if precision not in _PRECISION_DTYPES:
+        raise ValueError(f"unknown embedding precision {precision!r} (fp32, bf16, fp16)")
+    dtype = _PRECISION_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 @torch.no_grad()
 def embed_frames(
     model: TwoTowerModel,
@@ -43,6 +68,7 @@ def embed_frames(
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
     progress: object | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """(N, D) float32 L2-normalised embeddings of the camera images or LiDAR scans of ``frames``.
 
@@ -56,6 +82,7 @@ def embed_frames(
         num_workers: DataLoader worker processes for loading and preprocessing.
         cache_dir: preprocessing cache folder (see :class:`liploc.training.data.PreprocessCache`).
         progress: a ``rich.progress.Progress`` to report to, or None.
+        precision: ``fp32``, ``bf16`` or ``fp16``; None: :func:`embedding_precision` of the config.
     """
     model.eval().to(device)
     if not frames:
@@ -64,17 +91,14 @@ def embed_frames(
     dataset = dataset_cls(frames, config, cache_dir=cache_dir)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     encode = model.encode_image if modality == "image" else model.encode_lidar
-    dtype = autocast_dtype(config.train.precision, device)
+    precision = precision or embedding_precision(config, device)
     task = None
     if progress is not None:
         task = progress.add_task(f"embedding {modality}", total=len(frames))  # type: ignore[attr-defined]
     out: list[np.ndarray] = []
     for batch in loader:
         x = batch[modality].to(device, non_blocking=True)
-        if dtype is not None:
-            with torch.autocast(device.type, dtype=dtype):
-                emb = encode(x)
-        else:
+        with _autocast_for(precision, device):
             emb = encode(x)
         # Re-normalise in fp32: a bf16 output is only approximately unit length.
         out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
@@ -85,15 +109,24 @@ def embed_frames(
 
 @torch.no_grad()
 def embed_image_files(
-    model: TwoTowerModel, paths: Sequence[str | Path], config: Config, *, device: torch.device
+    model: TwoTowerModel,
+    paths: Sequence[str | Path],
+    config: Config,
+    *,
+    device: torch.device,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """(N, D) embeddings of camera image files (no frame or calibration needed): a query's path."""
-    transform = build_transforms(config.data, train=False).image
+    """(N, D) embeddings of camera image files (no frame or calibration needed): a query's path.
+
+    ``precision`` as in :func:`embed_frames` (pass the map's, so that queries match it).
+    """
+    transform = build_transforms(config.data, train=False, model=config.model).image
     tensors = []
     for path in paths:
         tensors.append(transform(camera_image_input(load_image(Path(path)), config)))
     model.eval().to(device)
-    emb = model.encode_image(torch.stack(tensors).to(device))
+    with _autocast_for(precision or embedding_precision(config, device), device):
+        emb = model.encode_image(torch.stack(tensors).to(device))
     return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
 
 

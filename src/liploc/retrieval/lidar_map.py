@@ -87,8 +87,12 @@ class LidarMap:
         model_fingerprint: str,
         model_config: dict[str, Any],
         index: EmbeddingIndex,
+        embedding_precision: str | None = None,
     ) -> None:
         """Use :meth:`build` or :meth:`load`; this constructor trusts its (consistent) arguments."""
+        self.embedding_precision = embedding_precision
+        """Precision the map's scans were embedded with (``fp32``, ``bf16``, ``fp16``); queries are
+        embedded with the same one. None for maps written before it was recorded."""
         self.embeddings = embeddings
         self.poses = poses
         self.sequences = sequences
@@ -108,6 +112,7 @@ class LidarMap:
         model_config: dict[str, Any],
         timestamps: Sequence[float | None] | np.ndarray | None = None,
         index_kind: IndexKind = "auto",
+        embedding_precision: str | None = None,
     ) -> LidarMap:
         """Make a map from LiDAR embeddings and their frames.
 
@@ -119,6 +124,8 @@ class LidarMap:
             model_config: the model's configuration (JSON-serialisable), kept for the record.
             timestamps: N seconds (None/NaN where unknown), or None.
             index_kind: faiss index kind (``auto``: exact below a million-ish entries).
+            embedding_precision: precision of the embedding forward passes, recorded so that queries
+                are embedded alike.
         """
         emb = check_embeddings(embeddings, "map embeddings")
         n = len(emb)
@@ -141,7 +148,17 @@ class LidarMap:
             raise ValueError("model_fingerprint must be a non-empty string")
         json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
         index = EmbeddingIndex.build(emb, kind=index_kind)
-        return cls(emb, poses, sequences, frame_indices, times, model_fingerprint, dict(model_config), index)
+        return cls(
+            emb,
+            poses,
+            sequences,
+            frame_indices,
+            times,
+            model_fingerprint,
+            dict(model_config),
+            index,
+            embedding_precision,
+        )
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -245,6 +262,7 @@ class LidarMap:
             "embedding_dim": self.dim,
             "index_kind": self.index.kind,
             "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
+            "embedding_precision": self.embedding_precision,
             "files": {name: {"sha256": file_size_and_sha256(folder / name)[1]} for name in _FILES},
         }
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -327,6 +345,7 @@ class LidarMap:
             fingerprint,
             model_config,
             index,
+            manifest.get("embedding_precision"),
         )
 
 

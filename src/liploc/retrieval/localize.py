@@ -22,7 +22,7 @@ from liploc.config import Config
 from liploc.datasets import open_dataset
 from liploc.errors import DataError
 from liploc.models import TwoTowerModel
-from liploc.retrieval.embedding import embed_frames, embed_image_files, pick_device
+from liploc.retrieval.embedding import embed_frames, embed_image_files, embedding_precision, pick_device
 from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
 from liploc.retrieval.lidar_map import LidarMap, Match
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
@@ -40,8 +40,13 @@ def build_map(
     device: str = "auto",
     batch_size: int = 64,
     console: Console | None = None,
+    precision: str | None = None,
 ) -> LidarMap:
-    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``."""
+    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16``; None: the checkpoint's ``train.precision`` on the
+    device) is recorded in the map; localization embeds its queries with the same one.
+    """
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, list(sequences))
@@ -54,10 +59,18 @@ def build_map(
     if not frames:
         raise DataError(data_root, "no frame with a pose in the requested sequences")
     dev = pick_device(device)
+    precision = precision or embedding_precision(config, dev)
     progress = progress_bar(console)
     with progress if progress is not None else nullcontext():
         emb = embed_frames(
-            model, frames, config, "lidar", device=dev, batch_size=batch_size, progress=progress
+            model,
+            frames,
+            config,
+            "lidar",
+            device=dev,
+            batch_size=batch_size,
+            progress=progress,
+            precision=precision,
         )
     lidar_map = LidarMap.build(
         emb,
@@ -66,6 +79,7 @@ def build_map(
         model.fingerprint(),
         config.model.model_dump(mode="json"),
         timestamps=frame_times(frames),
+        embedding_precision=precision,
     )
     out = lidar_map.save(out)
     # The checkpoint travels with the map so that a deployed map is self-contained.
@@ -105,5 +119,8 @@ class Localizer:
 
     def localize(self, images: Sequence[str | Path], k: int = 5) -> list[list[Match]]:
         """Top-``k`` map entries (poses and scores) for each camera image file."""
-        emb = embed_image_files(self.model, images, self.config, device=self.device)
+        # The map's precision, not this device's default: queries must be embedded as the map was.
+        emb = embed_image_files(
+            self.model, images, self.config, device=self.device, precision=self.lidar_map.embedding_precision
+        )
         return self.lidar_map.localize(emb, k, query_fingerprint=self.model.fingerprint())

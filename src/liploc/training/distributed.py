@@ -149,6 +149,26 @@ def all_gather_no_grad(tensor: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def all_gather_uneven(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` of every process along dim 0 when the row counts differ (no gradient).
+
+    Rows are padded to the largest count for the all-gather and the padding dropped again, so each
+    process's rows appear once, in rank order. Without a process group: ``tensor`` itself.
+    """
+    if not is_distributed():
+        return tensor
+    tensor = tensor.detach().contiguous()
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    counts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, rows)
+    sizes = [int(c.item()) for c in counts]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
+
+
 def all_reduce_grad_mean(tensor: Tensor) -> Tensor:
     """Identity in the forward pass; the backward averages the gradient over processes."""
     if not is_distributed():

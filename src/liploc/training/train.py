@@ -38,7 +38,16 @@ from liploc.config import Config, TrainConfig, config_from_dict, load_config, sa
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.training import distributed
 from liploc.training.checkpoint import load_checkpoint, save_checkpoint, state_to_tensors, tensors_to_state
-from liploc.training.data import EpochSampler, PairDataset, resolve_data_roots, training_splits
+from liploc.training.data import (
+    EpochSampler,
+    PairDataset,
+    ValidationBatches,
+    collate_or_none,
+    resolve_data_roots,
+    training_splits,
+)
+from liploc.training.data_fingerprint import FILENAME as FINGERPRINT_FILE
+from liploc.training.data_fingerprint import check_unchanged, data_listing, digest, write_listing
 from liploc.training.run_folder import CsvLog, RunFolder
 
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -329,17 +338,30 @@ def validate(
     net.eval()
     loss_sum = i2l_sum = l2i_sum = 0.0
     pairs = 0
+    # The loss is computed on the gathered global batch (the same on every process), so that its
+    # own gathering, which needs equal parts, is off; parts may differ (see ValidationBatches).
     for batch in loader:
-        image = batch["image"].to(device, non_blocking=True)
-        lidar = batch["lidar"].to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
-            image_emb, lidar_emb = net(image, lidar)
-        loss = loss_fn(
-            image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device), batch.get("world")
-        )
-        image_all = distributed.all_gather_no_grad(image_emb.float())
-        lidar_all = distributed.all_gather_no_grad(lidar_emb.float())
+        if batch is None:  # this process's part of a last, small global batch is empty
+            image_emb = torch.zeros((0, net.embed_dim), device=device)
+            lidar_emb = torch.zeros((0, net.embed_dim), device=device)
+            positions = torch.zeros((0, 2), device=device, dtype=torch.float64)
+            worlds = torch.zeros((0,), device=device, dtype=torch.int64)
+        else:
+            image = batch["image"].to(device, non_blocking=True)
+            lidar = batch["lidar"].to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                image_emb, lidar_emb = net(image, lidar)
+            positions = batch["position_xy"].to(device)
+            worlds = batch["world"].to(device) if "world" in batch else None
+        image_all = distributed.all_gather_uneven(image_emb.float())
+        lidar_all = distributed.all_gather_uneven(lidar_emb.float())
+        positions_all = distributed.all_gather_uneven(positions)
+        worlds_all = None if worlds is None else distributed.all_gather_uneven(worlds)
         n = image_all.shape[0]
+        if n == 0:
+            continue
+        with _gathering_off(loss_fn):
+            loss = loss_fn(image_all, lidar_all, positions_all, worlds_all)
         i2l, l2i = in_batch_accuracy(image_all, lidar_all)
         loss_sum += float(loss) * n
         i2l_sum += i2l * n
@@ -354,6 +376,20 @@ def validate(
         "val_top1_lidar_to_image": l2i_sum / pairs,
         "val_pairs": float(pairs),
     }
+
+
+@contextmanager
+def _gathering_off(loss_fn: nn.Module) -> Iterator[None]:
+    """``loss_fn`` without all-gathering (its input is already the global batch)."""
+    cfg = getattr(loss_fn, "cfg", None)
+    if cfg is None or not getattr(cfg, "gather_distributed", False):
+        yield
+        return
+    loss_fn.cfg = cfg.model_copy(update={"gather_distributed": False})
+    try:
+        yield
+    finally:
+        loss_fn.cfg = cfg
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -458,19 +494,26 @@ class _Trainer:
 
         # Data.
         self.splits = training_splits(config.data, tc.seed)
+        self.data_listing = data_listing(config.data)
         if len(self.splits.train) < tc.batch_size * tc.grad_accum:
+            gap = self.splits.left_out.get("val_gap", 0)
             raise DataError(
                 out_dir,
                 f"only {len(self.splits.train)} training pairs with a pose, fewer than one step of "
-                f"batch_size {tc.batch_size} x grad_accum {tc.grad_accum}",
+                f"batch_size {tc.batch_size} x grad_accum {tc.grad_accum}"
+                + (
+                    f" ({gap} frames lie within data.val_gap_m {config.data.val_gap_m:g} m of validation; "
+                    "lower it, or name val sequences)"
+                    if gap
+                    else ""
+                ),
             )
         cache_dir = (config.data.cache_dir or run.cache) if config.data.cache else None
         train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir)
         val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir)
         self.train_sampler = EpochSampler(len(train_set), True, tc.seed, info.rank, info.world_size, True)
-        val_sampler = EpochSampler(len(val_set), True, tc.seed + 1, info.rank, info.world_size, False)
         self.train_loader = self._loader(train_set, self.train_sampler, drop_last=True)
-        self.val_loader = self._loader(val_set, val_sampler, drop_last=False) if len(val_set) else None
+        self.val_loader = self._val_loader(val_set) if len(val_set) else None
         self.steps_per_epoch = len(self.train_sampler) // self.rank_batch // tc.grad_accum
         self.total_steps = tc.epochs * self.steps_per_epoch
         if tc.max_steps is not None:
@@ -505,8 +548,11 @@ class _Trainer:
             "metric": "val_loss" if self.val_loader is not None else "train_loss",
         }
         self.metrics: dict[str, float] = {}
+        self.data_digest: str | None = None
         if resume:
             self._restore()
+        # A run from before fingerprints gets one from here on.
+        self.data_digest = self.data_digest or digest(self.data_listing)
         self.net: nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -557,11 +603,32 @@ class _Trainer:
             prefetch_factor=4 if workers else None,
         )
 
+    def _val_loader(self, dataset: PairDataset) -> DataLoader:
+        # Every validation frame once, whatever the number of processes (no padded duplicates).
+        batches = ValidationBatches(
+            len(dataset), self.tc.batch_size, self.tc.seed + 1, self.info.rank, self.info.world_size
+        )
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate_or_none,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_init_worker,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+
     def _restore(self) -> None:
         path = self.run_folder.last_checkpoint
         tensors, meta = load_checkpoint(path, device="cpu")
         saved = config_from_dict(meta["config"], source=f"{path} (config)")
         _check_resume_config(saved, self.config, self.log)
+        self.data_digest = meta.get("data_fingerprint")
+        check_unchanged(self.run_folder.root, self.data_digest, self.config.data)
+        if self.data_digest is None:
+            self.log("note: this run's checkpoint has no data fingerprint; the data is not checked")
         saved_world = meta["position"].get("world_size", 1)
         if saved_world != self.info.world_size:
             self.log(
@@ -585,6 +652,8 @@ class _Trainer:
         if self.info.is_main:
             run.root.mkdir(parents=True, exist_ok=True)
             save_config(self.config, run.config)
+            if not resume or not (run.root / FINGERPRINT_FILE).is_file():
+                write_listing(run.root / FINGERPRINT_FILE, self.data_listing)
             if resume:
                 self.step_log.truncate_after(self.position["step"])
                 self.epoch_log.truncate_after(self.position["step"])
@@ -612,6 +681,7 @@ class _Trainer:
             return
         position = {**self.position, "world_size": self.info.world_size}
         run = self.run_folder
+        fingerprint = {"data_fingerprint": self.data_digest} if self.data_digest else {}
         if kind == "last":
             _save_training_checkpoint(
                 run.last_checkpoint,
@@ -623,11 +693,17 @@ class _Trainer:
                 self.optimizer,
                 self.schedule,
                 self.scaler,
-                {"best": self.best},
+                {"best": self.best, **fingerprint},
             )
         else:
             _save_training_checkpoint(
-                run.best_checkpoint, self.config, self.model, self.loss_fn, position, self.metrics
+                run.best_checkpoint,
+                self.config,
+                self.model,
+                self.loss_fn,
+                position,
+                self.metrics,
+                extra=fingerprint,
             )
 
     def _consider_best(self, value: float | None) -> None:
@@ -797,6 +873,8 @@ class _Trainer:
                 "metrics": self.metrics,
                 "train_pairs": len(self.splits.train),
                 "val_pairs": len(self.splits.val),
+                "splits": self.splits.summary(self.config.data),
+                "data_fingerprint": self.data_digest,
                 "processes": self.info.world_size,
                 "device": str(self.device),
                 "seconds": time.perf_counter() - self.start_time,

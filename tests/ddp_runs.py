@@ -1,0 +1,61 @@
+"""Training runs of the DDP equivalence tests, run by ``torchrun`` (one process group for all).
+
+``python -m torch.distributed.run --nproc_per_node=2 tests/ddp_runs.py DATA OUT``:
+``OUT/short``: a few steps (compared with one process on the concatenated batch);
+``OUT/straight``: the plateau schedule run uninterrupted; ``OUT/resumed``: the same run stopped
+mid-way and resumed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from liploc.config import Config, load_config
+from liploc.training import distributed
+from liploc.training.data import resolve_data_roots
+from liploc.training.train import train
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+EQUIVALENCE = [
+    "data.num_workers=0",
+    "data.augment=false",
+    "model.head_dropout=0",
+    # Group norm: batch statistics would differ between a process's half batch and the whole.
+    "model.image_encoder=test_efficientnet_gn",
+    "model.lidar_encoder=test_efficientnet_gn",
+    "train.batch_size=8",
+    "train.log_every=1",
+]
+PLATEAU = [
+    *EQUIVALENCE,
+    "train.scheduler=plateau",
+    "train.plateau_patience=0",
+    "train.plateau_factor=0.5",
+    "train.lr_head=0.02",
+    "train.epochs=5",
+]
+"""The paper configs' schedule, with a patience and rates that make it reduce within a few epochs."""
+
+
+def config(data: Path, overrides: list[str]) -> Config:
+    return resolve_data_roots(load_config(TINY, overrides), [data])
+
+
+def main(data: Path, out: Path) -> None:
+    torch.set_num_threads(1)
+    distributed.init_from_env()  # one group for every run below (train keeps a group it finds)
+    try:
+        train(config(data, [*EQUIVALENCE, "train.max_steps=3"]), out / "short", progress=False)
+        train(config(data, PLATEAU), out / "straight", progress=False)
+        train(config(data, [*PLATEAU, "train.max_steps=10"]), out / "resumed", progress=False)
+        train(config(data, PLATEAU), out / "resumed", resume=True, progress=False)
+    finally:
+        distributed.destroy()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
