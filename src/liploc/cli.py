@@ -6,7 +6,7 @@ Each command imports its library module lazily so that ``liploc info`` starts wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,10 @@ map_app = typer.Typer(
     help="Build LiDAR maps (embeddings + poses + index) for localization.", no_args_is_help=True
 )
 app.add_typer(map_app, name="map")
+cache_app = typer.Typer(
+    help="The shared preprocessing cache: fill it, see its size, clear it.", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -288,6 +292,84 @@ def demo(
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)
+
+
+# --- cache -------------------------------------------------------------------------------------
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Cache folder (default: data.cache_dir, else $LIPLOC_CACHE_DIR or ~/.cache/liploc/preprocess).",
+    ),
+]
+
+
+@cache_app.command("warm")
+def cache_warm(
+    config: Annotated[Path, typer.Argument(help="Config YAML whose data (every split) to preprocess.")],
+    data_root: Annotated[
+        list[str] | None,
+        typer.Option("--data-root", metavar="DIR|LAYOUT=DIR", help="Dataset folder (as for train)."),
+    ] = None,
+    cache_dir: CacheDirOption = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a setting (repeatable).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+) -> None:
+    """Preprocess every frame of a config's datasets into the shared cache, with all cores."""
+    from liploc.training.preprocess_cache import cache_usage, human_bytes, warm_cache
+    from liploc.training.train import configure_run
+
+    try:
+        cfg, _ = configure_run(config, data_root or [], overrides or [])
+        with _progress() as progress:
+            result = warm_cache(cfg, cache_dir or cfg.data.cache_dir, workers, progress)
+        usage = cache_usage(result.folder.parent)
+    except LiplocError as err:
+        _fail(err)
+    console.print(
+        f"cache {result.folder}: {result.made} entries made, {result.present} already there "
+        f"({result.frames} frames; cache now {usage.entries} entries, {human_bytes(usage.bytes)})"
+    )
+
+
+def _progress() -> Any:  # a rich Progress, imported lazily
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _cache_folder(cache_dir: Path | None) -> Path:
+    from liploc.training.preprocess_cache import default_cache_dir
+
+    return cache_dir if cache_dir is not None else default_cache_dir()
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirOption = None) -> None:
+    """Entries and size of the preprocessing cache, per preprocessing setting."""
+    from liploc.training.preprocess_cache import cache_usage, human_bytes
+
+    usage = cache_usage(_cache_folder(cache_dir))
+    console.print(f"{usage.folder}: {usage.entries} entries, {human_bytes(usage.bytes)}")
+    for key, (n, size) in usage.per_settings.items():
+        console.print(f"  settings {key}: {n} entries, {human_bytes(size)}")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDirOption = None) -> None:
+    """Remove every entry of the preprocessing cache (it is rebuilt as needed)."""
+    from liploc.training.preprocess_cache import clear_cache, human_bytes
+
+    usage = clear_cache(_cache_folder(cache_dir))
+    console.print(f"cleared {usage.folder}: freed {human_bytes(usage.bytes)} ({usage.entries} entries)")
 
 
 def main() -> None:
