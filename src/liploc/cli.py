@@ -199,12 +199,13 @@ def map_build(
     out: Annotated[Path, typer.Option(help="Map folder to write.")],
     layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing map at --out.")] = False,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
     from liploc.retrieval.localize import build_map
 
     try:
-        build_map(run, data_root, sequence, out, layout=layout, device=device, console=console)
+        build_map(run, data_root, sequence, out, layout=layout, device=device, console=console, force=force)
     except LiplocError as err:
         _fail(err)
 
