@@ -13,7 +13,15 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-_EVENTS = {"os.rename", "os.remove", "os.rmdir", "os.link", "os.symlink", "shutil.rmtree", "ctypes.call_function"}
+_EVENTS = {
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.link",
+    "os.symlink",
+    "shutil.rmtree",
+    "ctypes.call_function",
+}
 _state = threading.local()
 _active: list[Callable[[str], None]] = []
 _installed = False

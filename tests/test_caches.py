@@ -115,7 +115,17 @@ def test_cache_warm_info_and_clear(corridor: Path, tmp_path: Path) -> None:
     cfg_file.write_text(TINY.read_text() + "\n")
     res = runner.invoke(
         app,
-        ["cache", "warm", str(cfg_file), "--data-root", str(corridor), "--cache-dir", str(cache), "--workers", "1"],
+        [
+            "cache",
+            "warm",
+            str(cfg_file),
+            "--data-root",
+            str(corridor),
+            "--cache-dir",
+            str(cache),
+            "--workers",
+            "1",
+        ],
     )
     assert res.exit_code == 0, res.output
     assert len(list(cache.rglob("*.npy"))) == 2 * 18

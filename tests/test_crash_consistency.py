@@ -123,7 +123,9 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(corridor: Path, tmp
         def print(self, message: str, **_: object) -> None:
             lines.append(message)
 
-    result = train(tiny_config(corridor, "train.max_steps=3"), run, resume=True, progress=False, console=Console())
+    result = train(
+        tiny_config(corridor, "train.max_steps=3"), run, resume=True, progress=False, console=Console()
+    )
     assert result.step == 3
     said = " ".join(lines)
     assert "previous" in said and "step 1" in said and "last" in said
@@ -157,7 +159,9 @@ def test_a_killed_writer_releases_the_run_at_once(tmp_path: Path) -> None:
         "time.sleep(60)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         from liploc.training.run_folder import RunLock
@@ -233,7 +237,9 @@ def _limited_writes(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-def test_no_space_for_a_checkpoint_is_an_error_line_and_keeps_the_previous(corridor: Path, tmp_path: Path) -> None:
+def test_no_space_for_a_checkpoint_is_an_error_line_and_keeps_the_previous(
+    corridor: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     train(tiny_config(corridor, "train.max_steps=1"), run, progress=False)
     size = (run / "checkpoints" / "last.safetensors").stat().st_size
@@ -242,7 +248,12 @@ def test_no_space_for_a_checkpoint_is_an_error_line_and_keeps_the_previous(corri
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     start = time.monotonic()
     proc = subprocess.run(
-        cli, capture_output=True, text=True, env=env, preexec_fn=lambda: _limited_writes(size // 2), timeout=300
+        cli,
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=lambda: _limited_writes(size // 2),
+        timeout=300,
     )
     assert time.monotonic() - start < 300
     assert proc.returncode == 1, proc.stderr

@@ -123,6 +123,17 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> N
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
+def npy_bytes(array: object) -> bytes:
+    """The ``.npy`` file bytes of an array (for :func:`atomic_write_bytes`)."""
+    import io
+
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, np.asarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
 def append_text(path: str | Path, text: str) -> None:
     """Append ``text`` (UTF-8) to a log file; a full disk raises DiskFullError naming it."""
     data = text.encode("utf-8")

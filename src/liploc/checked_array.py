@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from liploc.atomic import atomic_write_bytes
+from liploc.faults import fault_point
 
 MAGIC = b"LIPLOCK1"
 _DIGEST = 16
@@ -54,6 +55,7 @@ def write_checked(path: str | Path, array: np.ndarray) -> int:
     """Write a checked entry atomically (no fsync: a cache can always be rebuilt); returns its size."""
     data = encode_checked(array)
     atomic_write_bytes(path, data, durable=False)
+    fault_point("cache.entry_written")
     return len(data)
 
 

@@ -37,6 +37,16 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+def _fail_if_disk_full(err: OSError, target: Path | None) -> None:
+    """A full disk (or quota, or file-size limit) is an error line naming what could not be
+    written; any other OSError is a bug and keeps its traceback."""
+    from liploc.atomic import disk_full_error, is_space_error
+
+    if not is_space_error(err):
+        raise err
+    _fail(disk_full_error(err.filename or target or Path.cwd(), err))
+
+
 # --- info (datasets) -------------------------------------------------------------------------
 @app.command()
 def info(
@@ -111,6 +121,8 @@ def synth(
         run_synth(out, options, console, workers=workers, force=force, preview=preview, real_root=stats)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -148,6 +160,8 @@ def train_command(
         result = train(cfg, run_dir, resume=resume, progress=progress, console=console)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
     if result.stopped == "interrupted":
         raise typer.Exit(code=130)
 
@@ -189,6 +203,8 @@ def evaluate(
         )
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 @map_app.command("build")
@@ -208,6 +224,8 @@ def map_build(
         build_map(run, data_root, sequence, out, layout=layout, device=device, console=console, force=force)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 @app.command()

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from liploc.atomic import atomic_write_text
+from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
 from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
 from liploc.errors import ConfigError, DataError
@@ -137,6 +137,7 @@ def evaluate(
     label = f"{sequence}-{protocol}" if protocol != "cross-drive" else f"{sequence}-on-{map_sequence}"
     out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / label
     out.mkdir(parents=True, exist_ok=True)
+    sweep_temporary_files(out)  # what a killed evaluation left
 
     reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, [sequence, map_sequence or sequence])
@@ -188,8 +189,8 @@ def evaluate(
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
 
     files: dict[str, Path] = {}
-    np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
-    np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
+    atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
+    atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
     files["metrics"] = out / "metrics.json"
     atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
     atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))

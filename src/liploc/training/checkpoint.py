@@ -259,6 +259,11 @@ def _weights_of(path: Path, record: dict[str, Any]) -> Path:
     return named if named.is_file() else path
 
 
+def _naming(problem: str, weights: Path, path: Path) -> str:
+    """``problem``, naming the content-named weights file when it is not ``path`` itself."""
+    return problem if weights == path else f"{problem} [weights file {weights.name}]"
+
+
 def _stat_key(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -294,11 +299,11 @@ def _load_verified(
             break
         if attempt + 1 < attempts and _stat_key(json_path) != before:
             continue  # a save moved on while we read: read the new manifest
-        raise DataError(weights, problem)
+        raise DataError(path, _naming(problem, weights, path))
     try:
         tensors = load_safetensors_bytes(data)
     except (SafetensorError, ValueError) as err:
-        raise DataError(weights, f"not a readable safetensors file ({err})") from None
+        raise DataError(path, _naming(f"not a readable safetensors file ({err})", weights, path)) from None
     if torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, record["metadata"]
