@@ -132,7 +132,7 @@ def test_cache_warm_info_and_clear(corridor: Path, tmp_path: Path) -> None:
     assert "36" in res.output
     res = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)])
     assert res.exit_code == 0, res.output
-    assert "36 entries" in res.output and "KiB" in res.output or "MiB" in res.output
+    assert "36 entries" in res.output and ("KiB" in res.output or "MiB" in res.output)
     res = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache)])
     assert res.exit_code == 0, res.output
     assert "freed" in res.output

@@ -66,7 +66,7 @@ def test_readers_and_resumes_never_see_a_mixed_checkpoint(corridor: Path, tmp_pa
         for kind in ("last", "best"):
             path = run / "checkpoints" / f"{kind}.safetensors"
             if metadata_path(path).exists() or path.exists():
-                tensors, meta = load_checkpoint(path)  # raises on a mixed or partial pair
+                _, meta = load_checkpoint(path)  # raises on a mixed or partial pair
                 seen.append(meta["step"])
 
     cfg = tiny_config(corridor, "train.max_steps=3", "train.checkpoint_every_steps=1")
@@ -86,7 +86,7 @@ def test_a_kill_during_any_save_instant_leaves_a_resumable_run(corridor: Path, t
         shutil.copytree(template, run)
         count = 0
 
-        def kill_at_instant(event: str) -> None:
+        def kill_at_instant(event: str, instant: int = instant) -> None:
             nonlocal count
             if event != "end" and "rename" in event:
                 count += 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from corridor_world import write_corridor
 from state_observer import observe_file_changes
@@ -116,3 +118,32 @@ def test_stale_temporary_map_folders_are_swept(world: dict[str, Path], tmp_path:
     (stale / "embeddings.npy").write_bytes(b"x" * 100)
     build_map(world["run"], world["root"], ["02"], tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _no_space(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_map_build_and_evaluate_is_an_error_line(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    args = ["map", "build", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "02"]
+    args += ["--out", str(tmp_path / "m"), "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (tmp_path / "m" / "manifest.json").read_bytes()
+    monkeypatch.setattr(np, "save", _no_space)  # the map's arrays cannot be written
+    res = runner.invoke(app, [*args, "--force"])
+    assert res.exit_code == 1 and res.exc_info[0] is SystemExit, res.output
+    assert "error:" in res.output and "could not write" in res.output and "bytes needed" in res.output
+    assert (tmp_path / "m" / "manifest.json").read_bytes() == before  # the old map stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left
+    monkeypatch.undo()
+
+    monkeypatch.setattr(os, "replace", _no_space)  # no file of the evaluation can be renamed into place
+    ev = ["evaluate", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "02"]
+    res = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    assert res.exit_code == 1 and res.exc_info[0] is SystemExit, res.output
+    assert "error:" in res.output and "could not write" in res.output
+    monkeypatch.undo()
+    assert not [p for p in (tmp_path / "ev").rglob("*") if p.name.endswith(".tmp")]
