@@ -12,7 +12,7 @@ returns the folder of the sequence/drive it wrote, so that a test can then damag
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +366,19 @@ def kitti_odometry_root(tmp_path: Path) -> Path:
     """A KITTI odometry folder with sequence ``00`` (5 frames, poses), from :func:`write_kitti_odometry`."""
     write_kitti_odometry(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_preprocess_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never write into the user's real cache: the shared preprocessing cache lives in a
+    temporary folder for the session (subprocesses inherit the variable)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("user-cache")
+    previous = os.environ.get("LIPLOC_CACHE_DIR")
+    os.environ["LIPLOC_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("LIPLOC_CACHE_DIR", None)
+    else:
+        os.environ["LIPLOC_CACHE_DIR"] = previous

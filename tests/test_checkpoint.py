@@ -36,12 +36,15 @@ def test_round_trip_with_recorded_size_and_hash(tmp_path: Path) -> None:
     path = small_checkpoint(tmp_path)
     record = json.loads(metadata_path(path).read_text())
     assert record["size"] == path.stat().st_size and len(record["sha256"]) == 64
+    weights = path.with_name(f"last.{record['sha256'][:12]}.safetensors")  # content-named, vouched for
+    assert record["file"] == weights.name and weights.stat().st_ino == path.stat().st_ino
     tensors, metadata = load_checkpoint(path)
     torch.testing.assert_close(tensors["a"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
     assert tensors["b"].item() == 7 and tensors["b"].shape == ()
     assert metadata == {"step": 12, "config": {"name": "x"}, "where": str(tmp_path)}
     assert read_checkpoint_metadata(path) == metadata
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.json", "last.safetensors"]  # no temp files
+    # No temporary files: the weights, their manifest, and last.safetensors linked to the weights.
+    assert sorted(p.name for p in path.parent.iterdir()) == [weights.name, "last.json", "last.safetensors"]
 
 
 def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

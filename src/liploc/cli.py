@@ -6,7 +6,7 @@ Each command imports its library module lazily so that ``liploc info`` starts wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,10 @@ map_app = typer.Typer(
     help="Build LiDAR maps (embeddings + poses + index) for localization.", no_args_is_help=True
 )
 app.add_typer(map_app, name="map")
+cache_app = typer.Typer(
+    help="The shared preprocessing cache: fill it, see its size, clear it.", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,6 +35,16 @@ err_console = Console(stderr=True)
 def _fail(err: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {err}")
     raise typer.Exit(code=1)
+
+
+def _fail_if_disk_full(err: OSError, target: Path | None) -> None:
+    """A full disk (or quota, or file-size limit) is an error line naming what could not be
+    written; any other OSError is a bug and keeps its traceback."""
+    from liploc.atomic import disk_full_error, is_space_error
+
+    if not is_space_error(err):
+        raise err
+    _fail(disk_full_error(err.filename or target or Path.cwd(), err))
 
 
 # --- info (datasets) -------------------------------------------------------------------------
@@ -107,6 +121,8 @@ def synth(
         run_synth(out, options, console, workers=workers, force=force, preview=preview, real_root=stats)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -152,6 +168,8 @@ def train_command(
         result = train(cfg, run_dir, resume=resume, progress=progress, console=console)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
     if result.stopped == "interrupted":
         raise typer.Exit(code=130)
 
@@ -249,6 +267,8 @@ def evaluate(
         )
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 @map_app.command("build")
@@ -259,14 +279,17 @@ def map_build(
     out: Annotated[Path, typer.Option(help="Map folder to write.")],
     layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing map at --out.")] = False,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
     from liploc.retrieval.localize import build_map
 
     try:
-        build_map(run, data_root, sequence, out, layout=layout, device=device, console=console)
+        build_map(run, data_root, sequence, out, layout=layout, device=device, console=console, force=force)
     except LiplocError as err:
         _fail(err)
+    except OSError as err:
+        _fail_if_disk_full(err, out)
 
 
 @app.command()
@@ -352,6 +375,84 @@ def demo(
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)
+
+
+# --- cache -------------------------------------------------------------------------------------
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Cache folder (default: data.cache_dir, else $LIPLOC_CACHE_DIR or ~/.cache/liploc/preprocess).",
+    ),
+]
+
+
+@cache_app.command("warm")
+def cache_warm(
+    config: Annotated[Path, typer.Argument(help="Config YAML whose data (every split) to preprocess.")],
+    data_root: Annotated[
+        list[str] | None,
+        typer.Option("--data-root", metavar="DIR|LAYOUT=DIR", help="Dataset folder (as for train)."),
+    ] = None,
+    cache_dir: CacheDirOption = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a setting (repeatable).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+) -> None:
+    """Preprocess every frame of a config's datasets into the shared cache, with all cores."""
+    from liploc.training.preprocess_cache import cache_usage, human_bytes, warm_cache
+    from liploc.training.train import configure_run
+
+    try:
+        cfg, _ = configure_run(config, data_root or [], overrides or [])
+        with _progress() as progress:
+            result = warm_cache(cfg, cache_dir or cfg.data.cache_dir, workers, progress)
+        usage = cache_usage(result.folder.parent)
+    except LiplocError as err:
+        _fail(err)
+    console.print(
+        f"cache {result.folder}: {result.made} entries made, {result.present} already there "
+        f"({result.frames} frames; cache now {usage.entries} entries, {human_bytes(usage.bytes)})"
+    )
+
+
+def _progress() -> Any:  # a rich Progress, imported lazily
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _cache_folder(cache_dir: Path | None) -> Path:
+    from liploc.training.preprocess_cache import default_cache_dir
+
+    return cache_dir if cache_dir is not None else default_cache_dir()
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirOption = None) -> None:
+    """Entries and size of the preprocessing cache, per preprocessing setting."""
+    from liploc.training.preprocess_cache import cache_usage, human_bytes
+
+    usage = cache_usage(_cache_folder(cache_dir))
+    console.print(f"{usage.folder}: {usage.entries} entries, {human_bytes(usage.bytes)}")
+    for key, (n, size) in usage.per_settings.items():
+        console.print(f"  settings {key}: {n} entries, {human_bytes(size)}")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDirOption = None) -> None:
+    """Remove every entry of the preprocessing cache (it is rebuilt as needed)."""
+    from liploc.training.preprocess_cache import clear_cache, human_bytes
+
+    usage = clear_cache(_cache_folder(cache_dir))
+    console.print(f"cleared {usage.folder}: freed {human_bytes(usage.bytes)} ({usage.entries} entries)")
 
 
 def main() -> None:

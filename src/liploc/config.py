@@ -90,8 +90,10 @@ class DataConfig(_Section):
     """Keep preprocessed inputs (decoded, projected, resized; before augmentation) as .npy files so
     that later epochs skip decoding and projection."""
     cache_dir: Path | None = None
-    """Folder of that cache; None: ``cache/`` in the run folder. Entries are keyed by the
-    preprocessing settings and each source file's path, size and modification time."""
+    """Folder of that cache; None: the user's cache shared by all runs (``$LIPLOC_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/liploc/preprocess`` or ``~/.cache/liploc/preprocess``). Entries are keyed by
+    the preprocessing settings and each source file's path, size and modification time, and
+    carry a checksum; ``liploc cache warm/info/clear`` manage it."""
 
     @model_validator(mode="after")
     def _ordered_dropout_sizes(self) -> DataConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,9 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from liploc.atomic import atomic_write
+from liploc.atomic import atomic_write_bytes
+from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame, load_image
+from liploc.errors import DataError, LiplocError
 from liploc.models import TwoTowerModel
 from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
 from liploc.training.train import autocast_dtype, resolve_device
@@ -134,17 +137,23 @@ class EmbeddingCache:
     """Embeddings kept in a run folder, keyed by the model fingerprint and what was embedded.
 
     Re-evaluating a run with another protocol or threshold reuses them instead of re-embedding.
-    A key covers the fingerprint, the modality, and every frame's file path, size and mtime.
+    A key covers the fingerprint, the modality, and every frame's file path, size and mtime. Each
+    entry carries a checksum (:mod:`liploc.checked_array`): one that fails it is embedded again
+    and rewritten, with a warning naming the file; a failed write only costs speed.
     """
 
     def __init__(self, folder: str | Path, fingerprint: str) -> None:
         self.folder = Path(folder) / fingerprint[:16]
+        self._write_failure_reported = False
 
     def _path(self, frames: Sequence[Frame], modality: Modality) -> Path:
         digest = hashlib.sha256(modality.encode())
         for f in frames:
             source = f.image_path if modality == "image" else f.scan_path
-            st = source.stat()
+            try:
+                st = source.stat()
+            except OSError as err:
+                raise DataError(source, f"cannot read file ({err.strerror or err})") from None
             digest.update(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         seq = frames[0].sequence if frames else "empty"
         return self.folder / f"{seq}-{modality}-{digest.hexdigest()[:16]}.npy"
@@ -152,24 +161,32 @@ class EmbeddingCache:
     def get_or_make(self, frames: Sequence[Frame], modality: Modality, make) -> tuple[np.ndarray, bool]:
         """(embeddings, came_from_cache)."""
         path = self._path(frames, modality)
-        if path.is_file():
-            try:
-                emb = np.load(path, allow_pickle=False)
-                if emb.shape[0] == len(frames):
-                    return emb, True
-            except (OSError, ValueError):
-                pass
+        try:
+            emb = read_checked(path)
+            if emb.ndim == 2 and emb.shape[0] == len(frames):
+                return emb, True
+            raise DamagedEntry(f"holds {emb.shape[0]} rows for {len(frames)} frames")
+        except FileNotFoundError:
+            pass
+        except (OSError, DamagedEntry) as err:
+            warnings.warn(
+                f"{path}: damaged embedding cache entry ({err}); embedding again", UserWarning, stacklevel=2
+            )
         emb = make()
-
-        def write(p: Path) -> None:
-            with open(p, "wb") as f:
-                np.save(f, emb, allow_pickle=False)
-
-        atomic_write(path, write)
         meta = {
             "modality": modality,
             "frames": len(frames),
             "sequence": frames[0].sequence if frames else None,
         }
-        atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta)))
+        try:
+            write_checked(path, emb)
+            atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode(), durable=False)
+        except (OSError, LiplocError) as err:  # a full or read-only disk only costs speed
+            if not self._write_failure_reported:
+                self._write_failure_reported = True
+                warnings.warn(
+                    f"{path}: cannot write the embedding cache ({err}); going on without it",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return emb, False

@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from liploc.atomic import atomic_write_text
+from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
 from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
 from liploc.datasets.sequence_range import SequenceRange
@@ -260,8 +260,9 @@ def evaluate(
 
     files: dict[str, Path] = {}
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
-    np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
+    sweep_temporary_files(out)  # what a killed evaluation left
+    atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
+    atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
     files["metrics"] = out / "metrics.json"
     atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
     atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))

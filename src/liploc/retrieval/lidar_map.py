@@ -8,27 +8,37 @@ A saved map is a folder::
     frames.json       sequence name, frame index and timestamp (or null) of each entry
     index.faiss       the faiss index over the embeddings
 
-The folder is written under a temporary name and renamed into place, so a reader never sees a
-half-written map. Loading checks every file's sha256 and names the file that is missing or corrupt.
+The folder, with anything the caller adds (the model copy of ``map build``), is written under a
+temporary name (``.NAME.<pid>.<random>.tmp`` beside it) and then swapped into place in one
+atomic exchange (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader sees the old map or the new
+one, never a half-written or missing one. Temporary folders of killed builds are swept by the next
+save beside them. Folders and files follow the umask. Loading checks every file's sha256 and
+names the file that is missing or corrupt (a load that a rebuild swapped under is retried).
 Queries must come from the model that built the map: ``localize`` compares fingerprints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from liploc.atomic import dir_mode, reporting_full_disk
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
+from liploc.faults import fault_point
 from liploc.retrieval.index import EmbeddingIndex, IndexKind, check_embeddings
 
 MAP_FORMAT = "liploc-lidar-map"
@@ -224,21 +234,32 @@ class LidarMap:
         )
 
     # --- save / load ---------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, add_files: Callable[[Path], None] | None = None) -> Path:
         """Write the map folder atomically and return its path.
 
-        An existing map folder (or an empty folder) at ``directory`` is replaced; any other
-        non-empty folder is refused so that a wrong path never deletes user files.
+        ``add_files(folder)`` may add files to the new map before it is swapped in (the model
+        copy), so that they appear together with it. An existing map folder (or an empty folder)
+        at ``directory`` is replaced; any other non-empty folder is refused so that a wrong path
+        never deletes user files. A full disk raises DiskFullError; the old map stays.
         """
         directory = Path(directory)
         if directory.exists() and (
             not directory.is_dir() or (any(directory.iterdir()) and not (directory / MANIFEST).is_file())
         ):
             raise DataError(directory, "exists and is not a liploc map folder; refusing to overwrite it")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        with reporting_full_disk(directory):
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        sweep_map_leftovers(directory)
+        tmp = _scratch_path(directory, "tmp")
+        needed = self.embeddings.nbytes * 2 + self.poses.nbytes + 64 * len(self)
         try:
-            self._write_files(tmp)
+            with reporting_full_disk(tmp, needed):
+                tmp.mkdir(mode=0o700)
+                os.chmod(tmp, dir_mode())  # mkdir's mode is masked; a map is as shareable as the umask says
+                self._write_files(tmp)
+                if add_files is not None:
+                    add_files(tmp)
+            fault_point("map.folder_written")
             _replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -282,6 +303,18 @@ class LidarMap:
             DataError: the folder, the manifest or a file is missing, corrupt or inconsistent.
         """
         directory = Path(directory)
+        for attempt in range(3):
+            before = _folder_identity(directory)
+            try:
+                return cls._load(directory, verify)
+            except DataError:
+                # A rebuild swapped the folder while we read it: read the new one.
+                if attempt == 2 or _folder_identity(directory) in (before, None):
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, directory: Path, verify: bool) -> LidarMap:
         if not directory.is_dir():
             raise DataError(directory, "map folder not found")
         manifest_path = directory / MANIFEST
@@ -349,6 +382,13 @@ class LidarMap:
         )
 
 
+def _folder_identity(directory: Path) -> int | None:
+    try:
+        return directory.stat().st_ino
+    except OSError:
+        return None
+
+
 def _describe_model(config: dict[str, Any]) -> str:
     keys = ("image_encoder", "lidar_encoder", "embed_dim")
     parts = [f"{k}={config[k]}" for k in keys if k in config]
@@ -365,17 +405,73 @@ def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False  # file system without exchange: fall back to two renames
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _scratch_path(target: Path, kind: str) -> Path:
+    """``.NAME.<pid>.<random>.<kind>`` beside ``target``: the pid lets a later save tell a
+    killed builder's leftovers from a running one's."""
+    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_map_leftovers(target: str | Path) -> list[Path]:
+    """Remove the temporary folders killed saves of the map ``target`` left beside it."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.[0-9A-Za-z]+\.(tmp|old)$")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and int(match[1]) != os.getpid() and not _pid_alive(int(match[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Rename folder ``new`` to ``target``; an existing ``target`` is swapped out, then removed."""
+    """Put folder ``new`` at ``target`` in one atomic step; an existing ``target`` is swapped out
+    and removed. Without an atomic exchange, the old folder is moved aside first (a reader may
+    then briefly find no map)."""
     if not target.exists():
         os.replace(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / "map")
+    if _exchange(new, target):
+        fault_point("map.swapped")
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old map
+        return
+    old = _scratch_path(target, "old")
+    os.replace(target, old)
     try:
         os.replace(new, target)
     except BaseException:
-        os.replace(old / "map", target)  # put the previous map back
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.replace(old, target)  # put the previous map back
         raise
     shutil.rmtree(old, ignore_errors=True)

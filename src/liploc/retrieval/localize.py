@@ -8,7 +8,6 @@ by another model (``--checkpoint`` of another run) is refused by the map's finge
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,11 +19,12 @@ from rich.console import Console
 
 from liploc.config import Config
 from liploc.datasets import open_dataset
-from liploc.errors import DataError
+from liploc.errors import ConfigError, DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import embed_frames, embed_image_files, embedding_precision, pick_device
 from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
 from liploc.retrieval.lidar_map import LidarMap, Match
+from liploc.training.checkpoint import copy_checkpoint
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 MODEL_DIR = "model"
@@ -41,12 +41,18 @@ def build_map(
     batch_size: int = 64,
     console: Console | None = None,
     precision: str | None = None,
+    force: bool = False,
 ) -> LidarMap:
     """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``; None: the checkpoint's ``train.precision`` on the
-    device) is recorded in the map; localization embeds its queries with the same one.
+    device) is recorded in the map; localization embeds its queries with the same one. The map, with
+    its copy of the checkpoint in ``model/``, appears in one atomic step; an existing map at ``out``
+    is replaced only with ``force``.
     """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, list(sequences))
@@ -81,14 +87,12 @@ def build_map(
         timestamps=frame_times(frames),
         embedding_precision=precision,
     )
-    out = lidar_map.save(out)
-    # The checkpoint travels with the map so that a deployed map is self-contained.
+    # The checkpoint travels with the map (inside it before the swap) so that a deployed map is
+    # self-contained and never seen without its model.
     ckpt = resolve_checkpoint(checkpoint)
-    (out / MODEL_DIR).mkdir(exist_ok=True)
-    for src in (ckpt, ckpt.with_suffix(".json")):
-        tmp = out / MODEL_DIR / f".{src.name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.replace(out / MODEL_DIR / ("model" + src.suffix))
+    out = lidar_map.save(
+        out, add_files=lambda folder: copy_checkpoint(ckpt, folder / MODEL_DIR / "model.safetensors")
+    )
     if console is not None:
         console.print(f"map of {len(lidar_map)} scans ({', '.join(sequences)}) written to {out}")
     return lidar_map
@@ -112,7 +116,7 @@ class Localizer:
         lidar_map = LidarMap.load(map_dir)
         if checkpoint is None:
             checkpoint = map_dir / MODEL_DIR / "model.safetensors"
-            if not checkpoint.is_file():
+            if not checkpoint.is_file() and not checkpoint.with_suffix(".json").is_file():
                 raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
         model, config = load_model_from_checkpoint(checkpoint)
         return cls(lidar_map, model, config, pick_device(device))

@@ -1,9 +1,17 @@
-"""Checkpoints: tensors in a safetensors file, everything else in a JSON file beside it.
+"""Checkpoints: tensors in a safetensors file, everything else in a JSON manifest beside it.
 
-``run/last.safetensors`` holds tensors only; ``run/last.json`` holds the caller's metadata (config,
-step, metrics, the structure of optimizer and scheduler states...) plus the size and sha256 of the
-safetensors file, which loading verifies. Nothing is ever unpickled. Both files are written
-atomically (temporary file + rename).
+A checkpoint is known by its logical path, e.g. ``run/checkpoints/last.safetensors``. Its manifest
+``last.json`` holds the caller's metadata (config, step, metrics, the structure of optimizer and
+scheduler states...) plus the name, size and sha256 of the weights file it vouches for, which
+loading verifies. Nothing is ever unpickled.
+
+A save is one atomic step: the weights go to a new file named by their content
+(``last.<sha256[:12]>.safetensors``, written and fsynced under a temporary name), then the
+manifest is renamed into place. A kill at any instant leaves either the old manifest with its
+weights or the new one with its weights, never a mixed pair; readers retry when a save moves on
+under them. The previous manifest is kept as ``last.prev.json`` (with its weights) so that
+:func:`load_newest_checkpoint` can fall back to it when the newest is damaged. ``last.safetensors``
+itself is a hard link to the current weights, for tools that open the file directly.
 
 Nested states that mix tensors and plain values (optimizer and scheduler ``state_dict()``, RNG
 states) split with :func:`state_to_tensors` into named tensors and a JSON-compatible skeleton, and
@@ -17,9 +25,13 @@ join again with :func:`tensors_to_state`::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,12 +40,18 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
-from liploc.atomic import atomic_write, atomic_write_text
-from liploc.checksums import file_size_and_sha256
+from liploc.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_dir,
+    reporting_full_disk,
+    sweep_temporary_files,
+)
 from liploc.errors import DataError
+from liploc.faults import fault_point
 
 FORMAT = "liploc-checkpoint"
 FORMAT_VERSION = 1
@@ -45,8 +63,21 @@ _ITEMS = "__items__"
 
 
 def metadata_path(path: str | Path) -> Path:
-    """The JSON file beside the checkpoint ``path`` (``x.safetensors`` -> ``x.json``)."""
+    """The JSON manifest of the checkpoint ``path`` (``x.safetensors`` -> ``x.json``)."""
     return Path(path).with_suffix(".json")
+
+
+def previous_metadata_path(path: str | Path) -> Path:
+    """The manifest of the checkpoint saved before the current one (``x.safetensors`` -> ``x.prev.json``)."""
+    return Path(path).with_suffix(".prev.json")
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    """Whether a checkpoint (its manifest, or a bare weights file) is at the logical ``path``."""
+    return metadata_path(path).is_file() or Path(path).is_file()
+
+
+_GENERATION = re.compile(r"^(?P<stem>.+)\.[0-9a-f]{12}\.safetensors$")
 
 
 def _json_default(value: Any) -> Any:
@@ -76,37 +107,131 @@ def _tensors_for_file(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
-    """Write ``tensors`` to ``path`` (``.safetensors``) and ``metadata`` plus the file's size and
-    sha256 to ``path.with_suffix('.json')``, each atomically.
+    """Save ``tensors`` and ``metadata`` as the checkpoint ``path`` (``.safetensors``), atomically.
 
     ``metadata`` must be JSON-serialisable (Paths, numpy scalars and one-element tensors are
-    converted); this is checked before anything is written.
+    converted); this is checked before anything is written. The weights are serialised in memory,
+    hashed there and written once (never read back). A full disk raises DiskFullError naming the
+    file and the bytes needed; the previous checkpoint stays intact and nothing is left behind.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: checkpoint files end in .safetensors")
     metadata_text = json.dumps(dict(metadata), default=_json_default)  # fail before writing
-    prepared = _tensors_for_file(tensors)
-    written: dict[str, Any] = {}
-
-    def write(tmp: Path) -> None:
-        save_file(prepared, str(tmp))
-        written["size"], written["sha256"] = file_size_and_sha256(tmp)
-
-    atomic_write(path, write)
+    data = save_safetensors_bytes(_tensors_for_file(tensors))
+    digest = hashlib.sha256(data).hexdigest()
+    weights = path.with_name(f"{path.stem}.{digest[:12]}.safetensors")
     record = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "file": path.name,
-        "size": written["size"],
-        "sha256": written["sha256"],
+        "file": weights.name,
+        "size": len(data),
+        "sha256": digest,
         "metadata": json.loads(metadata_text),
     }
-    atomic_write_text(metadata_path(path), json.dumps(record, indent=1) + "\n")
+    record_text = json.dumps(record, indent=1) + "\n"
+    manifest = metadata_path(path)
+    keep = _referenced_weights(path)
+    try:
+        if not weights.is_file():  # the same content may already be there (an unchanged best)
+            atomic_write_bytes(weights, data)
+        fault_point("checkpoint.weights_written")
+        _keep_previous(path, weights.name)
+        fault_point("checkpoint.previous_kept")
+        with reporting_full_disk(manifest, len(record_text)):
+            atomic_write_text(manifest, record_text)
+            fsync_dir(path.parent)
+    except BaseException:
+        if weights.name not in keep:
+            weights.unlink(missing_ok=True)
+        raise
+    fault_point("checkpoint.manifest_renamed")
+    _link_alias(weights, path)
+    fault_point("checkpoint.alias_linked")
+    _remove_unreferenced(path)
+
+
+def _referenced_weights(path: Path) -> set[str]:
+    """Names of the weights files the current and previous manifests of ``path`` vouch for."""
+    names = set()
+    for manifest in (metadata_path(path), previous_metadata_path(path)):
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            names.add(str(json.loads(manifest.read_text(encoding="utf-8"))["file"]))
+    return names
+
+
+def _keep_previous(path: Path, new_weights: str) -> None:
+    """Make the current manifest (when it is sound, and its weights are not the new ones) the
+    previous one, atomically (a hard link): the fallback then holds other weights."""
+    manifest = metadata_path(path)
+    try:
+        record = _read_record_at(manifest, path)
+    except DataError:
+        return  # no current checkpoint, or a damaged one: keep the older previous one
+    if record["file"] == new_weights or not (path.parent / str(record["file"])).is_file():
+        return
+    tmp = _temporary_name(path.parent, f"{path.stem}.prev.json")
+    try:
+        with reporting_full_disk(previous_metadata_path(path)):
+            try:
+                os.link(manifest, tmp)
+            except OSError:
+                tmp.write_bytes(manifest.read_bytes())  # file systems without hard links
+            os.replace(tmp, previous_metadata_path(path))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary_name(folder: Path, name: str) -> Path:
+    """A fresh ``.NAME.<random>.tmp`` path in ``folder`` (swept after a kill)."""
+    return folder / f".{name}.{secrets.token_hex(4)}.tmp"
+
+
+def _link_alias(weights: Path, path: Path) -> None:
+    """Point ``path`` (e.g. ``last.safetensors``) at the current weights, for tools that open it."""
+    tmp = _temporary_name(path.parent, path.name)
+    try:
+        os.link(weights, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no hard links here: loading goes through the manifest anyway
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_unreferenced(path: Path) -> None:
+    """Delete weights files of ``path``'s checkpoint that no manifest vouches for any more."""
+    keep = _referenced_weights(path)
+    for entry in path.parent.glob(f"{path.stem}.*.safetensors"):
+        match = _GENERATION.match(entry.name)
+        if match and match["stem"] == path.stem and entry.name not in keep:
+            entry.unlink(missing_ok=True)
+
+
+def sweep_checkpoint_folder(folder: str | Path) -> list[Path]:
+    """Remove what killed saves left in a checkpoint folder: temporary files (ours and
+    safetensors') and weights files no manifest vouches for. Call it holding the run's lock."""
+    folder = Path(folder)
+    removed = sweep_temporary_files(folder)
+    if not folder.is_dir():
+        return removed
+    stems = {m["stem"] for e in folder.iterdir() if (m := _GENERATION.match(e.name))}
+    for stem in stems:
+        logical = folder / f"{stem}.safetensors"
+        keep = _referenced_weights(logical)
+        for entry in folder.glob(f"{stem}.*.safetensors"):
+            match = _GENERATION.match(entry.name)
+            if match and match["stem"] == stem and entry.name not in keep:
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    json_path = metadata_path(path)
+    return _read_record_at(metadata_path(path), path)
+
+
+def _read_record_at(json_path: Path, path: Path) -> dict[str, Any]:
     if not json_path.is_file():
         raise DataError(
             json_path,
@@ -127,6 +252,63 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def _weights_of(path: Path, record: dict[str, Any]) -> Path:
+    """The weights file a manifest vouches for: the file it names beside it, else ``path``
+    (a checkpoint copied under another name keeps its manifest's old file name)."""
+    named = path.parent / Path(str(record.get("file", path.name))).name
+    return named if named.is_file() else path
+
+
+def _naming(problem: str, weights: Path, path: Path) -> str:
+    """``problem``, naming the content-named weights file when it is not ``path`` itself."""
+    return problem if weights == path else f"{problem} [weights file {weights.name}]"
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _load_verified(
+    path: Path, json_path: Path, device: str | torch.device
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load the weights ``json_path`` vouches for; retried when a save replaces the manifest
+    between reading it and reading the weights (a reader never returns a mixed pair)."""
+    attempts = 5
+    for attempt in range(attempts):
+        before = _stat_key(json_path)
+        record = _read_record_at(json_path, path)
+        weights = _weights_of(path, record)
+        try:
+            data = weights.read_bytes()  # one read: what is verified is what is loaded
+            problem = None
+        except FileNotFoundError:
+            data, problem = b"", "checkpoint file not found"
+        json_name = json_path.name
+        if problem is None and len(data) != record["size"]:
+            problem = (
+                f"checkpoint is {len(data)} bytes but {json_name} records {record['size']} "
+                "(truncated or replaced file)"
+            )
+        elif problem is None and hashlib.sha256(data).hexdigest() != record["sha256"]:
+            problem = f"checkpoint content does not match the sha256 in {json_name} (corrupted file)"
+        if problem is None:
+            break
+        if attempt + 1 < attempts and _stat_key(json_path) != before:
+            continue  # a save moved on while we read: read the new manifest
+        raise DataError(path, _naming(problem, weights, path))
+    try:
+        tensors = load_safetensors_bytes(data)
+    except (SafetensorError, ValueError) as err:
+        raise DataError(path, _naming(f"not a readable safetensors file ({err})", weights, path)) from None
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, record["metadata"]
+
+
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata saved with the checkpoint ``path`` (reads the JSON only; no verification)."""
     return _read_record(Path(path))["metadata"]
@@ -135,30 +317,51 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:
     """Verify and load a checkpoint written by :func:`save_checkpoint` -> (tensors, metadata).
 
-    The JSON must exist and parse, and the file's size and sha256 must match it; otherwise a
+    The manifest must exist and parse, and the weights' size and sha256 must match it; otherwise a
     DataError names the file and the problem. Tensors are read with safetensors (no pickle).
     """
     path = Path(path)
-    if not path.is_file():
+    if not checkpoint_exists(path):
         raise DataError(path, "checkpoint file not found")
-    record = _read_record(path)
-    json_name = metadata_path(path).name
-    data = path.read_bytes()  # one read: what is verified is what is loaded
-    if len(data) != record["size"]:
-        raise DataError(
-            path,
-            f"checkpoint is {len(data)} bytes but {json_name} records {record['size']} "
-            "(truncated or replaced file)",
-        )
-    if hashlib.sha256(data).hexdigest() != record["sha256"]:
-        raise DataError(path, f"checkpoint content does not match the sha256 in {json_name} (corrupted file)")
+    return _load_verified(path, metadata_path(path), device)
+
+
+def load_newest_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict, str | None]:
+    """Like :func:`load_checkpoint`, but falls back to the previous checkpoint when the newest is
+    damaged -> (tensors, metadata, note): ``note`` says what was skipped and why (None when the
+    newest loaded). Raises the newest one's DataError when neither loads."""
+    path = Path(path)
     try:
-        tensors = load_safetensors_bytes(data)
-    except (SafetensorError, ValueError) as err:
-        raise DataError(path, f"not a readable safetensors file ({err})") from None
-    if torch.device(device).type != "cpu":
-        tensors = {k: v.to(device) for k, v in tensors.items()}
-    return tensors, record["metadata"]
+        return (*load_checkpoint(path, device), None)
+    except DataError as newest_error:
+        previous = previous_metadata_path(path)
+        if not previous.is_file():
+            raise
+        try:
+            tensors, metadata = _load_verified(path, previous, device)
+        except DataError:
+            raise newest_error from None
+        note = (
+            f"the newest checkpoint {path.name} is damaged ({newest_error}); fell back to the previous "
+            f"checkpoint ({previous.name}, step {metadata.get('step', '?')})"
+        )
+        return tensors, metadata, note
+
+
+def copy_checkpoint(source: str | Path, target: str | Path) -> None:
+    """Copy the checkpoint ``source`` (verified) to the logical path ``target``: its weights as
+    ``target`` itself and a manifest naming them, each written atomically."""
+    source, target = Path(source), Path(target)
+    record = _read_record(source)
+    _load_verified(source, metadata_path(source), "cpu")  # refuse to copy a damaged checkpoint
+    data = _weights_of(source, record).read_bytes()
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise DataError(source, "checkpoint changed while it was copied; try again")
+    atomic_write_bytes(target, data)
+    record = {**record, "file": target.name}
+    atomic_write_text(metadata_path(target), json.dumps(record, indent=1) + "\n")
 
 
 def strip_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

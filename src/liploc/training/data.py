@@ -16,9 +16,8 @@ Files on disk become model inputs in two stages:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from liploc.atomic import atomic_write
 from liploc.config import Config, DataConfig, DatasetSplit, ModelConfig
 from liploc.datasets import Frame, load_image, load_scan, open_dataset
 from liploc.datasets.sequence_range import parse_ranges
@@ -193,23 +191,18 @@ def lidar_input(frame: Frame, config: Config, projector: RangeProjector | None =
 
 
 class PreprocessCache:
-    """Preprocessed inputs kept as ``.npy`` files under ``folder/<settings key>/<modality>/``.
+    """Preprocessed inputs kept as checked ``.npy`` files under ``folder/<settings key>/<modality>/``.
 
-    The settings key hashes everything preprocessing depends on (input size, LiDAR input kind,
-    projection); the file name hashes the source file's absolute path, size and modification time,
-    so an edited source or changed setting never returns a stale array. Writes are atomic, so
-    several workers or processes may share a cache.
+    Keys and sharing: see :mod:`liploc.training.preprocess_cache`. An entry that fails its
+    checksum is made again, rewritten, and reported once (a warning naming the file); a write that
+    fails (read-only or full disk) only costs speed.
     """
 
     def __init__(self, folder: str | Path, config: Config) -> None:
-        settings = {
-            "version": PREPROCESS_VERSION,
-            "image_size": list(config.data.image_size),
-            "lidar_input": config.data.lidar_input,
-            "projection": config.projection.model_dump(mode="json"),
-        }
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = Path(folder) / key
+        from liploc.training.preprocess_cache import settings_key
+
+        self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
+        self._write_failure_reported = False
 
     def path_for(self, source: Path, modality: Modality) -> Path:
         """Cache file of ``source`` (raises DataError when the source is missing)."""
@@ -221,22 +214,32 @@ class PreprocessCache:
         return self.folder / modality / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
 
     def get(self, source: Path, modality: Modality, make: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array for ``source``, made (and stored) with ``make()`` when absent or unreadable."""
+        """The cached array for ``source``, made (and stored) with ``make()`` when absent or damaged."""
+        from liploc.checked_array import DamagedEntry, read_checked, write_checked
+
         path = self.path_for(source, modality)
-        if path.is_file():
-            try:
-                return np.load(path, allow_pickle=False)
-            except (OSError, ValueError):
-                pass  # damaged entry: make it again below
+        try:
+            return read_checked(path)
+        except FileNotFoundError:
+            pass
+        except (OSError, DamagedEntry) as err:
+            warnings.warn(
+                f"{path}: damaged preprocessing cache entry of {source} ({err}); rebuilt it",
+                UserWarning,
+                stacklevel=2,
+            )
         array = make()
-        with contextlib.suppress(OSError):  # a read-only or full disk only costs speed
-            atomic_write(path, lambda p: _save_npy(p, array))
+        try:
+            write_checked(path, array)
+        except (OSError, LiplocError) as err:  # a read-only or full disk only costs speed
+            if not self._write_failure_reported:
+                self._write_failure_reported = True
+                warnings.warn(
+                    f"{path}: cannot write the preprocessing cache ({err}); going on without it",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return array
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -10,22 +10,32 @@ Layout::
       summary.json                 written at the end: steps, best checkpoint, final metrics
       checkpoints/last.safetensors (+ .json)   model, loss, optimiser: resumes the run
       checkpoints/best.safetensors (+ .json)   model and loss at the lowest validation loss
-      cache/                       preprocessed inputs (when data.cache and no data.cache_dir)
+      checkpoints/*.prev.json      the previous save of each, the fallback of a damaged newest one
       tensorboard/                 TensorBoard events (config train.log = tensorboard, when installed)
+      .lock                        held by the one process writing the run (pid and host inside)
+
+Checkpoints are saved atomically (see :mod:`liploc.training.checkpoint`). Preprocessed inputs
+live in the shared user cache (:mod:`liploc.training.preprocess_cache`), not in the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import math
+import os
+import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from liploc.atomic import atomic_write_text
+from liploc.atomic import append_text, atomic_write_text, reporting_full_disk
 from liploc.config import Config, config_from_dict
-from liploc.errors import DataError
+from liploc.errors import DataError, LiplocError
 
 if TYPE_CHECKING:
     from liploc.models import TwoTowerModel
@@ -74,7 +84,12 @@ class RunFolder:
 
     @property
     def cache(self) -> Path:
+        """Former per-run preprocessing cache (runs now share the user cache)."""
         return self.root / "cache"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def tensorboard(self) -> Path:
@@ -82,7 +97,74 @@ class RunFolder:
 
     def has_run(self) -> bool:
         """Whether a training run already wrote a checkpoint here."""
-        return self.last_checkpoint.is_file()
+        from liploc.training.checkpoint import checkpoint_exists
+
+        return checkpoint_exists(self.last_checkpoint)
+
+
+class RunLock:
+    """Exclusive lock of a folder for one writing process (``fcntl.flock`` on ``FOLDER/.lock``).
+
+    The operating system releases it when the process dies, however it dies, so a killed run can
+    be resumed at once. The lock file holds the holder's pid and host, which a refused second
+    writer names. (flock is advisory and local: NFS may not honour it.)
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / ".lock"
+        self._fd: int | None = None
+        self._created_folder = False
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise LiplocError naming the process that holds it."""
+        if not self.folder.exists():
+            with reporting_full_disk(self.folder):
+                self.folder.mkdir(parents=True, exist_ok=True)
+            self._created_folder = True
+        with reporting_full_disk(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise LiplocError(
+                f"{self.folder}: another process is writing this run folder ({self._holder()}); "
+                "wait for it to finish or stop it, or choose another --out"
+            ) from None
+        with contextlib.suppress(OSError):  # the holder's identity is informative only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def _holder(self) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        return text or "holder unknown"
+
+    def release(self, remove_if_unused: bool = False) -> None:
+        """Release the lock; ``remove_if_unused``: also remove the folder when this lock created it
+        and nothing else was written (a refused or failed start leaves no empty run folder)."""
+        if self._fd is None:
+            return
+        if remove_if_unused and self._created_folder:
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.folder.iterdir()] == [".lock"]:
+                    self.path.unlink()
+                    self.folder.rmdir()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class CsvLog:
@@ -99,14 +181,12 @@ class CsvLog:
     def _ensure_header(self) -> None:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
+            append_text(self.path, _csv_line(self.columns))
 
     def append(self, row: dict[str, Any]) -> None:
-        """Append one row; keys outside the header are ignored."""
+        """Append one row; keys outside the header are ignored (a full disk: DiskFullError)."""
         self._ensure_header()
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_cell(row.get(c)) for c in self.columns])
+        append_text(self.path, _csv_line([_cell(row.get(c)) for c in self.columns]))
 
     def truncate_after(self, step: int) -> None:
         """Keep only the rows whose ``step`` is at most ``step`` (rewritten atomically)."""
@@ -120,6 +200,12 @@ class CsvLog:
         writer.writeheader()
         writer.writerows(kept)
         atomic_write_text(self.path, out.getvalue())
+
+
+def _csv_line(cells: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    return out.getvalue()
 
 
 def _cell(value: Any) -> str:
@@ -141,13 +227,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         run = RunFolder(path)
+        from liploc.training.checkpoint import checkpoint_exists
+
         for candidate in (run.best_checkpoint, run.last_checkpoint):
-            if candidate.is_file():
+            if checkpoint_exists(candidate):
                 return candidate
         raise DataError(
             path, "no checkpoints/best.safetensors or checkpoints/last.safetensors in this run folder"
         )
-    if not path.is_file():
+    from liploc.training.checkpoint import checkpoint_exists
+
+    if not checkpoint_exists(path):
         raise DataError(path, "checkpoint not found")
     return path
 
@@ -157,7 +247,8 @@ def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[T
 
     Args:
         path: a checkpoint (``.safetensors`` with its ``.json``) or a run folder (its best
-            checkpoint, else its last).
+            checkpoint, else its last). A damaged newest save falls back to the previous one of
+            the same checkpoint, with a warning.
         device: where to put the model.
 
     The architecture is rebuilt from the configuration stored in the checkpoint's JSON (no
@@ -165,10 +256,12 @@ def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[T
     Never unpickles; a tampered or truncated checkpoint is refused by the checkpoint module.
     """
     from liploc.models import create_model, inference_config
-    from liploc.training.checkpoint import load_checkpoint, strip_prefix
+    from liploc.training.checkpoint import load_newest_checkpoint, strip_prefix
 
     file = resolve_checkpoint(path)
-    tensors, metadata = load_checkpoint(file)
+    tensors, metadata, note = load_newest_checkpoint(file)
+    if note is not None:
+        warnings.warn(f"{file.parent}: {note}", UserWarning, stacklevel=2)
     config_dict = metadata.get("config") if isinstance(metadata, dict) else None
     if not isinstance(config_dict, dict):
         raise DataError(file, "checkpoint metadata holds no training configuration ('config')")

@@ -33,11 +33,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from liploc.atomic import atomic_write_text
+from liploc.atomic import append_text, atomic_write_text
 from liploc.config import Config, TrainConfig, config_from_dict, load_config, save_config
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.training import distributed
-from liploc.training.checkpoint import load_checkpoint, save_checkpoint, state_to_tensors, tensors_to_state
+from liploc.training.checkpoint import (
+    load_newest_checkpoint,
+    save_checkpoint,
+    state_to_tensors,
+    strip_prefix,
+    sweep_checkpoint_folder,
+    tensors_to_state,
+)
 from liploc.training.data import (
     EpochSampler,
     PairDataset,
@@ -48,7 +55,8 @@ from liploc.training.data import (
 )
 from liploc.training.data_fingerprint import FILENAME as FINGERPRINT_FILE
 from liploc.training.data_fingerprint import check_unchanged, data_listing, digest, write_listing
-from liploc.training.run_folder import CsvLog, RunFolder
+from liploc.training.preprocess_cache import preprocess_cache_dir
+from liploc.training.run_folder import MODEL_PREFIX, CsvLog, RunFolder, RunLock
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -255,8 +263,7 @@ class _RunLog:
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self.run.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.run.log, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {message}\n")
+        append_text(self.run.log, f"{stamp} {message}\n")
         if self.console is not None:
             self.console.print(message, markup=False, highlight=False)
 
@@ -289,18 +296,29 @@ def _save_training_checkpoint(
     schedule: LrSchedule | None = None,
     scaler: torch.amp.GradScaler | None = None,
     extra: dict[str, Any] | None = None,
+    snapshot: _Snapshot | None = None,
 ) -> None:
-    """Weights (+ optimiser state when given) as safetensors; config, position, metrics as JSON."""
+    """Weights (+ optimiser state when given) as safetensors; config, position, metrics as JSON.
+
+    ``snapshot`` holds the CPU copies and fingerprint of this step's tensors, shared by the best
+    and last saves of one step, so that each tensor is copied off the device and hashed once.
+    """
     state: dict[str, Any] = {"model": _unwrap(model).state_dict(), "loss": loss_fn.state_dict()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     tensors, skeleton = state_to_tensors(state)
+    snapshot = (
+        snapshot
+        if snapshot is not None and snapshot.step == position["step"]
+        else _Snapshot(position["step"])
+    )
+    tensors = snapshot.on_cpu(tensors)
     metadata: dict[str, Any] = {
         "config": config.model_dump(mode="json"),
         "step": position["step"],
         "position": position,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-        "model_fingerprint": _unwrap(model).fingerprint(),
+        "model_fingerprint": snapshot.fingerprint(_unwrap(model), tensors),
         "state": skeleton,
         "torch_version": torch.__version__,
     }
@@ -310,6 +328,28 @@ def _save_training_checkpoint(
         metadata["scaler"] = scaler.state_dict()
     metadata.update(extra or {})
     save_checkpoint(path, tensors, metadata)
+
+
+class _Snapshot:
+    """CPU copies of one step's tensors and the model's fingerprint, made once per step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._fingerprint: str | None = None
+
+    def on_cpu(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        for name, tensor in tensors.items():
+            if name not in self.tensors:
+                self.tensors[name] = tensor.detach().to("cpu")
+        return {name: self.tensors[name] for name in tensors}
+
+    def fingerprint(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+        if self._fingerprint is None:
+            from liploc.models.two_tower import state_fingerprint
+
+            self._fingerprint = state_fingerprint(model.architecture(), strip_prefix(tensors, MODEL_PREFIX))
+        return self._fingerprint
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -449,17 +489,38 @@ def train(
     was_initialized = dist.is_available() and dist.is_initialized()
     info = distributed.init_from_env()
     trainer: _Trainer | None = None
+    lock = _lock_run_folder(Path(out_dir)) if info.is_main else None
+    started = False
     try:
         device = resolve_device(config.train.device, info.local_rank)
         with _determinism(config.train.deterministic, device), _StopRequest() as stop:
             trainer = _Trainer(config, Path(out_dir), resume, progress, info, device, console)
+            started = True
             return trainer.run(stop, on_step)
     finally:
+        if lock is not None:
+            lock.release(remove_if_unused=not started)
         if not was_initialized:
             # DDP must be gone before its process group is.
             trainer = None
             gc.collect()
             distributed.destroy()
+
+
+def _lock_run_folder(out_dir: Path) -> RunLock:
+    """Lock the run folder for this process (one writer per run) and sweep what killed writers
+    left: temporary files of interrupted saves and logs, weights no manifest vouches for."""
+    lock = RunLock(out_dir).acquire()
+    try:
+        run = RunFolder(out_dir)
+        from liploc.atomic import sweep_temporary_files
+
+        sweep_temporary_files(run.root)
+        sweep_checkpoint_folder(run.checkpoints)
+    except BaseException:
+        lock.release(remove_if_unused=True)
+        raise
+    return lock
 
 
 class _Trainer:
@@ -508,7 +569,7 @@ class _Trainer:
                     else ""
                 ),
             )
-        cache_dir = (config.data.cache_dir or run.cache) if config.data.cache else None
+        cache_dir = preprocess_cache_dir(config.data) if config.data.cache else None
         train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir)
         val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir)
         self.train_sampler = EpochSampler(len(train_set), True, tc.seed, info.rank, info.world_size, True)
@@ -549,6 +610,8 @@ class _Trainer:
         }
         self.metrics: dict[str, float] = {}
         self.data_digest: str | None = None
+        self.resumed_window_losses: list[float] = []
+        self.snapshot = _Snapshot(-1)
         if resume:
             self._restore()
         # A run from before fingerprints gets one from here on.
@@ -569,7 +632,7 @@ class _Trainer:
     # --- set-up ---------------------------------------------------------------------------------
     def _check(self, resume: bool) -> None:
         run, tc, config = self.run_folder, self.tc, self.config
-        if resume and not run.last_checkpoint.is_file():
+        if resume and not run.has_run():
             raise DataError(run.last_checkpoint, "cannot resume: no last checkpoint in this run folder")
         if not resume and run.has_run():
             raise ConfigError(
@@ -622,7 +685,9 @@ class _Trainer:
 
     def _restore(self) -> None:
         path = self.run_folder.last_checkpoint
-        tensors, meta = load_checkpoint(path, device="cpu")
+        tensors, meta, note = load_newest_checkpoint(path, device="cpu")
+        if note is not None:
+            self.log(f"warning: {note}")
         saved = config_from_dict(meta["config"], source=f"{path} (config)")
         _check_resume_config(saved, self.config, self.log)
         self.data_digest = meta.get("data_fingerprint")
@@ -645,6 +710,9 @@ class _Trainer:
         self.position.update({k: meta["position"][k] for k in self.position})
         self.best.update(meta.get("best", {}))
         self.metrics = dict(meta.get("metrics", {}))
+        # Losses of the steps since the last logged row: the first row after the resume averages
+        # the whole interval, as an uninterrupted run's does.
+        self.resumed_window_losses = [float(x) for x in meta.get("log_window", {}).get("losses", [])]
         self.log(f"resumed from {path} at step {self.position['step']} (epoch {self.position['epoch'] + 1})")
 
     def _prepare_folder(self, resume: bool) -> None:
@@ -682,6 +750,8 @@ class _Trainer:
         position = {**self.position, "world_size": self.info.world_size}
         run = self.run_folder
         fingerprint = {"data_fingerprint": self.data_digest} if self.data_digest else {}
+        if self.snapshot.step != position["step"]:
+            self.snapshot = _Snapshot(position["step"])
         if kind == "last":
             _save_training_checkpoint(
                 run.last_checkpoint,
@@ -693,7 +763,12 @@ class _Trainer:
                 self.optimizer,
                 self.schedule,
                 self.scaler,
-                {"best": self.best, **fingerprint},
+                {
+                    "best": self.best,
+                    "log_window": {"losses": list(getattr(self, "window", {}).get("losses", []))},
+                    **fingerprint,
+                },
+                snapshot=self.snapshot,
             )
         else:
             _save_training_checkpoint(
@@ -704,6 +779,7 @@ class _Trainer:
                 position,
                 self.metrics,
                 extra=fingerprint,
+                snapshot=self.snapshot,
             )
 
     def _consider_best(self, value: float | None) -> None:
@@ -719,7 +795,11 @@ class _Trainer:
         tc, position = self.tc, self.position
         bar = _ProgressBar(self.console, self.total_steps, position["step"]) if self.progress else None
         self.start_time = time.perf_counter()
-        self.window: dict[str, Any] = {"start": self.start_time, "pairs": 0, "losses": []}
+        self.window: dict[str, Any] = {
+            "start": self.start_time,
+            "pairs": 0,
+            "losses": self.resumed_window_losses,
+        }
         stopped = "finished"
         self.net.train()
         try:

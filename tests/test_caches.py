@@ -1,0 +1,139 @@
+"""Caches that cannot lie: checksummed preprocessing and embedding caches, the shared cache, its CLI."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corridor_world import write_corridor
+from typer.testing import CliRunner
+
+from liploc.cli import app
+from liploc.config import Config, load_config
+from liploc.retrieval.embedding import EmbeddingCache
+from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corridor")
+    write_corridor(root, "00", 12, seed=0)
+    write_corridor(root, "01", 6, seed=100)
+    return root
+
+
+def tiny_config(root: Path, *overrides: str) -> Config:
+    cfg = load_config(TINY, ["data.num_workers=0", "data.image_size=[32, 32]", *overrides])
+    return resolve_data_roots(cfg, [root])
+
+
+def _flip_data_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0x5A  # inside the array data, after the 128-byte .npy header
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_the_preprocessing_cache_is_rebuilt_and_reported(
+    corridor: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+    truth = PairDataset(frames, cfg).preprocessed(3, "image")
+    PairDataset(frames, cfg, cache_dir=tmp_path).preprocessed(3, "image")
+    [entry] = list(tmp_path.rglob("*.npy"))
+    _flip_data_byte(entry)
+    fresh = PairDataset(frames, cfg, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match=str(entry.name)):
+        again = fresh.preprocessed(3, "image")
+    assert np.array_equal(again, truth)
+    assert np.array_equal(PairDataset(frames, cfg, cache_dir=tmp_path).preprocessed(3, "image"), truth)
+
+
+def test_a_tampered_embedding_cache_is_rebuilt(corridor: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+    made = np.eye(len(frames), 8, dtype=np.float32)
+    cache = EmbeddingCache(tmp_path, "ab" * 32)
+    emb, cached = cache.get_or_make(frames, "lidar", lambda: made.copy())
+    assert not cached
+    [entry] = list(tmp_path.rglob("*.npy"))
+    swapped = np.load(entry)
+    swapped[[0, 1]] = swapped[[1, 0]]  # two rows swapped: every ranking changes
+    np.save(entry, swapped)
+    with pytest.warns(UserWarning, match=entry.name):
+        emb, cached = cache.get_or_make(frames, "lidar", lambda: made.copy())
+    assert not cached and np.array_equal(emb, made)
+    _flip_data_byte(entry)
+    emb, cached = EmbeddingCache(tmp_path, "ab" * 32).get_or_make(frames, "lidar", lambda: made.copy())
+    assert not cached and np.array_equal(emb, made)
+    emb, cached = EmbeddingCache(tmp_path, "ab" * 32).get_or_make(frames, "lidar", lambda: made.copy())
+    assert cached and np.array_equal(emb, made)
+
+
+def test_a_failed_embedding_cache_write_costs_only_speed(
+    corridor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    made = np.eye(len(frames), 8, dtype=np.float32)
+    emb, cached = EmbeddingCache(tmp_path, "cd" * 32).get_or_make(frames, "image", lambda: made)
+    assert not cached and np.array_equal(emb, made)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no half-written leftovers
+
+
+def test_the_preprocessing_cache_is_shared_between_runs(
+    corridor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from liploc.training.train import train
+
+    monkeypatch.setenv("LIPLOC_CACHE_DIR", str(tmp_path / "user-cache"))
+    cfg = tiny_config(corridor, "train.epochs=1", "train.batch_size=4")
+    train(cfg, tmp_path / "a", progress=False)
+    entries = sorted((tmp_path / "user-cache").rglob("*.npy"))
+    assert len(entries) == 2 * 18  # both modalities of every training and validation frame
+    assert not (tmp_path / "a" / "cache").exists()
+    stamps = [p.stat().st_mtime_ns for p in entries]
+    train(cfg, tmp_path / "b", progress=False)
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "user-cache").rglob("*.npy"))] == stamps
+
+
+def test_cache_warm_info_and_clear(corridor: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(TINY.read_text() + "\n")
+    res = runner.invoke(
+        app,
+        [
+            "cache",
+            "warm",
+            str(cfg_file),
+            "--data-root",
+            str(corridor),
+            "--cache-dir",
+            str(cache),
+            "--workers",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(list(cache.rglob("*.npy"))) == 2 * 18
+    assert "36" in res.output
+    res = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    assert "36 entries" in res.output and ("KiB" in res.output or "MiB" in res.output)
+    res = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache)])
+    assert res.exit_code == 0, res.output
+    assert "freed" in res.output
+    assert list(cache.rglob("*.npy")) == []
