@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import _TYPES as _SAFETENSORS_DTYPES
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor
 
 from liploc.atomic import (
     atomic_write_bytes,
     atomic_write_text,
+    file_mode,
     fsync_dir,
     reporting_full_disk,
     sweep_temporary_files,
@@ -110,38 +111,46 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], metadata: M
     """Save ``tensors`` and ``metadata`` as the checkpoint ``path`` (``.safetensors``), atomically.
 
     ``metadata`` must be JSON-serialisable (Paths, numpy scalars and one-element tensors are
-    converted); this is checked before anything is written. The weights are serialised in memory,
-    hashed there and written once (never read back). A full disk raises DiskFullError naming the
-    file and the bytes needed; the previous checkpoint stays intact and nothing is left behind.
+    converted); this is checked before anything is written. The weights are streamed to disk and
+    hashed as they are written (never copied whole in memory, never read back). A full disk
+    raises DiskFullError naming the file and the bytes needed; the previous checkpoint stays
+    intact and nothing is left behind.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: checkpoint files end in .safetensors")
     metadata_text = json.dumps(dict(metadata), default=_json_default)  # fail before writing
-    data = save_safetensors_bytes(_tensors_for_file(tensors))
-    digest = hashlib.sha256(data).hexdigest()
-    weights = path.with_name(f"{path.stem}.{digest[:12]}.safetensors")
-    record = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "file": weights.name,
-        "size": len(data),
-        "sha256": digest,
-        "metadata": json.loads(metadata_text),
-    }
-    record_text = json.dumps(record, indent=1) + "\n"
-    manifest = metadata_path(path)
+    prepared = _tensors_for_file(tensors)
     keep = _referenced_weights(path)
+    # Streamed to a temporary file and hashed as it is written, then renamed by its content.
+    tmp = _temporary_name(path.parent, path.name)
+    weights = tmp
     try:
-        if not weights.is_file():  # the same content may already be there (an unchanged best)
-            atomic_write_bytes(weights, data)
+        with reporting_full_disk(
+            path.with_name(f"{path.stem}.<sha256>.safetensors"), _safetensors_size(prepared)
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = _stream_safetensors(tmp, prepared)
+            weights = path.with_name(f"{path.stem}.{written['sha256'][:12]}.safetensors")
+            os.replace(tmp, weights)  # the same content twice (an unchanged best) gets the same name
         fault_point("checkpoint.weights_written")
+        record = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "file": weights.name,
+            "size": written["size"],
+            "sha256": written["sha256"],
+            "metadata": json.loads(metadata_text),
+        }
+        record_text = json.dumps(record, indent=1) + "\n"
+        manifest = metadata_path(path)
         _keep_previous(path, weights.name)
         fault_point("checkpoint.previous_kept")
         with reporting_full_disk(manifest, len(record_text)):
             atomic_write_text(manifest, record_text)
             fsync_dir(path.parent)
     except BaseException:
+        tmp.unlink(missing_ok=True)
         if weights.name not in keep:
             weights.unlink(missing_ok=True)
         raise
@@ -149,6 +158,58 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], metadata: M
     _link_alias(weights, path)
     fault_point("checkpoint.alias_linked")
     _remove_unreferenced(path)
+
+
+def _safetensors_header(tensors: Mapping[str, Tensor]) -> bytes:
+    """The length-prefixed JSON header of a safetensors file of ``tensors`` (data in name order)."""
+    dtype_names = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype not in dtype_names:
+            raise TypeError(f"checkpoint tensor '{name}' has dtype {t.dtype}, which safetensors cannot store")
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": dtype_names[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text
+
+
+def _safetensors_size(tensors: Mapping[str, Tensor]) -> int:
+    return len(_safetensors_header(tensors)) + sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _stream_safetensors(path: Path, tensors: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Write ``tensors`` as a safetensors file, hashing the bytes as they are written (no copy of
+    the whole file in memory, no reading back) -> {"size", "sha256"}."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as f:
+        os.chmod(path, file_mode())
+        head = _safetensors_header(tensors)
+        for chunk in (head, *(_raw_bytes(tensors[name]) for name in sorted(tensors))):
+            digest.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _raw_bytes(tensor: Tensor) -> memoryview:
+    """The little-endian bytes of a contiguous CPU tensor, without copying."""
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return (
+        memoryview(flat.view(torch.uint8).numpy()) if flat.dtype != torch.uint8 else memoryview(flat.numpy())
+    )
 
 
 def _referenced_weights(path: Path) -> set[str]:
