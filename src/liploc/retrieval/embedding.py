@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from liploc.atomic import atomic_write
 from liploc.config import Config
+from liploc.errors import ConfigError
 from liploc.datasets import Frame, load_image
 from liploc.models import TwoTowerModel
 from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
@@ -27,8 +28,14 @@ Modality = Literal["image", "lidar"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (``auto``), else CPU; or the named torch device."""
-    return resolve_device(name)
+    """CUDA when present (``auto``), else CPU; or the named torch device.
+
+    Errors name ``--device``, the option through which evaluation and localization get it.
+    """
+    try:
+        return resolve_device(name)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("train.device", "--device")) from None
 
 
 @torch.no_grad()
