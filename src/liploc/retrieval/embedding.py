@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from liploc.atomic import atomic_write
 from liploc.config import Config
-from liploc.errors import ConfigError
 from liploc.datasets import Frame, load_image
+from liploc.errors import ConfigError
 from liploc.models import TwoTowerModel
 from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
 from liploc.training.train import autocast_dtype, resolve_device

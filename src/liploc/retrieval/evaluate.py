@@ -13,7 +13,9 @@ of the query's true position. Frames without a pose are left out of both sides a
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
+from liploc.console import print_line, print_table
 from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
+from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import ConfigError, DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
@@ -134,12 +138,14 @@ def evaluate(
     ks = list(ks or ev.ks)
     window = ev.revisit_window_s if revisit_window_s is None else revisit_window_s
     batch_size = batch_size or ev.batch_size
+    reader = open_dataset(data_root, layout)
+    # Users type "8" for KITTI's "08" or "13" for a raw drive: resolve before naming outputs.
+    sequence = resolve_sequence_name(sequence, reader.sequences(), data_root)
+    if map_sequence:
+        map_sequence = resolve_sequence_name(map_sequence, reader.sequences(), data_root)
+    require_sequences(reader, data_root, [sequence, map_sequence or sequence])
     label = f"{sequence}-{protocol}" if protocol != "cross-drive" else f"{sequence}-on-{map_sequence}"
     out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / label
-    out.mkdir(parents=True, exist_ok=True)
-
-    reader = open_dataset(data_root, layout)
-    require_sequences(reader, data_root, [sequence, map_sequence or sequence])
     queries, skipped_q = posed_frames(reader.frames(sequence))
     if protocol == "cross-drive":
         database, skipped_db = posed_frames(reader.frames(map_sequence))  # type: ignore[arg-type]
@@ -188,27 +194,46 @@ def evaluate(
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
 
     files: dict[str, Path] = {}
-    np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
-    np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
-    files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
-    atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
-    examples = _examples(result, queries, database, config, num_examples)
-    files.update(
-        write_report(
-            out / "report",
-            result,
-            q_xy,
-            db_xy,
-            examples=examples,
-            run_info=info,
-            title=f"liploc evaluation: {label}",
+    # The output folder is made only now, and removed again when writing fails or is interrupted,
+    # so that a failed evaluation leaves no empty or half-written eval folder behind.
+    with output_folder(out):
+        np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
+        np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
+        files["metrics"] = out / "metrics.json"
+        atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
+        atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
+        examples = _examples(result, queries, database, config, num_examples)
+        files.update(
+            write_report(
+                out / "report",
+                result,
+                q_xy,
+                db_xy,
+                examples=examples,
+                run_info=info,
+                title=f"liploc evaluation: {label}",
+            )
         )
-    )
     if console is not None:
-        console.print(result.table(title=f"{label} ({len(queries)} queries, {len(database)} scans)"))
-        console.print(f"wrote {files['metrics']} and {files['html']}")
+        print_table(console, result.table(title=f"{label} ({len(queries)} queries, {len(database)} scans)"))
+        print_line(console, f"wrote {files['metrics']} and {files['html']}")
     return EvaluationOutput(result, out, files, skipped_q)
+
+
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """Create ``out`` (and missing parents) for writing; remove what was created if the block fails.
+
+    A folder that existed before (an earlier evaluation's) is left as it is.
+    """
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 def _examples(
