@@ -46,11 +46,14 @@ def new_table(*columns: str, title: str | None = None, right: tuple[str, ...] = 
 
 
 def table_lines(table: Table) -> list[str]:
-    """The table as plain aligned lines: the title, one header line, one line per row."""
+    """The table as plain aligned lines: the title, one header line, one line per row.
+
+    A cell of several lines (a matrix) continues on the next lines, in its own column.
+    """
     headers = [Text.from_markup(str(c.header)).plain.replace("\n", " ") for c in table.columns]
-    cells = [[_plain(cell) for cell in column.cells] for column in table.columns]
+    cells = [[_plain(cell).split("\n") for cell in column.cells] for column in table.columns]
     rows = list(zip(*cells, strict=True)) if cells else []
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(part) for row in rows for part in row[i])]) for i, h in enumerate(headers)]
 
     def line(values: list[str] | tuple[str, ...]) -> str:
         parts = []
@@ -61,8 +64,11 @@ def table_lines(table: Table) -> list[str]:
     lines = []
     if table.title:
         lines.append(_plain(table.title))
-    lines.append(line(headers))
-    lines.extend(line(row) for row in rows)
+    if table.show_header:
+        lines.append(line(headers))
+    for row in rows:
+        for k in range(max(len(cell) for cell in row)):
+            lines.append(line([cell[k] if k < len(cell) else "" for cell in row]))
     if table.caption:
         lines.append(_plain(table.caption))
     return lines

@@ -271,6 +271,7 @@ def finish_publishing(root: Path) -> bool:
         os.replace(stage / "README.md", root / "README.md")
     os.replace(stage / MANIFEST_NAME, root / MANIFEST_NAME)
     shutil.rmtree(stage)
+    (root / _OWNER_MARK).unlink(missing_ok=True)  # the manifest says it from now on
     return True
 
 
