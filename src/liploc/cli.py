@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.table import Table
 
 from liploc import __version__
 from liploc.console import make_console, new_table, print_line, print_table
@@ -469,19 +470,24 @@ def localize(
         typer.echo(json.dumps(payload, indent=2))
         return
     for img, matches in zip(paths, results, strict=True):
-        columns = ("rank", "score", "sequence", "frame", "x (m)", "y (m)", "yaw\n(deg)")
-        table = new_table(*columns, title=str(img), right=tuple(c for c in columns if c != "sequence"))
-        for m in matches:
-            table.add_row(
-                str(m.rank),
-                f"{m.score:.3f}",
-                m.sequence,
-                str(m.frame_index),
-                f"{m.xy[0]:.1f}",
-                f"{m.xy[1]:.1f}",
-                f"{m.yaw * 57.29577951308232:.0f}",
-            )
-        print_table(console, table)
+        print_table(console, matches_table(str(img), matches))
+
+
+def matches_table(title: str, matches: list) -> Table:
+    """The table of ``localize``: one row per returned pose (fits 80 columns with raw drive names)."""
+    columns = ("rank", "score", "sequence", "frame", "x (m)", "y (m)", "yaw\n(deg)")
+    table = new_table(*columns, title=title, right=tuple(c for c in columns if c != "sequence"))
+    for m in matches:
+        table.add_row(
+            str(m.rank),
+            f"{m.score:.3f}",
+            m.sequence,
+            str(m.frame_index),
+            f"{m.xy[0]:.1f}",
+            f"{m.xy[1]:.1f}",
+            f"{math.degrees(m.yaw):.0f}",
+        )
+    return table
 
 
 # --- demo ---------------------------------------------------------------------------------------
