@@ -98,7 +98,7 @@ def test_bad_arguments_are_refused_at_once_without_heavy_imports(files: SimpleNa
         "synth drives": (["synth", "--out", f"{root}/s", "--drives", "0"], 2, "greater than or equal to 1"),
         "info missing": (["info", f"{root}/nope"], 2, "does not exist"),
     }
-    for (name, (args, code, says)), got in zip(
+    for (name, (_args, code, says)), got in zip(
         cases.items(), _probe([c[0] for c in cases.values()]), strict=True
     ):
         text = " ".join(got["output"].replace("│", " ").split())

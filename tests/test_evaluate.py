@@ -170,8 +170,10 @@ def test_cli_evaluate_map_localize(world: dict[str, Path], tmp_path: Path) -> No
 def test_cli_evaluate_json_and_sequence_names_as_typed(world: dict[str, Path], tmp_path: Path) -> None:
     res = CliRunner().invoke(
         app,
-        ["evaluate", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "2"]
-        + ["--out", str(tmp_path / "ev"), "--json", "--threshold", "5"],
+        [
+            *["evaluate", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "2"],
+            *["--out", str(tmp_path / "ev"), "--json", "--threshold", "5"],
+        ],
     )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)  # the JSON alone on stdout; the table went to stderr

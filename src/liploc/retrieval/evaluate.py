@@ -27,14 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
 from liploc.console import print_line, print_table
-from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
+from liploc.datasets import DatasetReader, Frame, load_image, load_scan, open_dataset
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import ConfigError, DataError
+from liploc.lidar import RangeProjector
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
 from liploc.retrieval.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
-from liploc.retrieval.report import RetrievalExample, select_examples, write_report
-from liploc.training.data import LidarDataset
+from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 PROTOCOLS = ("same-sequence", "cross-drive", "revisit")
@@ -191,6 +191,7 @@ def evaluate(
     }
     if protocol == "revisit":
         info["revisit_window_s"] = window
+    info.update(training_data(config))
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
 
     files: dict[str, Path] = {}
@@ -211,7 +212,7 @@ def evaluate(
                 db_xy,
                 examples=examples,
                 run_info=info,
-                title=f"liploc evaluation: {label}",
+                title=report_title(protocol, sequence, map_sequence),
             )
         )
     if console is not None:
@@ -236,18 +237,61 @@ def output_folder(out: Path) -> Iterator[Path]:
         raise
 
 
+def training_data(config: Config) -> dict[str, str]:
+    """``trained_on`` / ``validated_on``: the sequences (and folders) the model learnt from."""
+
+    def describe(pick: str) -> str:
+        parts = []
+        for split in config.data.datasets:
+            names = getattr(split, pick)
+            if names:
+                where = f" of {split.root}" if split.root is not None else ""
+                parts.append(f"{_sequence_span(names)}{where}")
+        return "; ".join(parts)
+
+    out = {"trained_on": describe("train") or "unknown (not recorded in the run's config)"}
+    validated = describe("val")
+    out["validated_on"] = validated or f"{config.data.val_fraction:.0%} of the training frames, held out"
+    return out
+
+
+def _sequence_span(names: list[str]) -> str:
+    if len(names) <= 4:
+        return "sequence " + ", ".join(names) if len(names) == 1 else "sequences " + ", ".join(names)
+    return f"{len(names)} sequences ({names[0]} .. {names[-1]})"
+
+
+def report_title(protocol: str, sequence: str, map_sequence: str | None) -> str:
+    """A title in words: what was localized in what."""
+    if protocol == "cross-drive":
+        return f"Drive {sequence} localized in the LiDAR map of drive {map_sequence}"
+    if protocol == "revisit":
+        return f"Sequence {sequence}: revisited places found in its own LiDAR scans"
+    return f"Sequence {sequence}: camera images localized among its own LiDAR scans"
+
+
 def _examples(
     result: RetrievalResult, queries: list[Frame], database: list[Frame], config: Config, count: int
 ) -> list[RetrievalExample]:
     if count <= 0:
         return []
-    lidar = LidarDataset(database, config)
+    projector = RangeProjector(config.projection)
     examples = []
-    for qi in select_examples(result, count):
+    chosen = select_examples(result, count)
+    for position, qi in enumerate(chosen):
         top = [int(i) for i in result.retrieved[qi, :3] if i >= 0]
-        ranges = [lidar.preprocessed(i, "lidar")[0] for i in top]
+        # The range crop at its own resolution and aspect, not the square network input.
+        ranges = [_range_crop(projector, database[i]) for i in top]
         f = queries[qi]
-        examples.append(
-            RetrievalExample(qi, load_image(f.image_path), ranges, label=f"{f.sequence}/{f.index}")
+        error = float(result.top1_error_m[qi])
+        label = (
+            f"{example_rank_name(position, len(chosen))}: {f.sequence}/{f.index}, top-1 error {error:.1f} m"
         )
+        examples.append(RetrievalExample(qi, load_image(f.image_path), ranges, label=label))
     return examples
+
+
+def _range_crop(projector: RangeProjector, frame: Frame) -> np.ndarray:
+    crop = np.asarray(projector.model_input(load_scan(frame.scan_path), frame.calib), dtype=np.float32)
+    first = crop[0] if crop.ndim == 3 else crop
+    return np.clip(first, 0, 255).astype(np.uint8)
