@@ -505,13 +505,19 @@ def demo(
     config: Annotated[
         Path | None, typer.Option(help="Training config (default configs/tiny.yaml).", **EXISTING)
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(help="CPU threads of torch, the same on every machine so that results repeat.", min=1),
+    ] = 2,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
     from liploc.demo import DemoOptions, run_demo
 
     try:
         extra = {"config": config} if config is not None else {}
-        options = DemoOptions(town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, **extra)
+        options = DemoOptions(
+            town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, torch_threads=threads, **extra
+        )
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)
