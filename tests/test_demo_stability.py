@@ -39,7 +39,7 @@ print(free, pinned)
 """
 
 
-def _gradient_digests(default_threads: int) -> tuple[str, str]:
+def _gradient_digests(default_threads: int, home: Path) -> tuple[str, str]:
     """Digests of one batch's gradients: with the default thread count, and pinned by the demo."""
     done = subprocess.run(
         [sys.executable, "-c", _GRADIENTS, str(default_threads)],
@@ -47,15 +47,15 @@ def _gradient_digests(default_threads: int) -> tuple[str, str]:
         text=True,
         timeout=300,
         cwd=REPO,
-        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HOME": str(REPO)},
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HOME": str(home)},
     )
     assert done.returncode == 0, done.stderr
     free, pinned = done.stdout.split()
     return free, pinned
 
 
-def test_pinned_threads_give_the_same_gradients_on_one_and_four_core_defaults() -> None:
-    one_core, four_cores = _gradient_digests(1), _gradient_digests(4)
+def test_pinned_threads_give_the_same_gradients_on_one_and_four_core_defaults(tmp_path: Path) -> None:
+    one_core, four_cores = _gradient_digests(1, tmp_path), _gradient_digests(4, tmp_path)
     # The fault: a 1-core and a 4-core machine compute other gradients from the same batch.
     assert one_core[0] != four_cores[0]
     # The demo's remedy: the same count on every machine, bit-identical gradients.
