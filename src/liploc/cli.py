@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from liploc import __version__
@@ -46,7 +47,7 @@ INTERRUPTED = 130
 
 
 def _fail(err: Exception) -> None:
-    print_line(err_console, f"[bold red]error:[/] {err}")
+    print_line(err_console, f"[bold red]error:[/] {escape(str(err))}")
     raise typer.Exit(code=1)
 
 
