@@ -198,3 +198,10 @@ def test_ambiguous_or_unknown_sequence_names_list_the_candidates() -> None:
         resolve_sequence_name("13", drives)
     with pytest.raises(DataError, match=r"no sequence '7' \(found: 00, 08\)"):
         resolve_sequence_name("7", ["00", "08"])
+
+
+def test_info_exits_non_zero_when_it_finds_no_sequence(tmp_path: Path) -> None:
+    (tmp_path / "sequences").mkdir()
+    result = CliRunner().invoke(app, ["info", str(tmp_path), "--layout", "kitti"])
+    assert result.exit_code == 1, result.output
+    assert "no sequences found" in result.output and "Traceback" not in result.output
