@@ -365,3 +365,50 @@ def test_without_preset_the_configs_test_split_is_evaluated(
     assert report.label == "config test split: same-sequence, 10 m, own scan in database"
     saved = json.loads((protocol_world["run"] / "cfg" / "protocol.json").read_text())
     assert saved["protocol"] == "config-test" and saved["threshold_m"] == 10.0
+
+
+def test_cli_evaluate_json_and_sequence_names_as_typed(world: dict[str, Path], tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            *["evaluate", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "2"],
+            *["--out", str(tmp_path / "ev"), "--json", "--threshold", "5"],
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)  # the JSON alone on stdout; the table went to stderr
+    assert payload["info"]["sequence"] == "02"  # "2" means KITTI's "02"
+    assert payload["thresholds"][0]["threshold_m"] == 5.0
+    assert set(payload["thresholds"][0]) >= {"recall", "chance", "recall_at_1_near_chance"}
+    assert Path(payload["files"]["metrics"]).is_file()
+
+
+def test_failed_or_interrupted_evaluation_leaves_no_folder(
+    world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import liploc.retrieval.evaluate as evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "write_report", interrupted)
+    out = tmp_path / "runs" / "eval" / "02"
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(world["run"]),
+            "--data-root",
+            str(world["root"]),
+            "--sequence",
+            "02",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 130, res.output
+    assert "interrupted: evaluation stopped; nothing was written" in res.output
+    assert not (tmp_path / "runs").exists()  # neither the folder nor the parents it made
+    with pytest.raises(DataError, match="no sequence '42'"):
+        evaluate(world["run"], world["root"], "42", out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

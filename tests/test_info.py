@@ -82,7 +82,9 @@ def test_a_sequence_that_cannot_be_read_is_reported_not_raised(tmp_path: Path) -
 
 def test_cli_info_on_the_raw_sample(shared_data: Path) -> None:
     result = CliRunner().invoke(app, ["info", str(shared_data / "kitti-raw-sample")])
-    assert result.exit_code == 0, result.output
+    # The sample has no OXTS poses: a problem, so the exit status says so to scripts.
+    assert result.exit_code == 1, result.output
+    assert "1 problem" in result.output and "no pose in OXTS" in result.output
     assert "kitti_raw" in result.output and "8 frames" in result.output
     assert "721.538" in result.output  # focal length of P_rect_02
 
@@ -90,7 +92,7 @@ def test_cli_info_on_the_raw_sample(shared_data: Path) -> None:
 def test_cli_info_on_a_broken_layout(tmp_path: Path) -> None:
     _broken_kitti(tmp_path)
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "4 problems" in result.output and "multiple of 16" in result.output
 
 

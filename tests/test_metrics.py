@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
 
+from liploc.console import table_lines
 from liploc.retrieval.index import l2_normalize
 from liploc.retrieval.metrics import (
     TimeWindowExclusion,
@@ -196,9 +196,7 @@ def test_evaluate_retrieval_with_known_embeddings() -> None:
     summary = json.loads(json.dumps(result.to_dict(per_query=True)))
     assert summary["thresholds"][0]["recall"]["1"] == pytest.approx(0.75)
     assert summary["per_query"]["retrieved"][1][0] == 30
-    console = Console(width=200, record=True)
-    console.print(result.table())
-    text = console.export_text()
+    text = "\n".join(table_lines(result.table()))
     assert "75.0%" in text and "R@1% (K=1)" in text
 
 

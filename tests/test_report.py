@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from liploc.console import table_lines
 from liploc.retrieval.metrics import score_retrieval
-from liploc.retrieval.report import RetrievalExample, select_examples, write_report
+from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
 
 
 def loop_result():
@@ -69,12 +72,43 @@ def test_report_without_examples_and_square_range_images(tmp_path: Path) -> None
         assert image.format == "PNG"
 
 
-def test_select_examples_mixes_successes_and_failures() -> None:
+def test_select_examples_spans_best_median_and_worst() -> None:
     result, _ = loop_result()
-    picks = select_examples(result, count=4)
-    success = result.main.success[picks]
-    assert len(picks) == 4 and success.sum() == 2
-    assert picks == sorted(set(picks))
+    picks = select_examples(result, count=3)
+    counted = np.flatnonzero(result.main.counted)
+    errors = result.top1_error_m[counted]
+    assert len(picks) == 3 == len(set(picks))
+    assert result.top1_error_m[picks[0]] == errors.min()  # best
+    assert result.top1_error_m[picks[-1]] == errors.max()  # worst
+    assert result.top1_error_m[picks[1]] == pytest.approx(np.sort(errors)[round((len(errors) - 1) / 2)])
+    assert [example_rank_name(i, 3) for i in range(3)] == ["best", "median", "worst"]
+
+
+def test_report_answers_how_good_first_and_flags_chance(tmp_path: Path) -> None:
+    result, xy = loop_result()
+    info = {
+        "protocol": "cross-drive",
+        "sequence": "28",
+        "map_sequence": "29",
+        "trained_on": "sequences 00, 01",
+    }
+    page = write_report(tmp_path, result, xy, xy, run_info=info)["html"].read_text(encoding="utf-8")
+    first = page.split("<p class='headline'>", 1)[1].split("</p>", 1)[0]
+    assert first.startswith(f"R@1 {100 * result.main.recall[1]:.1f}% within")
+    assert (
+        "chance" in first and "map of another drive, 29" in first and "Trained on sequences 00, 01" in first
+    )
+    # The HTML table holds the very figures of the command line's table.
+    for row in table_lines(result.table(title=None))[1:]:
+        for value in row.split("  "):
+            if value.strip():
+                assert html.escape(value.strip()) in page
+    noise = dataclasses.replace(result)
+    noise.thresholds = [
+        dataclasses.replace(t, recall={k: t.chance[1] for k in t.recall}) for t in result.thresholds
+    ]
+    page = write_report(tmp_path / "noise", noise, xy, xy, run_info=info)["html"].read_text(encoding="utf-8")
+    assert "within noise of chance" in page.split("<h2>", 1)[0]
 
 
 def test_bad_inputs_are_refused(tmp_path: Path) -> None:

@@ -222,4 +222,4 @@ def test_cli_writes_readme_preview_and_statistics(tmp_path: Path) -> None:
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "reused" in again.output
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--blocks", "six"])
-    assert bad.exit_code == 1 and "--blocks" in bad.output
+    assert bad.exit_code == 2 and "--blocks" in bad.output  # a usage error, before any import

@@ -5,13 +5,21 @@ Each command imports its library module lazily so that ``liploc info`` starts wi
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from liploc import __version__
+from liploc.console import make_console, new_table, print_line, print_table
 from liploc.errors import LiplocError
+from liploc.help_format import install_help_types
+
+install_help_types()
 
 app = typer.Typer(
     name="liploc",
@@ -28,12 +36,22 @@ cache_app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
+
+# Arguments are checked here, before a command imports torch and its library (seconds), so that a
+# mistyped value is refused at once, as a usage error (exit 2) without a traceback.
+ProtocolName = Literal["same-sequence", "cross-drive", "revisit"]  # = retrieval.evaluate.PROTOCOLS
+LAYOUT_HELP = "Dataset layout: auto (detect), kitti, semantickitti, kitti360 or kitti_raw."
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_BLOCKS = re.compile(r"^\d+x\d+$", re.IGNORECASE)
+EXISTING = {"exists": True, "resolve_path": False}
+EXISTING_DIR = {"exists": True, "file_okay": False}
+INTERRUPTED = 130
 
 
 def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}")
+    print_line(err_console, f"[bold red]error:[/] {escape(str(err))}")
     raise typer.Exit(code=1)
 
 
@@ -47,11 +65,85 @@ def _fail_if_disk_full(err: OSError, target: Path | None) -> None:
     _fail(disk_full_error(err.filename or target or Path.cwd(), err))
 
 
+def _interrupted(what: str) -> None:
+    print_line(err_console, f"interrupted: {what}")
+    raise typer.Exit(code=INTERRUPTED)
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.match(value):
+        raise typer.BadParameter(f"'{value}' is not a device; use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _check_layout(value: str) -> str:
+    if value != "auto":
+        from liploc.datasets.registry import available_layouts
+
+        if value not in available_layouts():
+            raise typer.BadParameter(
+                f"'{value}' is not a layout; use auto or {', '.join(available_layouts())}"
+            )
+    return value
+
+
+def _check_thresholds(values: list[float] | None) -> list[float] | None:
+    for value in values or []:
+        if not math.isfinite(value) or value <= 0:
+            raise typer.BadParameter(f"{value:g} m: a distance threshold must be above 0 m")
+    return values
+
+
+def _check_positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"{value:g}: must be above 0")
+    return value
+
+
+def _check_blocks(value: str) -> str:
+    if not _BLOCKS.match(value):
+        raise typer.BadParameter(f"{value!r}: expected two numbers like 6x4")
+    return value
+
+
+def _check_map_folder(value: Path) -> Path:
+    if not (value / "manifest.json").is_file():
+        raise typer.BadParameter(
+            f"{value} is not a map folder (no manifest.json); make one with `liploc map build`"
+        )
+    return value
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"liploc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global visual localization in LiDAR maps (LIP-Loc: LiDAR-image pretraining)."""
+
+
 # --- info (datasets) -------------------------------------------------------------------------
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc info /data/kitti/dataset\n\n"
+    "  liploc info /data/kitti_raw --layout kitti_raw --no-check-files\n\n"
+    "Exit status: 0 when the folder reads cleanly, 1 when a problem or no sequence is found."
+)
 def info(
-    data_root: Annotated[Path, typer.Argument(help="Dataset folder (KITTI, SemanticKITTI, KITTI-360, raw).")],
-    layout: Annotated[str, typer.Option(help="Layout name, or auto to detect it.")] = "auto",
+    data_root: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA_ROOT", help="Dataset folder (KITTI, SemanticKITTI, KITTI-360, raw).", **EXISTING_DIR
+        ),
+    ],
+    layout: Annotated[str, typer.Option(help=LAYOUT_HELP, callback=_check_layout)] = "auto",
     check_files: Annotated[
         bool, typer.Option("--check-files/--no-check-files", help="Check every scan's size and image header.")
     ] = True,
@@ -60,46 +152,78 @@ def info(
     from liploc.info import describe_dataset
 
     try:
-        describe_dataset(data_root, layout=layout, console=console, check_files=check_files)
+        summary = describe_dataset(data_root, layout=layout, console=console, check_files=check_files)
     except LiplocError as err:
         _fail(err)
+        return
+    # A script (or CI) can tell a clean dataset from one with problems by the exit status.
+    if summary.problems or not summary.sequences:
+        raise typer.Exit(code=1)
 
 
 # --- synth (synthetic KITTI-format drives) -----------------------------------------------------
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc synth --out data/town --size small --drives 6 --frames 150 --held-out 2\n\n"
+    "  liploc synth --out data/along08 --trajectory kitti/poses/08.txt --frames 0\n\n"
+    "An interrupted run keeps its rendered frames: run the same command again to resume."
+)
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Output folder (KITTI odometry layout).")],
     town_seed: Annotated[int, typer.Option(help="Seed of the town and its drives.")] = 0,
-    drives: Annotated[int, typer.Option(help="Number of drives (sequences 00, 01, ...).")] = 4,
-    frames: Annotated[int, typer.Option(help="Frames per drive (0 with --trajectory: all its poses).")] = 200,
+    drives: Annotated[int, typer.Option(help="Number of drives (sequences 00, 01, ...).", min=1)] = 4,
+    frames: Annotated[
+        int, typer.Option(help="Frames per drive (0 with --trajectory: all its poses).", min=0)
+    ] = 200,
     size: Annotated[
-        str, typer.Option(help="kitti: 1241x376 images, 64x2048 scans; small: 310x94, 64x1024.")
+        Literal["kitti", "small"],
+        typer.Option(
+            help="kitti: 1241x376 images, 64x2048 scans; small: 310x94, 64x1024.",
+        ),
     ] = "kitti",
-    held_out: Annotated[int, typer.Option(help="Drives on held-out streets no training drive uses.")] = 0,
+    held_out: Annotated[
+        int, typer.Option(help="Drives on held-out streets no training drive uses.", min=0)
+    ] = 0,
     pairs: Annotated[
-        str, typer.Option(help="Drives in pairs over the same streets: none, same-direction, reverse, mixed.")
+        Literal["none", "same-direction", "reverse", "mixed"],
+        typer.Option(
+            metavar="PAIRS",
+            help="Drives in pairs over the same streets: none, same-direction, reverse or mixed.",
+        ),
     ] = "mixed",
-    spacing: Annotated[float, typer.Option(help="Metres driven between frames.")] = 1.0,
-    blocks: Annotated[str, typer.Option(help="Town size in blocks, XxY.")] = "6x4",
+    spacing: Annotated[
+        float, typer.Option(help="Metres driven between frames.", callback=_check_positive)
+    ] = 1.0,
+    blocks: Annotated[str, typer.Option(help="Town size in blocks, XxY.", callback=_check_blocks)] = "6x4",
     trajectory: Annotated[
-        Path | None, typer.Option(help="KITTI poses file to drive along; the town is built around it.")
+        Path | None,
+        typer.Option(help="KITTI poses file to drive along; the town is built around it.", **EXISTING),
     ] = None,
     trajectory_calib: Annotated[
-        Path | None, typer.Option(help="calib.txt of the trajectory (default: beside it).")
+        Path | None, typer.Option(help="calib.txt of the trajectory (default: beside it).", **EXISTING)
     ] = None,
     pose_frame: Annotated[
-        str, typer.Option(help="town: one frame for all sequences; first: KITTI style.")
+        Literal["town", "first"],
+        typer.Option(
+            help="town: one frame for all sequences; first: each sequence starts at the identity (KITTI).",
+        ),
     ] = "town",
     preview: Annotated[
         bool, typer.Option("--preview", help="Save preview.png: scan on image, range image.")
     ] = False,
     stats: Annotated[
-        Path | None, typer.Option("--stats", help="Real dataset folder to compare scan statistics with.")
+        Path | None,
+        typer.Option("--stats", help="Real dataset folder to compare scan statistics with.", **EXISTING_DIR),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Regenerate even if OUT holds the same output.")
+        bool,
+        typer.Option(
+            "--force", help="Regenerate from scratch even if OUT holds the same output or a part of it."
+        ),
     ] = False,
-    workers: Annotated[int | None, typer.Option(help="Render threads (default: one per core).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Render threads (default: one per core, at most 8).", min=1)
+    ] = None,
 ) -> None:
     """Synthetic drives through procedural towns, written like KITTI odometry (image_2, velodyne, poses)."""
     from liploc.synth.command import make_options, parse_blocks, run_synth
@@ -123,12 +247,27 @@ def synth(
         _fail(err)
     except OSError as err:
         _fail_if_disk_full(err, out)
+    except KeyboardInterrupt:
+        from liploc.synth.generate import resume_hint
+
+        _interrupted(resume_hint(out))
 
 
 # --- train -------------------------------------------------------------------------------------
-@app.command("train")
+@app.command(
+    "train",
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc train configs/kitti_resnet50.yaml --data-root /data/kitti/dataset\n\n"
+    "  liploc train runs/kitti_resnet50 --resume --set train.epochs=60\n\n"
+    "  torchrun --nproc_per_node=4 -m liploc train configs/kitti_resnet50.yaml --data-root /data/kitti",
+)
 def train_command(
-    config: Annotated[Path, typer.Argument(help="Config YAML (configs/*.yaml), or a run folder to resume.")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONFIG", help="Config YAML (configs/*.yaml), or a run folder to resume.", **EXISTING
+        ),
+    ],
     data_root: Annotated[
         list[str] | None,
         typer.Option(
@@ -175,34 +314,62 @@ def train_command(
 
 
 # --- evaluate, map, localize -------------------------------------------------------------------
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8\n\n"
+    "  liploc evaluate runs/demo/run --data-root runs/demo/data --sequence 28 "
+    "--protocol cross-drive --map-sequence 29 --json > metrics.json"
+)
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or a checkpoint file.")],
-    data_root: Annotated[Path, typer.Option("--data-root", help="Dataset folder.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN", help="Run folder (its best checkpoint) or a checkpoint file.", **EXISTING
+        ),
+    ],
+    data_root: Annotated[Path, typer.Option("--data-root", help="Dataset folder.", **EXISTING_DIR)],
     sequence: Annotated[
         str | None,
         typer.Option(
-            help="Query sequence (and database, except cross-drive); a frame range like 00[3000:] "
-            "works too. Without it: the preset's (or the config's) test sequences."
+            help="Query sequence (and database, except cross-drive); 8 means 08, 13 a drive_0013; a "
+            "frame range like 00[3000:] works too. Without it: the preset's (or the config's) test "
+            "sequences."
         ),
     ] = None,
     preset: Annotated[
-        str | None,
+        Literal["lip-loc", "kitti-b", "kitti-a"] | None,
         typer.Option(
-            help="Protocol of the literature: lip-loc, kitti-b or kitti-a (one table, all test sequences)."
+            metavar="PRESET",
+            help="Protocol of the literature: lip-loc, kitti-b or kitti-a (one table, all test sequences).",
         ),
     ] = None,
     protocol: Annotated[
-        str | None,
-        typer.Option(help="same-sequence | cross-drive | revisit (default: the run's eval.protocol)"),
+        ProtocolName | None,
+        typer.Option(
+            metavar="PROTOCOL",
+            help="same-sequence (the paper's), cross-drive (map from --map-sequence) or revisit "
+            "(scans near the query in time left out) (default: the run's eval.protocol).",
+        ),
     ] = None,
     map_sequence: Annotated[
         str | None, typer.Option(help="Database sequence of the cross-drive protocol (same world frame).")
     ] = None,
     threshold: Annotated[
-        list[float] | None, typer.Option(help="Distance threshold in metres (repeatable; first is main).")
+        list[float] | None,
+        typer.Option(
+            help="Distance threshold in metres, above 0 (repeatable; first is the headline) "
+            "(default: the run's eval.thresholds_m, 20 and 10 m in the shipped configs).",
+            callback=_check_thresholds,
+        ),
     ] = None,
-    revisit_window: Annotated[float | None, typer.Option(help="Revisit protocol: seconds left out.")] = None,
+    revisit_window: Annotated[
+        float | None,
+        typer.Option(
+            help="Revisit protocol: scans within this many seconds of the query are left out "
+            "(default: the run's eval.revisit_window_s, 30 s).",
+            min=0,
+        ),
+    ] = None,
     exclude_self: Annotated[
         bool | None,
         typer.Option(
@@ -215,11 +382,16 @@ def evaluate(
             "--allow-training-data", help="Evaluate even on sequences the run trained or validated on."
         ),
     ] = False,
-    layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
+    layout: Annotated[str, typer.Option(help=LAYOUT_HELP, callback=_check_layout)] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/SEQ-PROTOCOL).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the metrics as JSON on stdout (messages go to stderr).")
+    ] = False,
 ) -> None:
-    """Recall@K and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
+    """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
+    import json
+
     try:
         if sequence is None:
             from liploc.errors import ConfigError
@@ -233,7 +405,7 @@ def evaluate(
                 raise ConfigError(
                     f"{', '.join(given)}: fixed by {what}; give --sequence to set them yourself"
                 )
-            evaluate_protocol(
+            report = evaluate_protocol(
                 run,
                 data_root,
                 preset,
@@ -241,8 +413,10 @@ def evaluate(
                 out_dir=out,
                 device=device,
                 allow_training_data=allow_training_data,
-                console=console,
+                console=err_console if as_json else console,
             )
+            if as_json:
+                typer.echo(json.dumps(report.to_dict(), indent=2))
             return
         if preset is not None:
             from liploc.errors import ConfigError
@@ -250,7 +424,7 @@ def evaluate(
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
         from liploc.retrieval.evaluate import evaluate as run_evaluation
 
-        run_evaluation(
+        output = run_evaluation(
             run,
             data_root,
             sequence,
@@ -263,22 +437,35 @@ def evaluate(
             layout=layout,
             out_dir=out,
             device=device,
-            console=console,
+            console=err_console if as_json else console,
         )
     except LiplocError as err:
         _fail(err)
     except OSError as err:
         _fail_if_disk_full(err, out)
+        return
+    except KeyboardInterrupt:
+        _interrupted("evaluation stopped; nothing was written")
+    if as_json:
+        payload = output.result.to_dict()
+        payload["files"] = {name: str(path) for name, path in output.files.items()}
+        typer.echo(json.dumps(payload, indent=2))
 
 
-@map_app.command("build")
+@map_app.command(
+    "build",
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08",
+)
 def map_build(
-    run: Annotated[Path, typer.Argument(help="Run folder or checkpoint file.")],
-    data_root: Annotated[Path, typer.Option("--data-root", help="Dataset folder.")],
-    sequence: Annotated[list[str], typer.Option(help="Sequence(s) whose scans make the map (repeatable).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder or checkpoint file.", **EXISTING)],
+    data_root: Annotated[Path, typer.Option("--data-root", help="Dataset folder.", **EXISTING_DIR)],
+    sequence: Annotated[
+        list[str], typer.Option(help="Sequence(s) whose scans make the map (repeatable; 8 means 08).")
+    ],
     out: Annotated[Path, typer.Option(help="Map folder to write.")],
-    layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    layout: Annotated[str, typer.Option(help=LAYOUT_HELP, callback=_check_layout)] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing map at --out.")] = False,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
@@ -292,26 +479,57 @@ def map_build(
         _fail_if_disk_full(err, out)
 
 
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/]\n\n"
+    "  liploc localize maps/08 frame_000123.png\n\n"
+    "  liploc localize maps/08 drive/image_2/ --json -k 1\n\n"
+    "  liploc localize maps/08 'drive/image_2/0001*.png'"
+)
 def localize(
-    map_dir: Annotated[Path, typer.Argument(help="Map folder from `liploc map build`.")],
-    images: Annotated[list[Path], typer.Argument(help="Camera image files to localize.")],
-    k: Annotated[int, typer.Option("-k", "--top-k", help="Poses to return per image.")] = 5,
+    map_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MAP",
+            help="Map folder from `liploc map build`.",
+            callback=_check_map_folder,
+            **EXISTING_DIR,
+        ),
+    ],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE...",
+            help="Camera images: files, folders (their images) or quoted globs, localized in sorted order.",
+        ),
+    ],
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Poses to return per image.", min=1)] = 5,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Embed queries with this model instead of the map's own copy.")
+        Path | None,
+        typer.Option(help="Embed queries with this model instead of the map's own copy.", **EXISTING),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
 ) -> None:
     """Top-k map poses (x, y, yaw, score) for each camera image."""
     import json
 
-    from rich.table import Table
+    from liploc.retrieval.query_images import check_query_image, expand_query_paths
+
+    try:
+        # Checked from their headers before the model loads: a wrong image is refused at once.
+        checked = [check_query_image(path) for path in expand_query_paths(images)]
+    except LiplocError as err:
+        _fail(err)
+        return
+    for query in checked:
+        if query.warning:
+            print_line(err_console, f"[yellow]warning:[/] {query.warning}")
+    paths = [query.path for query in checked]
 
     from liploc.retrieval.localize import Localizer
 
     try:
-        results = Localizer.open(map_dir, checkpoint, device).localize(images, k)
+        results = Localizer.open(map_dir, checkpoint, device).localize(paths, k)
     except LiplocError as err:
         _fail(err)
         return
@@ -333,45 +551,59 @@ def localize(
                     for m in matches
                 ],
             }
-            for img, matches in zip(images, results, strict=True)
+            for img, matches in zip(paths, results, strict=True)
         ]
         typer.echo(json.dumps(payload, indent=2))
         return
-    for img, matches in zip(images, results, strict=True):
-        table = Table(title=str(img))
-        for col in ("rank", "score", "sequence", "frame", "x (m)", "y (m)", "yaw (deg)"):
-            table.add_column(col, justify="right")
-        for m in matches:
-            table.add_row(
-                str(m.rank),
-                f"{m.score:.3f}",
-                m.sequence,
-                str(m.frame_index),
-                f"{m.xy[0]:.1f}",
-                f"{m.xy[1]:.1f}",
-                f"{m.yaw * 57.29577951308232:.0f}",
-            )
-        console.print(table)
+    for img, matches in zip(paths, results, strict=True):
+        print_table(console, matches_table(str(img), matches))
+
+
+def matches_table(title: str, matches: list) -> Table:
+    """The table of ``localize``: one row per returned pose (fits 80 columns with raw drive names)."""
+    columns = ("rank", "score", "sequence", "frame", "x (m)", "y (m)", "yaw\n(deg)")
+    table = new_table(*columns, title=title, right=tuple(c for c in columns if c != "sequence"))
+    for m in matches:
+        table.add_row(
+            str(m.rank),
+            f"{m.score:.3f}",
+            m.sequence,
+            str(m.frame_index),
+            f"{m.xy[0]:.1f}",
+            f"{m.xy[1]:.1f}",
+            f"{math.degrees(m.yaw):.0f}",
+        )
+    return table
 
 
 # --- demo ---------------------------------------------------------------------------------------
-@app.command()
+@app.command(
+    epilog="[bold]Examples[/]\n\n  liploc demo\n\n  liploc demo --out runs/demo2 --town-seed 8 --epochs 10"
+)
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder (data, run, eval, metrics.json).")] = Path(
         "runs/demo"
     ),
     town_seed: Annotated[int, typer.Option(help="Seed of the synthetic town.")] = 7,
-    drives: Annotated[int, typer.Option(help="Drives (2 of them on held-out streets).")] = 30,
-    frames: Annotated[int, typer.Option(help="Frames per drive.")] = 120,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
-    config: Annotated[Path | None, typer.Option(help="Training config (default configs/tiny.yaml).")] = None,
+    drives: Annotated[int, typer.Option(help="Drives (2 of them on held-out streets).", min=3)] = 30,
+    frames: Annotated[int, typer.Option(help="Frames per drive.", min=2)] = 120,
+    epochs: Annotated[int, typer.Option(help="Training epochs.", min=1)] = 25,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config (default configs/tiny.yaml).", **EXISTING)
+    ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(help="CPU threads of torch, the same on every machine so that results repeat.", min=1),
+    ] = 2,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
     from liploc.demo import DemoOptions, run_demo
 
     try:
         extra = {"config": config} if config is not None else {}
-        options = DemoOptions(town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, **extra)
+        options = DemoOptions(
+            town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, torch_threads=threads, **extra
+        )
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)

@@ -260,10 +260,34 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{loc}'")
+            lines.append(f"  unknown key '{loc}'{_nearest_key_hint(e['loc'])}")
         else:
             lines.append(f"  {loc}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _nearest_key_hint(loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'train.batch_size'?"`` for an unknown key at ``loc``, or ``""``."""
+    import difflib
+
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None) if field is not None else None
+        if isinstance(part, int):
+            continue  # an entry of a list section (data.datasets.0.root): same model as the list's
+        if annotation is None:
+            return ""
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean '{'.'.join(str(p) for p in (*loc[:-1], close[0]))}'?"
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from liploc.console import print_line, print_table
 from liploc.datasets import Calibration, Frame, open_dataset
 from liploc.datasets.paired_reader import PairedFramesReader
 from liploc.datasets.registry import detect_layout
@@ -207,11 +209,12 @@ def world_frame_lines(sequences: list[SequenceSummary]) -> list[str]:
 
 
 def _print_summary(summary: DatasetSummary, description: str, console: Console) -> None:
-    console.print(f"[bold]{summary.root}[/]")
-    console.print(f"layout: [bold cyan]{summary.layout}[/] — {description}")
-    console.print(
+    print_line(console, f"[bold]{summary.root}[/]")
+    print_line(console, f"layout: [bold cyan]{summary.layout}[/] — {description}")
+    print_line(
+        console,
         f"{_count(len(summary.sequences), 'sequence')}, {_count(summary.n_frames, 'frame')}, "
-        f"{summary.n_without_pose} without a pose"
+        f"{summary.n_without_pose} without a pose",
     )
 
     table = Table(title="Sequences", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -229,22 +232,20 @@ def _print_summary(summary: DatasetSummary, description: str, console: Console) 
             f"{s.duration_s:.1f} s" if s.duration_s is not None else "-",
             f"{s.path_length_m:.0f} m" if s.path_length_m is not None else "-",
         )
-    console.print(table)
+    print_table(console, table)
     for line in world_frame_lines(summary.sequences):
         console.print(line)
 
     for calib, names in summary.calibrations:
-        console.print(_calibration_table(calib, names))
+        print_table(console, _calibration_table(calib, names))
 
     if summary.problems:
-        problems = Table(title=f"[red]{_count(len(summary.problems), 'problem')}[/]", show_header=False)
-        problems.add_column("#", justify="right")
-        problems.add_column("problem", overflow="fold")
+        # One line per problem, left to the terminal to wrap: paths stay whole and greppable.
+        print_line(console, f"[red]{_count(len(summary.problems), 'problem')}[/]:")
         for k, problem in enumerate(summary.problems, start=1):
-            problems.add_row(str(k), problem)
-        console.print(problems)
-    else:
-        console.print("[green]no problems found[/]")
+            print_line(console, f"{k:>3}. {escape(problem)}")
+    elif summary.sequences:
+        print_line(console, "[green]no problems found[/]")
 
 
 def _calibration_table(calib: Calibration, sequences: list[str]) -> Table:

@@ -22,7 +22,7 @@ from liploc.atomic import atomic_write_bytes
 from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame, load_image
-from liploc.errors import DataError, LiplocError
+from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.models import TwoTowerModel
 from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
 from liploc.training.train import autocast_dtype, resolve_device
@@ -31,8 +31,14 @@ Modality = Literal["image", "lidar"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (``auto``), else CPU; or the named torch device."""
-    return resolve_device(name)
+    """CUDA when present (``auto``), else CPU; or the named torch device.
+
+    Errors name ``--device``, the option through which evaluation and localization get it.
+    """
+    try:
+        return resolve_device(name)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("train.device", "--device")) from None
 
 
 _PRECISION_DTYPES: dict[str, torch.dtype | None] = {

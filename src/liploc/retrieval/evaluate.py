@@ -19,8 +19,10 @@ of the query's true position. Frames without a pose are left out of both sides a
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
-from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
+from liploc.console import print_line, print_table
+from liploc.datasets import DatasetReader, Frame, load_image, load_scan, open_dataset
+from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError, DataError
+from liploc.lidar import RangeProjector
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
 from liploc.retrieval.metrics import (
@@ -41,9 +46,8 @@ from liploc.retrieval.metrics import (
     TimeWindowExclusion,
     evaluate_retrieval,
 )
-from liploc.retrieval.report import RetrievalExample, select_examples, write_report
+from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
 from liploc.retrieval.training_overlap import refuse_training_data
-from liploc.training.data import LidarDataset
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 PROTOCOLS = ("same-sequence", "cross-drive", "revisit")
@@ -181,6 +185,15 @@ def evaluate(
         _check_protocol(protocol, sequence, map_sequence, exclude_self)
     if exclude_self is None:
         exclude_self = config.eval.exclude_self and protocol == "same-sequence"
+    reader = open_dataset(data_root, layout)
+    # Users type "8" for KITTI's "08" or "13" for a raw drive: resolve before checking and naming.
+    query_range = replace(
+        query_range, sequence=resolve_sequence_name(query_range.sequence, reader.sequences(), data_root)
+    )
+    if map_range is not None:
+        map_range = replace(
+            map_range, sequence=resolve_sequence_name(map_range.sequence, reader.sequences(), data_root)
+        )
     evaluated = [query_range] + ([map_range] if protocol == "cross-drive" and map_range else [])
     overlaps = refuse_training_data(config, evaluated, allow_training_data, f"run {run_dir_of(checkpoint)}")
     sequence, map_sequence = query_range.sequence, map_range.sequence if map_range else None
@@ -195,8 +208,6 @@ def evaluate(
         else f"{query_range.slug}-on-{map_range.slug if map_range else map_sequence}"
     )
     out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / label
-
-    reader = open_dataset(data_root, layout)
     require_sequences(reader, data_root, [sequence, map_sequence or sequence])
     if protocol == "cross-drive":
         require_one_world(reader, sequence, map_sequence)  # type: ignore[arg-type]
@@ -256,32 +267,35 @@ def evaluate(
         info["revisit_window_s"] = window
     if overlaps:
         info["evaluated_on_training_data"] = overlaps
+    info.update(training_data(config))
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
 
     files: dict[str, Path] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_temporary_files(out)  # what a killed evaluation left
-    atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
-    atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
-    files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
-    atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
-    examples = _examples(result, queries, database, config, num_examples)
-    files.update(
-        write_report(
-            out / "report",
-            result,
-            q_xy,
-            db_xy,
-            examples=examples,
-            run_info=info,
-            title=f"liploc evaluation: {label}",
+    # The output folder is made only now, and removed again when writing fails or is interrupted,
+    # so that a failed evaluation leaves no empty or half-written eval folder behind.
+    with output_folder(out):
+        sweep_temporary_files(out)  # what a killed evaluation left
+        atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
+        atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
+        files["metrics"] = out / "metrics.json"
+        atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
+        atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
+        examples = _examples(result, queries, database, config, num_examples)
+        files.update(
+            write_report(
+                out / "report",
+                result,
+                q_xy,
+                db_xy,
+                examples=examples,
+                run_info=info,
+                title=report_title(protocol, str(query_range), str(map_range) if map_range else None),
+            )
         )
-    )
     if console is not None:
         title = f"{label} ({len(queries)} queries, {len(database)} scans; {info['protocol_label']})"
-        console.print(result.table(title=title))
-        console.print(f"wrote {files['metrics']} and {files['html']}")
+        print_table(console, result.table(title=title))
+        print_line(console, f"wrote {files['metrics']} and {files['html']}")
     return EvaluationOutput(result, out, files, skipped_q)
 
 
@@ -310,18 +324,77 @@ def _parse_range(text: str) -> SequenceRange:
         raise ConfigError(f"sequence {err}") from None
 
 
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """Create ``out`` (and missing parents) for writing; remove what was created if the block fails.
+
+    A folder that existed before (an earlier evaluation's) is left as it is.
+    """
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
+
+
+def training_data(config: Config) -> dict[str, str]:
+    """``trained_on`` / ``validated_on``: the sequences (and folders) the model learnt from."""
+
+    def describe(pick: str) -> str:
+        parts = []
+        for split in config.data.datasets:
+            names = getattr(split, pick)
+            if names:
+                where = f" of {split.root}" if split.root is not None else ""
+                parts.append(f"{_sequence_span(names)}{where}")
+        return "; ".join(parts)
+
+    out = {"trained_on": describe("train") or "unknown (not recorded in the run's config)"}
+    validated = describe("val")
+    out["validated_on"] = validated or f"{config.data.val_fraction:.0%} of the training frames, held out"
+    return out
+
+
+def _sequence_span(names: list[str]) -> str:
+    if len(names) <= 4:
+        return "sequence " + ", ".join(names) if len(names) == 1 else "sequences " + ", ".join(names)
+    return f"{len(names)} sequences ({names[0]} .. {names[-1]})"
+
+
+def report_title(protocol: str, sequence: str, map_sequence: str | None) -> str:
+    """A title in words: what was localized in what."""
+    if protocol == "cross-drive":
+        return f"Drive {sequence} localized in the LiDAR map of drive {map_sequence}"
+    if protocol == "revisit":
+        return f"Sequence {sequence}: revisited places found in its own LiDAR scans"
+    return f"Sequence {sequence}: camera images localized among its own LiDAR scans"
+
+
 def _examples(
     result: RetrievalResult, queries: list[Frame], database: list[Frame], config: Config, count: int
 ) -> list[RetrievalExample]:
     if count <= 0:
         return []
-    lidar = LidarDataset(database, config)
+    projector = RangeProjector(config.projection)
     examples = []
-    for qi in select_examples(result, count):
+    chosen = select_examples(result, count)
+    for position, qi in enumerate(chosen):
         top = [int(i) for i in result.retrieved[qi, :3] if i >= 0]
-        ranges = [lidar.preprocessed(i, "lidar")[0] for i in top]
+        # The range crop at its own resolution and aspect, not the square network input.
+        ranges = [_range_crop(projector, database[i]) for i in top]
         f = queries[qi]
-        examples.append(
-            RetrievalExample(qi, load_image(f.image_path), ranges, label=f"{f.sequence}/{f.index}")
+        error = float(result.top1_error_m[qi])
+        label = (
+            f"{example_rank_name(position, len(chosen))}: {f.sequence}/{f.index}, top-1 error {error:.1f} m"
         )
+        examples.append(RetrievalExample(qi, load_image(f.image_path), ranges, label=label))
     return examples
+
+
+def _range_crop(projector: RangeProjector, frame: Frame) -> np.ndarray:
+    crop = np.asarray(projector.model_input(load_scan(frame.scan_path), frame.calib), dtype=np.float32)
+    first = crop[0] if crop.ndim == 3 else crop
+    return np.clip(first, 0, 255).astype(np.uint8)

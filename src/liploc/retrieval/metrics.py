@@ -369,6 +369,13 @@ class ThresholdResult:
         """Queries with no positive in their database."""
         return int(np.count_nonzero(self.num_positives == 0))
 
+    @property
+    def near_chance(self) -> bool:
+        """Whether Recall@1 is within noise of chance (see :func:`within_noise_of_chance`)."""
+        return within_noise_of_chance(
+            self.recall.get(1, math.nan), self.chance.get(1, math.nan), self.num_counted
+        )
+
 
 @dataclass(eq=False)
 class RetrievalResult:
@@ -431,6 +438,7 @@ class RetrievalResult:
                     "recall_one_percent": _json_float(t.recall_one_percent),
                     "chance": {str(k): _json_float(v) for k, v in t.chance.items()},
                     "chance_one_percent": _json_float(t.chance_one_percent),
+                    "recall_at_1_near_chance": t.near_chance,
                     "median_error_m": _json_float(t.median_error_m),
                     "mean_error_m": _json_float(t.mean_error_m),
                     "recall_curve": [_json_float(v) for v in t.recall_curve],
@@ -450,27 +458,46 @@ class RetrievalResult:
         return out
 
     def table(self, title: str | None = "Retrieval") -> Table:
-        """A rich table: one row per threshold, recall in percent with the chance level."""
-        table = Table(title=title)
-        table.add_column("threshold", justify="right")
-        table.add_column("queries", justify="right")
-        for k in self.ks:
-            table.add_column(f"R@{k}", justify="right")
-        table.add_column(f"R@1% (K={self.k_one_percent})", justify="right")
-        table.add_column("chance R@1", justify="right")
-        table.add_column("chance R@1%", justify="right")
-        table.add_column("median err", justify="right")
+        """A table that fits 80 columns: one row per threshold, recall with the chance level.
+
+        A Recall@1 within noise of chance is marked ``~`` and explained in the caption.
+        """
+        from liploc.console import new_table
+
+        headers = ["within", "queries", *(f"R@{k}" for k in self.ks)]
+        headers += [f"R@1%\n(K={self.k_one_percent})", "chance\nR@1", "chance\nR@1%", "median\nerror"]
+        table = new_table(*headers, title=title, right=tuple(headers))
+        flagged = False
         for t in self.thresholds:
+            recalls = [format_percent(t.recall[k]) for k in self.ks]
+            if t.near_chance and 1 in self.ks:
+                recalls[self.ks.index(1)] = "~" + recalls[self.ks.index(1)]
+                flagged = True
             table.add_row(
                 f"{t.threshold_m:g} m",
                 f"{t.num_counted}/{self.num_queries}",
-                *(format_percent(t.recall[k]) for k in self.ks),
+                *recalls,
                 format_percent(t.recall_one_percent),
                 format_percent(t.chance[1]),
                 format_percent(t.chance_one_percent),
                 "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} m",
             )
+        if flagged:
+            table.caption = "~ R@1 within noise of chance (less than 3 sigma above it): no evidence of skill"
         return table
+
+
+def within_noise_of_chance(recall: float, chance: float, num_queries: int, sigmas: float = 3.0) -> bool:
+    """True when ``recall`` over ``num_queries`` is not clearly above the ``chance`` level.
+
+    Clearly above means more than ``sigmas`` binomial standard deviations of chance plus one
+    query: 2 of 120 queries right against a chance of 0.5% is no evidence that the model works.
+    Undefined figures (NaN, no query) count as near chance.
+    """
+    if num_queries <= 0 or math.isnan(recall) or math.isnan(chance):
+        return True
+    noise = sigmas * math.sqrt(max(chance * (1.0 - chance), 0.0) / num_queries) + 1.0 / num_queries
+    return recall - chance < noise
 
 
 def format_percent(value: float) -> str:

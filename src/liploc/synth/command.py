@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from liploc.console import new_table, print_line, print_table
 from liploc.errors import ConfigError
 from liploc.synth.generate import generate_dataset
 from liploc.synth.options import SynthOptions
@@ -61,7 +62,14 @@ def run_synth(
         def update(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = generate_dataset(out, options, progress=update, workers=workers, reuse=not force)
+        summary = generate_dataset(
+            out,
+            options,
+            progress=update,
+            workers=workers,
+            reuse=not force,
+            notify=lambda line: print_line(console, line),
+        )
     print_summary(summary, console)
     if preview:
         from liploc.synth.preview import write_preview
@@ -75,32 +83,34 @@ def run_synth(
 
 def print_summary(summary: SynthSummary, console: Console) -> None:
     """Table of the written sequences and one line of totals."""
-    table = Table(title=f"{summary.root} (town seed {summary.town_seed})")
-    for column in (
+    table = new_table(
         "seq",
         "role",
         "region",
         "frames",
-        "length m",
+        "length\nm",
         "variant",
         "partner",
         "shares streets with",
-    ):
-        table.add_column(column)
+        title=f"{summary.root} (town seed {summary.town_seed})",
+        right=("frames", "length\nm"),
+    )
+    table.columns[-1].no_wrap = False  # the one column that may be long: wrap it, keep the others whole
     for s in summary.sequences:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in s.shares_streets_with.items()) or "-"
         table.add_row(
             s.name, s.role, s.region, str(s.frames), f"{s.length_m:.0f}", s.variant, s.partner or "-", shares
         )
-    console.print(table)
+    print_table(console, table)
     width, height = summary.image_size
     if summary.reused:
         how = "reused (same options; use --force to regenerate)"
     else:
         how = f"{summary.seconds:.1f} s, {summary.frames_per_s:.1f} frames/s"
-    console.print(
+    print_line(
+        console,
         f"{summary.frames_total} frames, images {width}x{height}, scans 64x{summary.lidar_columns}: {how}. "
-        f"See {summary.root / 'README.md'} and synth.json."
+        f"See {summary.root / 'README.md'} and synth.json.",
     )
 
 

@@ -4,10 +4,21 @@ Frames are rendered by a pool of threads (Embree and numpy release the GIL); eac
 on the town, its drive and its own seeded noise, so the files do not depend on the thread count.
 Everything is written into a hidden staging folder first and moved into place at the end, so an
 interrupted run never leaves a half-written dataset that looks complete.
+
+Crash safety, step by step:
+
+- each frame's files are written under temporary names and renamed, so a frame on disk is whole;
+- the staging folder records the options it renders (``options.json``): a rerun with the same
+  options keeps the frames already there and renders only the rest (byte-identical to an
+  uninterrupted run, since each frame has its own seeded noise); ``--force`` starts over;
+- the finished stage gets its README and manifest *before* anything moves, so a kill while the
+  sequences move into place leaves a complete stage that the next run (or ``--force``) finishes
+  moving instead of refusing the folder; a ``.liploc-synth`` marker says that the folder is ours.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -37,7 +48,9 @@ Progress = Callable[[int, int], None]
 """Called with (frames done, frames in total) as frames are written."""
 
 _STAGING = ".synth-partial"
-_OUTPUTS = ("sequences", "poses", "README.md", MANIFEST_NAME, "preview.png")
+_STAGE_OPTIONS = "options.json"
+_OWNER_MARK = ".liploc-synth"
+_PARTIAL_SUFFIX = ".part"
 
 
 def default_workers() -> int:
@@ -51,6 +64,7 @@ def generate_dataset(
     progress: Progress | None = None,
     workers: int | None = None,
     reuse: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> SynthSummary:
     """Generate a synthetic town and its drives as a KITTI odometry folder in ``out_dir``.
 
@@ -61,7 +75,9 @@ def generate_dataset(
         progress: called with (frames done, frames in total).
         workers: render threads (default: one per core).
         reuse: when ``out_dir`` already holds a complete output of the same options, keep it
-            (generation is deterministic, so it would come out byte-identical).
+            (generation is deterministic, so it would come out byte-identical), and resume an
+            interrupted run of the same options from the frames it wrote. False starts over.
+        notify: called with one line when an interrupted run is resumed or finished.
 
     Returns:
         The summary, also written as ``synth.json`` with a README.md.
@@ -69,6 +85,8 @@ def generate_dataset(
     options = options or SynthOptions()
     root = Path(out_dir)
     _check_output_folder(root)
+    if reuse and finish_publishing(root) and notify is not None:
+        notify(f"finished moving the output of an interrupted run into {root}")
     if reuse:
         previous = _reusable(root, options)
         if previous is not None:
@@ -84,11 +102,11 @@ def generate_dataset(
 
     render_started = time.perf_counter()
     stage = root / _STAGING
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    kept = _open_stage(root, stage, options, resume=reuse)
     total = sum(len(p.poses) for p in plans)
     done = 0
+    if kept and notify is not None:
+        notify(f"resuming: {kept} of {total} frames already rendered in {stage}")
     car_counts: dict[int, dict[str, int]] = {}
     first_car_id = int(town.mesh.parts.object_id.max(initial=-1)) + 1
     pool = ThreadPoolExecutor(max_workers=workers or default_workers())
@@ -98,6 +116,10 @@ def generate_dataset(
             cars, car_counts[plan.index] = drive_cars(town.slots, town.streets, plan.path, rng, first_car_id)
             scene = Scene(TriangleMesh.concatenate([town.mesh, cars]), town.ground)
             write_sequence_files(stage, plan.name, rig, plan.poses, options.pose_frame)
+            todo = [k for k in range(len(plan.poses)) if not _frame_written(stage, plan.name, k)]
+            done += len(plan.poses) - len(todo)
+            if progress is not None:
+                progress(done, total)
 
             def render(k: int, plan: DrivePlan = plan, scene: Scene = scene) -> None:
                 rng = np.random.default_rng([options.town_seed, 1000, plan.index, k])
@@ -105,7 +127,7 @@ def generate_dataset(
                 scan = simulate_scan(scene, plan.poses[k], lidar, rng)
                 write_frame(stage, plan.name, k, image, scan.points, options.png_compression)
 
-            for _ in pool.map(render, range(len(plan.poses))):
+            for _ in pool.map(render, todo):
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -127,7 +149,7 @@ def generate_dataset(
         pose_frame=options.pose_frame,
         frames_total=total,
         seconds=seconds,
-        frames_per_s=total / render_seconds if render_seconds > 0 else 0.0,
+        frames_per_s=(total - kept) / render_seconds if render_seconds > 0 else 0.0,
         notes=_notes(options),
     )
     _publish(stage, root, summary)
@@ -161,8 +183,44 @@ def build_town_and_drives(options: SynthOptions) -> tuple[Town, list[DrivePlan]]
 def _check_output_folder(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise DataError(root, "output path exists and is not a folder")
-    if (root / "sequences").exists() and not (root / MANIFEST_NAME).exists():
+    ours = any((root / p).exists() for p in (MANIFEST_NAME, _OWNER_MARK, f"{_STAGING}/{MANIFEST_NAME}"))
+    if (root / "sequences").exists() and not ours:
         raise DataError(root, "holds a dataset that liploc synth did not write; choose another output folder")
+
+
+def _open_stage(root: Path, stage: Path, options: SynthOptions, resume: bool) -> int:
+    """Prepare the staging folder; return how many whole frames of the same options it keeps."""
+    wanted = json.dumps(options.model_dump(mode="json"), sort_keys=True)
+    if resume and stage.is_dir():
+        try:
+            recorded = (stage / _STAGE_OPTIONS).read_text(encoding="utf-8")
+        except OSError:
+            recorded = None
+        if recorded == wanted:
+            return sum(1 for _ in stage.glob("sequences/*/velodyne/*.bin"))
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    # Marks the output folder as written by liploc synth before any sequence can appear in it.
+    (root / _OWNER_MARK).write_text("written by liploc synth\n", encoding="utf-8")
+    atomic_write_text(stage / _STAGE_OPTIONS, wanted)
+    return 0
+
+
+def _frame_written(stage: Path, name: str, index: int) -> bool:
+    # The scan is renamed into place after the image: a frame with its scan is whole.
+    return scan_path(stage, name, index).is_file() and image_path(stage, name, index).is_file()
+
+
+def resume_hint(out_dir: str | Path) -> str:
+    """One line after an interrupted ``liploc synth``: what was kept and how to go on."""
+    stage = Path(out_dir) / _STAGING
+    kept = sum(1 for _ in stage.glob("sequences/*/velodyne/*.bin")) if stage.is_dir() else 0
+    if not kept:
+        return "no frame was finished; nothing kept"
+    return (
+        f"{kept} rendered frames kept in {stage}; run the same command again to resume (--force starts over)"
+    )
 
 
 def _reusable(root: Path, options: SynthOptions) -> SynthSummary | None:
@@ -182,18 +240,39 @@ def _reusable(root: Path, options: SynthOptions) -> SynthSummary | None:
 
 
 def _publish(stage: Path, root: Path, summary: SynthSummary) -> None:
-    # The manifest goes last: its presence marks a complete output.
-    for name in _OUTPUTS:
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    for leftover in stage.glob(f"sequences/*/*/*{_PARTIAL_SUFFIX}"):
+        leftover.unlink()
+    atomic_write_text(stage / "README.md", readme_text(summary))
+    # From here the stage is complete: a run killed while moving it is finished by the next run.
+    atomic_write_text(stage / MANIFEST_NAME, summary.to_json())
+    finish_publishing(root)
+
+
+def finish_publishing(root: Path) -> bool:
+    """Move a complete staging folder's output into ``root``; False when there is none to move.
+
+    Idempotent, so a kill at any instant of it is completed by calling it again. The old manifest
+    goes first and the new one last: a manifest in ``root`` always describes the files there.
+    """
+    stage = root / _STAGING
+    if not (stage / MANIFEST_NAME).is_file():
+        return False
+    (root / MANIFEST_NAME).unlink(missing_ok=True)
+    (root / "preview.png").unlink(missing_ok=True)  # a preview of the previous output
     for name in ("sequences", "poses"):
-        os.replace(stage / name, root / name)
+        if (stage / name).exists():
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.replace(stage / name, target)
+    if (stage / "README.md").exists():
+        os.replace(stage / "README.md", root / "README.md")
+    os.replace(stage / MANIFEST_NAME, root / MANIFEST_NAME)
     shutil.rmtree(stage)
-    atomic_write_text(root / "README.md", readme_text(summary))
-    atomic_write_text(root / MANIFEST_NAME, summary.to_json())
+    (root / _OWNER_MARK).unlink(missing_ok=True)  # the manifest says it from now on
+    return True
 
 
 def _describe_town(town: Town, options: SynthOptions) -> dict:

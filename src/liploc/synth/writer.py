@@ -14,6 +14,7 @@ Pose files hold ``P_i = Tr @ L_i @ inv(Tr)`` for LiDAR poses ``L_i``, so that a 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,16 @@ def write_sequence_files(
 def write_frame(
     root: Path, name: str, index: int, image: np.ndarray, points: np.ndarray, compression: int
 ) -> None:
-    """The PNG image and the .bin scan of one frame."""
-    Image.fromarray(image).save(image_path(root, name, index), format="PNG", compress_level=compression)
-    np.ascontiguousarray(points, dtype=np.float32).tofile(scan_path(root, name, index))
+    """The PNG image and the .bin scan of one frame, each renamed into place once whole.
+
+    The scan goes last, so a frame whose scan exists is complete (what a resumed run relies on).
+    """
+    image_file, scan_file = image_path(root, name, index), scan_path(root, name, index)
+    image_part, scan_part = (
+        image_file.with_name(image_file.name + ".part"),
+        scan_file.with_name(scan_file.name + ".part"),
+    )
+    Image.fromarray(image).save(image_part, format="PNG", compress_level=compression)
+    os.replace(image_part, image_file)
+    np.ascontiguousarray(points, dtype=np.float32).tofile(scan_part)
+    os.replace(scan_part, scan_file)

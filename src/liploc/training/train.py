@@ -110,6 +110,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+def capped_num_workers(requested: int, cores: int | None = None) -> tuple[int, str | None]:
+    """Loader workers: ``data.num_workers``, lowered to the cores this process may use.
+
+    Returns the count and the one line that says so when it was lowered (more workers than
+    cores only add memory and context switches; torch would warn about it for every loader).
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if requested <= cores:
+        return requested, None
+    return cores, f"data.num_workers {requested} lowered to {cores}, the CPU cores available here"
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the torch generator for optimiser step ``step`` on process ``rank``."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -573,6 +586,9 @@ class _Trainer:
         train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir)
         val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir)
         self.train_sampler = EpochSampler(len(train_set), True, tc.seed, info.rank, info.world_size, True)
+        self.num_workers, note = capped_num_workers(config.data.num_workers)
+        if note:
+            self.log(note)
         self.train_loader = self._loader(train_set, self.train_sampler, drop_last=True)
         self.val_loader = self._val_loader(val_set) if len(val_set) else None
         self.steps_per_epoch = len(self.train_sampler) // self.rank_batch // tc.grad_accum
@@ -652,7 +668,7 @@ class _Trainer:
             )
 
     def _loader(self, dataset: PairDataset, sampler: EpochSampler, drop_last: bool) -> DataLoader:
-        workers = self.config.data.num_workers
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.rank_batch,
@@ -671,7 +687,7 @@ class _Trainer:
         batches = ValidationBatches(
             len(dataset), self.tc.batch_size, self.tc.seed + 1, self.info.rank, self.info.world_size
         )
-        workers = self.config.data.num_workers
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_sampler=batches,
