@@ -20,6 +20,7 @@ from rich.console import Console
 
 from liploc.config import Config
 from liploc.datasets import open_dataset
+from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import embed_frames, embed_image_files, pick_device
@@ -44,6 +45,7 @@ def build_map(
     """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``."""
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
+    sequences = [resolve_sequence_name(s, reader.sequences(), data_root) for s in sequences]  # "8" -> "08"
     require_sequences(reader, data_root, list(sequences))
     frames = []
     for seq in sequences:
