@@ -132,13 +132,14 @@ def test_unknown_sequence_and_protocol(world: dict[str, Path]) -> None:
 
 def test_map_build_localize_and_refuse_other_model(world: dict[str, Path], tmp_path: Path) -> None:
     map_dir = tmp_path / "map02"
-    lidar_map = build_map(world["run"], world["root"], ["02"], map_dir)
+    lidar_map = build_map(world["run"], world["root"], ["2"], map_dir)  # typed as "2": KITTI's "02"
     assert len(lidar_map) == 40
     assert (map_dir / "model" / "model.safetensors").is_file()
     image = world["root"] / "sequences" / "02" / "image_2" / "000007.png"
     loc = Localizer.open(map_dir)
     matches = loc.localize([image], k=3)[0]
     assert [m.rank for m in matches] == [1, 2, 3]
+    assert matches[0].sequence == "02"
     assert matches[0].score >= matches[1].score >= matches[2].score
     assert matches[0].pose.shape == (4, 4)
     # The Python API agrees with the evaluation's retrieval for the same image.

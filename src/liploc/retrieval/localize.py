@@ -19,6 +19,7 @@ from rich.console import Console
 
 from liploc.config import Config
 from liploc.datasets import open_dataset
+from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import ConfigError, DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import embed_frames, embed_image_files, embedding_precision, pick_device
@@ -55,6 +56,7 @@ def build_map(
         raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
     model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
+    sequences = [resolve_sequence_name(s, reader.sequences(), data_root) for s in sequences]  # "8" -> "08"
     require_sequences(reader, data_root, list(sequences))
     frames = []
     for seq in sequences:
