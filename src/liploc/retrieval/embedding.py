@@ -191,7 +191,7 @@ class EmbeddingCache:
             if not self._write_failure_reported:
                 self._write_failure_reported = True
                 warnings.warn(
-                    f"{path}: cannot write the embedding cache ({err}); going on without it",
+                    f"the embedding cache could not be written, which only costs speed: {err}",
                     UserWarning,
                     stacklevel=2,
                 )

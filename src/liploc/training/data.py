@@ -235,7 +235,7 @@ class PreprocessCache:
             if not self._write_failure_reported:
                 self._write_failure_reported = True
                 warnings.warn(
-                    f"{path}: cannot write the preprocessing cache ({err}); going on without it",
+                    f"the preprocessing cache could not be written, which only costs speed: {err}",
                     UserWarning,
                     stacklevel=2,
                 )
