@@ -165,6 +165,13 @@ def evaluate(
     layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/SEQ-PROTOCOL).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    also_reference_metric: Annotated[
+        bool,
+        typer.Option(
+            "--also-reference-metric",
+            help="Also print Recall@1 as the LIP-Loc reference code measures it (pose columns 1 and 2).",
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     from liploc.retrieval.evaluate import evaluate as run_evaluation
@@ -182,6 +189,7 @@ def evaluate(
             out_dir=out,
             device=device,
             console=console,
+            also_reference_metric=also_reference_metric,
         )
     except LiplocError as err:
         _fail(err)

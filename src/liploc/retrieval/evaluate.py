@@ -107,6 +107,7 @@ def evaluate(
     console: Console | None = None,
     model: TwoTowerModel | None = None,
     config: Config | None = None,
+    also_reference_metric: bool = False,
 ) -> EvaluationOutput:
     """Evaluate a trained model on one sequence with one protocol; write JSON, embeddings and a report.
 
@@ -119,6 +120,9 @@ def evaluate(
         thresholds_m, ks, revisit_window_s, batch_size: override the run's ``eval`` settings.
         out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
+        also_reference_metric: also compute the LIP-Loc reference code's Recall@1 (distance from
+            pose columns 1 and 2, see :mod:`liploc.retrieval.reference_metric`), print it beside
+            liploc's and store it under ``reference_metric`` in metrics.json.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
@@ -185,13 +189,31 @@ def evaluate(
     }
     if protocol == "revisit":
         info["revisit_window_s"] = window
-    result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
+    result = evaluate_retrieval(
+        q_emb,
+        db_emb,
+        q_xy,
+        db_xy,
+        thresholds_m,
+        ks,
+        exclude=exclude,
+        info=info,
+        unit_norm=config.model.normalize,
+    )
+    reference = None
+    if also_reference_metric:
+        from liploc.retrieval.reference_metric import reference_metric
+
+        reference = reference_metric(result, queries, database)
 
     files: dict[str, Path] = {}
     np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
     np.save(out / "database_embeddings.npy", db_emb, allow_pickle=False)
     files["metrics"] = out / "metrics.json"
-    atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
+    summary = result.to_dict()
+    if reference is not None:
+        summary["reference_metric"] = reference.to_dict()
+    atomic_write_text(files["metrics"], json.dumps(summary, indent=2))
     atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
     examples = _examples(result, queries, database, config, num_examples)
     files.update(
@@ -207,6 +229,10 @@ def evaluate(
     )
     if console is not None:
         console.print(result.table(title=f"{label} ({len(queries)} queries, {len(database)} scans)"))
+        if reference is not None:
+            console.print(
+                reference.table(title=f"{label}: Recall@1, liploc's metric and the reference code's")
+            )
         console.print(f"wrote {files['metrics']} and {files['html']}")
     return EvaluationOutput(result, out, files, skipped_q)
 
