@@ -23,6 +23,8 @@ map_app = typer.Typer(
     help="Build LiDAR maps (embeddings + poses + index) for localization.", no_args_is_help=True
 )
 app.add_typer(map_app, name="map")
+import_app = typer.Typer(help="Import models trained by other code as liploc runs.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -273,6 +275,37 @@ def localize(
                 f"{m.yaw * 57.29577951308232:.0f}",
             )
         console.print(table)
+
+
+# --- import ---------------------------------------------------------------------------------------
+@import_app.command("lip-loc")
+def import_lip_loc(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="The authors' checkpoint (.pth: torch.save of the state_dict).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="timm name of the encoders (resnet50, vit_small_patch16_224, ...); default: inferred."
+        ),
+    ] = None,
+) -> None:
+    """The LIP-Loc authors' checkpoint as a liploc run (paper-exact settings) for evaluate, map, localize."""
+    from liploc.interop.lip_loc import import_lip_loc as run_import
+
+    try:
+        result = run_import(checkpoint, out, backbone=backbone)
+    except LiplocError as err:
+        _fail(err)
+        return
+    how = "inferred from the tensors" if result.backbone_inferred else "as given"
+    fc = f", encoder fc -> {result.encoder_fc_dim}" if result.encoder_fc_dim else ""
+    console.print(
+        f"imported {checkpoint}: camera {result.image_backbone}, LiDAR {result.lidar_backbone} ({how}){fc}, "
+        f"{result.embed_dim}-d raw dot-product embeddings, {result.num_tensors} tensors"
+    )
+    console.print(f"wrote {result.checkpoint} and {result.run_dir / 'config.yaml'}")
 
 
 # --- demo ---------------------------------------------------------------------------------------
