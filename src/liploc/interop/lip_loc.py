@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,7 +125,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise DataError(path, "checkpoint file not found")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it was not written with; what matters is below.
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights only" in str(err).lower() or "unsupported global" in str(err).lower():
@@ -303,6 +307,13 @@ def paper_config(model: dict[str, Any], name: str) -> Config:
     return config_from_dict(data, source="LIP-Loc import settings")
 
 
+def _their_name(ours: str) -> str:
+    for theirs, prefix in PREFIX_MAP:
+        if ours.startswith(prefix):
+            return theirs + ours[len(prefix) :]
+    return ours
+
+
 def convert_state_dict(
     path: Path, state: Mapping[str, Tensor], target: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
@@ -312,19 +323,22 @@ def convert_state_dict(
     must be filled; floating tensors take the model's dtype.
     """
     out: dict[str, Tensor] = {}
+    source: dict[str, str] = {}  # liploc name -> the file's name, for messages
     for key, value in state.items():
         for theirs, ours in PREFIX_MAP:
             if key.startswith(theirs):
                 out[ours + key[len(theirs) :]] = value
+                source[ours + key[len(theirs) :]] = key
                 break
-    unused = sorted(k for k in out if k not in target)
+    unused = sorted(source[k] for k in out if k not in target)
     unfilled = sorted(k for k in target if k not in out)
     if unused or unfilled:
         parts = []
         if unused:
             parts.append(f"{len(unused)} tensors of the file have no place in the model ({_some(unused)})")
         if unfilled:
-            parts.append(f"{len(unfilled)} model tensors are not in the file ({_some(unfilled)})")
+            theirs = [_their_name(k) for k in unfilled]
+            parts.append(f"{len(unfilled)} tensors of the model are missing from the file ({_some(theirs)})")
         raise DataError(path, "; ".join(parts))
     for key, value in out.items():
         want = target[key]
