@@ -329,3 +329,15 @@ def test_cli_refusal_is_one_error_line(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "error:" in res.output and "refers to code" in res.output
     assert "Traceback" not in res.output
+
+
+def test_map_build_and_localize_use_the_imported_run(
+    imported: Path, reference, frames, tmp_path: Path
+) -> None:
+    from liploc.retrieval.localize import Localizer, build_map
+
+    build_map(imported, POSED, [DRIVE], tmp_path / "map", device="cpu")
+    localizer = Localizer.open(tmp_path / "map", device="cpu")
+    queries = [4, 10, 23]  # queries whose top-1 is another frame's scan
+    matches = localizer.localize([frames[i].image_path for i in queries], k=1)
+    assert [m[0].frame_index for m in matches] == [frames[reference["top1"][i]].index for i in queries]

@@ -88,6 +88,9 @@ PAPER_SETTINGS: dict[str, Any] = {
         "scheduler": "plateau",
         "plateau_patience": 1,
         "plateau_factor": 0.8,
+        # fp32 as the reference code: bf16 autocast would move raw embeddings enough to change
+        # some retrievals of an imported model.
+        "precision": "fp32",
     },
     "eval": {"protocol": "same-sequence", "thresholds_m": [20.0, 10.0]},
 }
