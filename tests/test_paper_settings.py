@@ -144,6 +144,9 @@ def test_reference_metric_ignores_the_lateral_axis() -> None:
     assert metric.distances_m[0] == pytest.approx(0.0)
     assert metric.recall_at_1 == (1.0, 1.0)  # the reference code calls it right
     assert metric.liploc_recall_at_1 == (0.0, 1.0)  # liploc: 15 m away, wrong at 10 m
+    # KITTI-360: the reference reads world y and z, so it ignores world x instead.
+    kitti360 = reference_metric(result, queries, database, layout="kitti360")
+    assert kitti360.distances_m[0] == pytest.approx(15.0) and kitti360.recall_at_1 == (0.0, 1.0)
 
 
 def test_reference_metric_reproduces_an_odometry_poses_file(tmp_path: Path) -> None:

@@ -204,7 +204,7 @@ def evaluate(
     if also_reference_metric:
         from liploc.retrieval.reference_metric import reference_metric
 
-        reference = reference_metric(result, queries, database)
+        reference = reference_metric(result, queries, database, layout=reader.name)
 
     files: dict[str, Path] = {}
     np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)

@@ -11,8 +11,10 @@ liploc's frames carry LiDAR poses in a z-up world, so the camera-0 poses of the 
 convention are rebuilt from them with the calibration: ``P_i = Tr @ inv(L_0) @ L_i @ inv(Tr)``
 (``Tr``: LiDAR -> rectified camera 0, ``L_0``: the first database frame's LiDAR pose), the inverse
 of the conversion the KITTI odometry reader applies. On KITTI odometry / SemanticKITTI this gives
-back the poses file the authors read; on other datasets it is the same convention applied to
-their poses.
+back the poses file the authors read; on KITTI raw it is the same convention applied to the OXTS
+poses. On KITTI-360 the authors read columns 1 and 2 of the translation in ``data_poses`` (world
+y and height z, ignoring world x); liploc uses the LiDAR's world position there, which differs
+from the IMU's by a lever arm of under a metre.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def odometry_camera_translations(frames: Sequence[Frame], origin: Frame) -> np.n
         camera_pose = tr @ inv_origin @ np.asarray(f.pose, dtype=np.float64) @ np.linalg.inv(tr)
         out[i] = camera_pose[:3, 3]
     return out
+
+
+def world_translations(frames: Sequence[Frame]) -> np.ndarray:
+    """(N, 3) world positions of the LiDAR (the KITTI-360 convention of the reference code)."""
+    if any(f.pose is None for f in frames):
+        raise ValueError("every frame needs a pose")
+    return (
+        np.stack([np.asarray(f.pose, dtype=np.float64)[:3, 3] for f in frames])
+        if frames
+        else np.zeros((0, 3))
+    )
+
+
+WORLD_CONVENTION_LAYOUTS = ("kitti360",)
+"""Layouts whose reference code reads world translations instead of camera-0 odometry poses."""
 
 
 def reference_distances(query_t: np.ndarray, retrieved_t: np.ndarray) -> np.ndarray:
@@ -100,18 +117,22 @@ def _finite(value: float) -> float | None:
 
 
 def reference_metric(
-    result: RetrievalResult, queries: Sequence[Frame], database: Sequence[Frame]
+    result: RetrievalResult, queries: Sequence[Frame], database: Sequence[Frame], layout: str = "kitti"
 ) -> ReferenceMetric:
     """The reference code's Recall@1 of ``result``'s top-1 retrievals at each of its thresholds.
 
-    The odometry frame is that of the first database frame's camera 0 (frame 0 of the sequence in
-    the paper's same-sequence protocol). A query without a retrieval counts as a failure.
+    ``layout`` (the dataset reader's name) picks the reference's pose convention: world
+    translations for KITTI-360, otherwise camera-0 odometry poses in the frame of the first
+    database frame's camera 0 (frame 0 of the sequence in the paper's same-sequence protocol).
+    A query without a retrieval counts as a failure.
     """
     if not database:
         raise ValueError("the reference metric needs a database")
-    origin = database[0]
-    q_t = odometry_camera_translations(queries, origin)
-    db_t = odometry_camera_translations(database, origin)
+    if layout in WORLD_CONVENTION_LAYOUTS:
+        q_t, db_t = world_translations(queries), world_translations(database)
+    else:
+        q_t = odometry_camera_translations(queries, database[0])
+        db_t = odometry_camera_translations(database, database[0])
     top1 = np.asarray(result.retrieved[:, 0], dtype=np.int64)
     distances = np.full(len(queries), np.inf)
     ok = top1 >= 0
