@@ -342,3 +342,20 @@ def test_map_build_and_localize_use_the_imported_run(
     queries = [4, 10, 23]  # queries whose top-1 is another frame's scan
     matches = localizer.localize([frames[i].image_path for i in queries], k=1)
     assert [m[0].frame_index for m in matches] == [frames[reference["top1"][i]].index for i in queries]
+
+
+def test_v1norm_checkpoints_import_with_unit_norm_embeddings(tmp_path: Path) -> None:
+    reference = _ReferenceVitModel().eval()
+    torch.save(reference.state_dict(), tmp_path / "vit.pth")
+    res = CliRunner().invoke(
+        app, ["import", "lip-loc", str(tmp_path / "vit.pth"), "--out", str(tmp_path / "R"), "--v1norm"]
+    )
+    assert res.exit_code == 0, res.output
+    model, config = load_model_from_checkpoint(tmp_path / "R")
+    assert config.model.normalize is True
+    with torch.no_grad():
+        x = torch.randn(2, 3, 160, 160)
+        expected = torch.nn.functional.normalize(
+            reference.projection_camera(reference.encoder_camera(x)), dim=-1
+        )
+        assert torch.allclose(model.encode_image(x), expected, atol=1e-5)

@@ -290,12 +290,20 @@ def import_lip_loc(
             help="timm name of the encoders (resnet50, vit_small_patch16_224, ...); default: inferred."
         ),
     ] = None,
+    v1norm: Annotated[
+        bool,
+        typer.Option(
+            "--v1norm",
+            help="The checkpoint is of the authors' CLIPModelV1Norm (L2-normalised embeddings, cosine "
+            "retrieval); default CLIPModelV1 (raw dot product). The tensors cannot tell them apart.",
+        ),
+    ] = False,
 ) -> None:
     """The LIP-Loc authors' checkpoint as a liploc run (paper-exact settings) for evaluate, map, localize."""
     from liploc.interop.lip_loc import import_lip_loc as run_import
 
     try:
-        result = run_import(checkpoint, out, backbone=backbone)
+        result = run_import(checkpoint, out, backbone=backbone, normalized=v1norm)
     except LiplocError as err:
         _fail(err)
         return
@@ -303,7 +311,8 @@ def import_lip_loc(
     fc = f", encoder fc -> {result.encoder_fc_dim}" if result.encoder_fc_dim else ""
     console.print(
         f"imported {checkpoint}: camera {result.image_backbone}, LiDAR {result.lidar_backbone} ({how}){fc}, "
-        f"{result.embed_dim}-d raw dot-product embeddings, {result.num_tensors} tensors"
+        f"{result.embed_dim}-d {'unit-norm (cosine)' if v1norm else 'raw dot-product'} embeddings, "
+        f"{result.num_tensors} tensors"
     )
     console.print(f"wrote {result.checkpoint} and {result.run_dir / 'config.yaml'}")
 

@@ -269,8 +269,10 @@ def model_config_for(
     state: Mapping[str, Tensor],
     image_backbone: str,
     lidar_backbone: str,
+    normalized: bool = False,
 ) -> dict[str, Any]:
-    """The liploc ``model`` section describing the checkpoint's network (paper-exact retrieval)."""
+    """The liploc ``model`` section describing the checkpoint's network (``normalized``: the
+    reference's ``CLIPModelV1Norm``, else its ``CLIPModelV1`` with raw dot-product retrieval)."""
     fc_dims = {}
     for tower in ("camera", "lidar"):
         key = f"encoder_{tower}.fc."
@@ -298,7 +300,7 @@ def model_config_for(
         "head_dropout": 0.1,
         "lidar_in_chans": lidar_chans,
         "encoder_fc_dim": fc_dims["camera"][1] if fc_dims else None,
-        "normalize": False,
+        "normalize": normalized,
     }
 
 
@@ -361,6 +363,7 @@ def import_lip_loc(
     *,
     backbone: str | None = None,
     name: str | None = None,
+    normalized: bool = False,
 ) -> ImportedCheckpoint:
     """Turn the authors' ``checkpoint`` (.pth) into the liploc run folder ``out``.
 
@@ -369,6 +372,8 @@ def import_lip_loc(
         out: run folder to create (refused when it already holds a checkpoint).
         backbone: timm name of both encoders' backbone; None: inferred from the keys and shapes.
         name: the run's config name (default: the checkpoint's file stem).
+        normalized: the checkpoint is of the reference's ``CLIPModelV1Norm``, which L2-normalises
+            its embeddings (same tensors as ``CLIPModelV1``, so the file cannot tell).
     """
     from liploc.models import create_model
     from liploc.training.checkpoint import save_checkpoint
@@ -383,7 +388,7 @@ def import_lip_loc(
     _check_layout(path, state)
     image_backbone = infer_backbone(path, "camera", _group(state, "encoder_camera.model."), backbone)
     lidar_backbone = infer_backbone(path, "LiDAR", _group(state, "encoder_lidar.model."), backbone)
-    model_section = model_config_for(path, state, image_backbone, lidar_backbone)
+    model_section = model_config_for(path, state, image_backbone, lidar_backbone, normalized)
     config = paper_config(model_section, name or f"lip-loc-{path.stem}")
     model = create_model(config.model)
     tensors = convert_state_dict(path, state, model.state_dict())
@@ -426,8 +431,13 @@ def import_lip_loc(
         "embed_dim": result.embed_dim,
         "tensors": len(tensors),
         "model_fingerprint": fingerprint,
-        "settings": "paper-exact: raw dot-product retrieval (model.normalize false), OpenCV INTER_LINEAR "
-        "resizing, ImageNet normalisation, empty range pixels 251, soft-target loss at temperature 1",
+        "reference_model": "CLIPModelV1Norm" if normalized else "CLIPModelV1",
+        "settings": (
+            "paper-exact: "
+            + ("cosine retrieval of L2-normalised embeddings" if normalized else "raw dot-product retrieval")
+            + ", OpenCV INTER_LINEAR resizing, ImageNet normalisation, empty range pixels 251, "
+            "soft-target loss at temperature 1"
+        ),
     }
     atomic_write_text(run.summary, json.dumps(summary, indent=1) + "\n")
     return result
