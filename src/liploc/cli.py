@@ -35,6 +35,8 @@ cache_app = typer.Typer(
     help="The shared preprocessing cache: fill it, see its size, clear it.", no_args_is_help=True
 )
 app.add_typer(cache_app, name="cache")
+import_app = typer.Typer(help="Import models trained by other code as liploc runs.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -388,6 +390,13 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the metrics as JSON on stdout (messages go to stderr).")
     ] = False,
+    also_reference_metric: Annotated[
+        bool,
+        typer.Option(
+            "--also-reference-metric",
+            help="Also print Recall@1 as the LIP-Loc reference code measures it (pose columns 1 and 2).",
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     import json
@@ -405,6 +414,8 @@ def evaluate(
                 raise ConfigError(
                     f"{', '.join(given)}: fixed by {what}; give --sequence to set them yourself"
                 )
+            if also_reference_metric:
+                raise ConfigError("--also-reference-metric works with --sequence (one sequence at a time)")
             report = evaluate_protocol(
                 run,
                 data_root,
@@ -438,6 +449,7 @@ def evaluate(
             out_dir=out,
             device=device,
             console=err_console if as_json else console,
+            also_reference_metric=also_reference_metric,
         )
     except LiplocError as err:
         _fail(err)
@@ -447,7 +459,7 @@ def evaluate(
     except KeyboardInterrupt:
         _interrupted("evaluation stopped; nothing was written")
     if as_json:
-        payload = output.result.to_dict()
+        payload = json.loads(output.files["metrics"].read_text())  # what metrics.json holds
         payload["files"] = {name: str(path) for name, path in output.files.items()}
         typer.echo(json.dumps(payload, indent=2))
 
@@ -574,6 +586,46 @@ def matches_table(title: str, matches: list) -> Table:
             f"{math.degrees(m.yaw):.0f}",
         )
     return table
+
+
+# --- import ---------------------------------------------------------------------------------------
+@import_app.command("lip-loc")
+def import_lip_loc(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="The authors' checkpoint (.pth: torch.save of the state_dict).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="timm name of the encoders (resnet50, vit_small_patch16_224, ...); default: inferred."
+        ),
+    ] = None,
+    v1norm: Annotated[
+        bool,
+        typer.Option(
+            "--v1norm",
+            help="The checkpoint is of the authors' CLIPModelV1Norm (L2-normalised embeddings, cosine "
+            "retrieval); default CLIPModelV1 (raw dot product). The tensors cannot tell them apart.",
+        ),
+    ] = False,
+) -> None:
+    """The LIP-Loc authors' checkpoint as a liploc run (paper-exact settings) for evaluate, map, localize."""
+    from liploc.interop.lip_loc import import_lip_loc as run_import
+
+    try:
+        result = run_import(checkpoint, out, backbone=backbone, normalized=v1norm)
+    except LiplocError as err:
+        _fail(err)
+        return
+    how = "inferred from the tensors" if result.backbone_inferred else "as given"
+    fc = f", encoder fc -> {result.encoder_fc_dim}" if result.encoder_fc_dim else ""
+    console.print(
+        f"imported {checkpoint}: camera {result.image_backbone}, LiDAR {result.lidar_backbone} ({how}){fc}, "
+        f"{result.embed_dim}-d {'unit-norm (cosine)' if v1norm else 'raw dot-product'} embeddings, "
+        f"{result.num_tensors} tensors"
+    )
+    console.print(f"wrote {result.checkpoint} and {result.run_dir / 'config.yaml'}")
 
 
 # --- demo ---------------------------------------------------------------------------------------

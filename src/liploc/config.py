@@ -56,6 +56,11 @@ class DataConfig(_Section):
     """Input normalisation of each tower: ``auto`` takes the mean and std of the encoder's pretrained
     data config from timm (e.g. 0.5/0.5 for ``vit_small_patch16_224``, ImageNet's for ``resnet50``);
     ``imagenet`` forces ImageNet's (the reference code's albumentations default); ``none``: 0..1."""
+    resize: Literal["torch", "opencv"] = "torch"
+    """How both tower inputs are resized to ``image_size``: ``torch`` (bilinear, half-pixel centres,
+    no antialiasing) or ``opencv`` (``cv2.resize`` with ``INTER_LINEAR`` on the 8-bit images, what
+    the reference code does; its fixed-point rounding differs from ``torch`` by at most one level).
+    The paper presets use ``opencv`` so that imported weights see exactly their training inputs."""
     augment: bool = True
     """Coarse-dropout augmentation during training (paper; applied after normalisation, holes filled
     with 0, i.e. the ImageNet mean colour)."""
@@ -163,12 +168,21 @@ class ModelConfig(_Section):
     """Extra keyword arguments for ``timm.create_model`` of the image encoder, e.g. ``{img_size: 96}``
     for a ViT at 96 px or ``{drop_path_rate: 0.1}``."""
     lidar_encoder_args: dict[str, Any] = Field(default_factory=dict)
+    encoder_fc_dim: int | None = Field(None, gt=0)
+    """A Linear layer from the backbone's pooled features to this width after each encoder, before
+    the projection head: the reference code's ViT models (``encoder_*.fc``, 384 -> 2048). None: the
+    heads take the backbone's features directly (liploc, and the reference's ResNet models)."""
+    normalize: bool = True
+    """L2-normalise the embeddings, so retrieval ranks by cosine similarity (liploc). ``false``: the
+    paper's model (reference ``CLIPModelV1``), which ranks by the raw dot product of un-normalised
+    embeddings; imported checkpoints of the authors need it to reproduce their retrievals."""
 
 
 class LossConfig(_Section):
-    kind: Literal["clip", "soft", "siglip"] = "clip"
-    """``clip``: symmetric cross-entropy (paper); ``soft``: targets from the averaged intra-modal
-    similarities; ``siglip``: pairwise sigmoid loss."""
+    kind: Literal["clip", "soft", "soft-target", "siglip"] = "clip"
+    """``clip``: symmetric cross-entropy; ``soft-target`` (alias ``soft``): targets from the averaged
+    intra-modal similarities, the reference code's loss (with ``temperature: 1``, not learnable,
+    and ``model.normalize: false`` it is the paper's loss exactly); ``siglip``: pairwise sigmoid."""
     temperature: float = Field(1.0, gt=0)
     """Initial temperature tau (logits = cosine / tau)."""
     learnable_temperature: bool = False

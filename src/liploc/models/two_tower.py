@@ -25,10 +25,18 @@ ARCHITECTURE_FIELDS = (
     "embed_dim",
     "lidar_in_chans",
 )
+# Fields added later enter the architecture only when set away from their default, so that the
+# fingerprints of models made before they existed (and the maps and caches keyed by them) hold.
+OPTIONAL_ARCHITECTURE_FIELDS = {"encoder_fc_dim": None, "normalize": True}
 
 
 class TwoTowerModel(nn.Module):
-    """Image tower and LiDAR tower mapping into one L2-normalised embedding space of ``embed_dim``."""
+    """Image tower and LiDAR tower mapping into one embedding space of ``embed_dim``.
+
+    Embeddings are L2-normalised unless ``cfg.normalize`` is false (the paper's model, which
+    retrieves by the raw dot product). With ``cfg.encoder_fc_dim`` a Linear layer follows each
+    backbone (``image_fc``, ``lidar_fc``), as in the reference code's ViT models.
+    """
 
     def __init__(
         self,
@@ -42,6 +50,12 @@ class TwoTowerModel(nn.Module):
         self.cfg = cfg
         self.image_encoder = image_encoder
         self.lidar_encoder = lidar_encoder
+        self.image_fc: nn.Linear | None = None
+        self.lidar_fc: nn.Linear | None = None
+        if cfg.encoder_fc_dim is not None:
+            self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
+            self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
+            image_features = lidar_features = cfg.encoder_fc_dim
         self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
         self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
 
@@ -50,16 +64,22 @@ class TwoTowerModel(nn.Module):
         """Width of the embeddings."""
         return self.cfg.embed_dim
 
+    def _embed(self, features: Tensor, fc: nn.Linear | None, head: ProjectionHead) -> Tensor:
+        if fc is not None:
+            features = fc(features)
+        embedding = head(features)
+        return F.normalize(embedding, dim=-1) if self.cfg.normalize else embedding
+
     def encode_image(self, image: Tensor) -> Tensor:
-        """Camera images [B, 3, H, W] -> unit-norm embeddings [B, D]."""
-        return F.normalize(self.image_head(self.image_encoder(image)), dim=-1)
+        """Camera images [B, 3, H, W] -> embeddings [B, D] (unit norm when ``cfg.normalize``)."""
+        return self._embed(self.image_encoder(image), self.image_fc, self.image_head)
 
     def encode_lidar(self, lidar: Tensor) -> Tensor:
-        """LiDAR images [B, C, H, W] -> unit-norm embeddings [B, D]."""
-        return F.normalize(self.lidar_head(self.lidar_encoder(lidar)), dim=-1)
+        """LiDAR images [B, C, H, W] -> embeddings [B, D] (unit norm when ``cfg.normalize``)."""
+        return self._embed(self.lidar_encoder(lidar), self.lidar_fc, self.lidar_head)
 
     def forward(self, image: Tensor, lidar: Tensor) -> tuple[Tensor, Tensor]:
-        """Embeddings (image, LiDAR), each [B, D] and unit norm."""
+        """Embeddings (image, LiDAR), each [B, D] (unit norm when ``cfg.normalize``)."""
         return self.encode_image(image), self.encode_lidar(lidar)
 
     def param_groups(
@@ -73,10 +93,13 @@ class TwoTowerModel(nn.Module):
 
         Defaults are the paper's. Frozen parameters and empty groups are left out.
         """
+        # The reference code's encoder fc belongs to its encoder (encoder learning rate, no decay).
+        image_fc = list(self.image_fc.parameters()) if self.image_fc is not None else []
+        lidar_fc = list(self.lidar_fc.parameters()) if self.lidar_fc is not None else []
         groups = [
             ("heads", [*self.image_head.parameters(), *self.lidar_head.parameters()], lr_head),
-            ("image_encoder", list(self.image_encoder.parameters()), lr_image_encoder),
-            ("lidar_encoder", list(self.lidar_encoder.parameters()), lr_lidar_encoder),
+            ("image_encoder", [*self.image_encoder.parameters(), *image_fc], lr_image_encoder),
+            ("lidar_encoder", [*self.lidar_encoder.parameters(), *lidar_fc], lr_lidar_encoder),
         ]
         out = []
         for name, params, lr in groups:
@@ -98,7 +121,11 @@ class TwoTowerModel(nn.Module):
     def architecture(self) -> dict[str, Any]:
         """The configuration fields that define the network (JSON-compatible)."""
         config = self.cfg.model_dump(mode="json")
-        return {name: config[name] for name in ARCHITECTURE_FIELDS}
+        out = {name: config[name] for name in ARCHITECTURE_FIELDS}
+        for name, default in OPTIONAL_ARCHITECTURE_FIELDS.items():
+            if config[name] != default:
+                out[name] = config[name]
+        return out
 
     @torch.no_grad()
     def fingerprint(self) -> str:

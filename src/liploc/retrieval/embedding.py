@@ -1,7 +1,8 @@
 """Embedding frames with a trained model, in batches, with an on-disk cache per model.
 
 Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation)
--> model tower -> L2-normalised float32 embeddings.
+-> model tower -> float32 embeddings (L2-normalised unless the model's ``normalize`` is false: the
+paper's model retrieves by the raw dot product).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def embed_frames(
     progress: object | None = None,
     precision: str | None = None,
 ) -> np.ndarray:
-    """(N, D) float32 L2-normalised embeddings of the camera images or LiDAR scans of ``frames``.
+    """(N, D) float32 embeddings of the camera images or LiDAR scans of ``frames`` (L2-normalised
+    unless ``model.cfg.normalize`` is false).
 
     Args:
         model: the trained two-tower model (put in eval mode here).
@@ -109,8 +111,7 @@ def embed_frames(
         x = batch[modality].to(device, non_blocking=True)
         with _autocast_for(precision, device):
             emb = encode(x)
-        # Re-normalise in fp32: a bf16 output is only approximately unit length.
-        out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+        out.append(_finish(model, emb))
         if task is not None:
             progress.advance(task, len(x))  # type: ignore[attr-defined]
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -136,7 +137,16 @@ def embed_image_files(
     model.eval().to(device)
     with _autocast_for(precision or embedding_precision(config, device), device):
         emb = model.encode_image(torch.stack(tensors).to(device))
-    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+    return _finish(model, emb)
+
+
+def _finish(model: TwoTowerModel, emb: torch.Tensor) -> np.ndarray:
+    """float32 numpy embeddings; re-normalised in fp32 (a bf16 output is only approximately unit
+    length) unless the model keeps them un-normalised (raw dot-product retrieval)."""
+    emb = emb.float()
+    if model.cfg.normalize:
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+    return emb.cpu().numpy()
 
 
 class EmbeddingCache:

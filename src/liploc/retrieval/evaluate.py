@@ -155,6 +155,7 @@ def evaluate(
     console: Console | None = None,
     model: TwoTowerModel | None = None,
     config: Config | None = None,
+    also_reference_metric: bool = False,
 ) -> EvaluationOutput:
     """Evaluate a trained model on one sequence with one protocol; write JSON, embeddings and a report.
 
@@ -172,6 +173,9 @@ def evaluate(
         thresholds_m, ks, revisit_window_s, batch_size: override the run's ``eval`` settings.
         out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
+        also_reference_metric: also compute the LIP-Loc reference code's Recall@1 (distance from
+            pose columns 1 and 2, see :mod:`liploc.retrieval.reference_metric`), print it beside
+            liploc's and store it under ``reference_metric`` in metrics.json.
     """
     if protocol is not None:
         _check_protocol(protocol, sequence, map_sequence, exclude_self)
@@ -268,7 +272,22 @@ def evaluate(
     if overlaps:
         info["evaluated_on_training_data"] = overlaps
     info.update(training_data(config))
-    result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
+    result = evaluate_retrieval(
+        q_emb,
+        db_emb,
+        q_xy,
+        db_xy,
+        thresholds_m,
+        ks,
+        exclude=exclude,
+        info=info,
+        unit_norm=config.model.normalize,
+    )
+    reference = None
+    if also_reference_metric:
+        from liploc.retrieval.reference_metric import reference_metric
+
+        reference = reference_metric(result, queries, database, layout=reader.name)
 
     files: dict[str, Path] = {}
     # The output folder is made only now, and removed again when writing fails or is interrupted,
@@ -278,7 +297,10 @@ def evaluate(
         atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
         atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
         files["metrics"] = out / "metrics.json"
-        atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
+        summary = result.to_dict()
+        if reference is not None:
+            summary["reference_metric"] = reference.to_dict()
+        atomic_write_text(files["metrics"], json.dumps(summary, indent=2))
         atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
         examples = _examples(result, queries, database, config, num_examples)
         files.update(
@@ -295,6 +317,10 @@ def evaluate(
     if console is not None:
         title = f"{label} ({len(queries)} queries, {len(database)} scans; {info['protocol_label']})"
         print_table(console, result.table(title=title))
+        if reference is not None:
+            print_table(
+                console, reference.table(title=f"{label}: Recall@1, liploc's metric and the reference code's")
+            )
         print_line(console, f"wrote {files['metrics']} and {files['html']}")
     return EvaluationOutput(result, out, files, skipped_q)
 

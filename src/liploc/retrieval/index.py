@@ -1,4 +1,6 @@
-"""Nearest-neighbour search over L2-normalised embeddings with faiss (inner product = cosine).
+"""Nearest-neighbour search over embeddings with faiss by inner product: the cosine similarity of
+L2-normalised embeddings (liploc's models), or the raw dot product of un-normalised ones (the
+paper's model, ``model.normalize: false``; ``unit_norm=False`` here).
 
 The index answers ``search(queries, k)`` with the faiss conventions: scores and database row
 indices of shape (Q, k), best first, rows padded with index -1 and score -inf when fewer than
@@ -55,15 +57,20 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
 
 
 def check_embeddings(
-    embeddings: np.ndarray, name: str, dim: int | None = None, tolerance: float = NORM_TOLERANCE
+    embeddings: np.ndarray,
+    name: str,
+    dim: int | None = None,
+    tolerance: float = NORM_TOLERANCE,
+    unit_norm: bool = True,
 ) -> np.ndarray:
-    """Validate an (N, D) array of L2-normalised embeddings and return it as contiguous float32.
+    """Validate an (N, D) array of embeddings and return it as contiguous float32.
 
     Args:
         embeddings: array of shape (N, D); a single (D,) vector is accepted as N = 1.
         name: what the array is, used in the error messages (``"query embeddings"``).
         dim: expected D, or None to accept any.
         tolerance: largest accepted deviation of a row's L2 norm from 1.
+        unit_norm: require L2-normalised rows (False for raw dot-product retrieval).
 
     Raises:
         EmbeddingError: wrong rank or dimension, non-finite values, or rows that are not unit length.
@@ -84,7 +91,7 @@ def check_embeddings(
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
         raise EmbeddingError(f"{name}: {bad} rows hold NaN or infinite values")
-    if len(x):
+    if len(x) and unit_norm:
         norms = np.linalg.norm(x, axis=1)
         worst = int(np.argmax(np.abs(norms - 1.0)))
         if abs(norms[worst] - 1.0) > tolerance:
@@ -96,23 +103,30 @@ def check_embeddings(
 
 
 class EmbeddingIndex:
-    """A faiss inner-product index over L2-normalised float32 embeddings.
+    """A faiss inner-product index over float32 embeddings, L2-normalised unless ``unit_norm`` is
+    False (then it ranks by the raw dot product, as the paper's model does).
 
     ``kind="flat"`` is exact (``IndexFlatIP``); ``"hnsw"`` is approximate (``IndexHNSWFlat``)
     and fast for millions of entries; ``"auto"`` picks HNSW from :data:`HNSW_MIN_SIZE` entries.
     """
 
-    def __init__(self, faiss_index: faiss.Index) -> None:
+    def __init__(self, faiss_index: faiss.Index, unit_norm: bool = True) -> None:
         if faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise EmbeddingError("the faiss index must use the inner-product metric")
         self.faiss_index = faiss_index
+        self.unit_norm = unit_norm
 
     @classmethod
     def build(
-        cls, embeddings: np.ndarray, kind: IndexKind = "auto", hnsw_neighbors: int = 32
+        cls,
+        embeddings: np.ndarray,
+        kind: IndexKind = "auto",
+        hnsw_neighbors: int = 32,
+        unit_norm: bool = True,
     ) -> EmbeddingIndex:
-        """Make an index holding ``embeddings`` ((N, D), L2-normalised), row i = database entry i."""
-        x = check_embeddings(embeddings, "database embeddings")
+        """Make an index holding ``embeddings`` ((N, D), L2-normalised unless ``unit_norm`` is
+        False), row i = database entry i."""
+        x = check_embeddings(embeddings, "database embeddings", unit_norm=unit_norm)
         if kind == "auto":
             kind = "hnsw" if len(x) >= HNSW_MIN_SIZE else "flat"
         dim = x.shape[1]
@@ -123,7 +137,7 @@ class EmbeddingIndex:
         else:
             raise ValueError(f"unknown index kind {kind!r}; expected flat, hnsw or auto")
         index.add(x)
-        return cls(index)
+        return cls(index, unit_norm=unit_norm)
 
     @property
     def dim(self) -> int:
@@ -155,7 +169,7 @@ class EmbeddingIndex:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        q = check_embeddings(queries, "query embeddings", dim=self.dim)
+        q = check_embeddings(queries, "query embeddings", dim=self.dim, unit_norm=self.unit_norm)
         if exclude is None:
             return self._faiss_search(q, k)
         fetch = min(self.ntotal, k + int(exclude.max_excluded))
@@ -188,8 +202,9 @@ class EmbeddingIndex:
         atomic_write(path, lambda p: faiss.write_index(self.faiss_index, str(p)))
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingIndex:
-        """Read an index written by :meth:`save` (raises :class:`DataError` naming the file)."""
+    def load(cls, path: str | Path, unit_norm: bool = True) -> EmbeddingIndex:
+        """Read an index written by :meth:`save` (raises :class:`DataError` naming the file);
+        ``unit_norm`` as in :meth:`build` (the faiss file does not record it)."""
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "faiss index file not found")
@@ -199,4 +214,4 @@ class EmbeddingIndex:
             raise DataError(path, f"not a readable faiss index ({str(err).splitlines()[0]})") from err
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise DataError(path, "faiss index does not use the inner-product metric")
-        return cls(index)
+        return cls(index, unit_norm=unit_norm)

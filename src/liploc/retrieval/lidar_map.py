@@ -127,17 +127,19 @@ class LidarMap:
         """Make a map from LiDAR embeddings and their frames.
 
         Args:
-            embeddings: (N, D) L2-normalised LiDAR embeddings.
+            embeddings: (N, D) LiDAR embeddings, L2-normalised unless the model's ``normalize`` is false.
             poses: (N, 4, 4) LiDAR poses in the z-up world frame.
             frame_ids: N (sequence, frame index) pairs.
             model_fingerprint: identity of the model that made the embeddings (queries must match).
-            model_config: the model's configuration (JSON-serialisable), kept for the record.
+            model_config: the model's configuration (JSON-serialisable), kept for the record; its
+                ``normalize`` says whether the index ranks by cosine or by the raw dot product.
             timestamps: N seconds (None/NaN where unknown), or None.
             index_kind: faiss index kind (``auto``: exact below a million-ish entries).
             embedding_precision: precision of the embedding forward passes, recorded so that queries
                 are embedded alike.
         """
-        emb = check_embeddings(embeddings, "map embeddings")
+        unit_norm = unit_norm_of(model_config)
+        emb = check_embeddings(embeddings, "map embeddings", unit_norm=unit_norm)
         n = len(emb)
         poses = np.asarray(poses, dtype=np.float64)
         if poses.shape != (n, 4, 4):
@@ -157,7 +159,7 @@ class LidarMap:
         if not model_fingerprint:
             raise ValueError("model_fingerprint must be a non-empty string")
         json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
-        index = EmbeddingIndex.build(emb, kind=index_kind)
+        index = EmbeddingIndex.build(emb, kind=index_kind, unit_norm=unit_norm)
         return cls(
             emb,
             poses,
@@ -363,7 +365,7 @@ class LidarMap:
             raise DataError(frames_path, f"unreadable frame list ({err})") from err
         if not (len(sequences) == len(frame_indices) == len(times) == n):
             raise DataError(frames_path, f"expected {n} frames as the manifest says")
-        index = EmbeddingIndex.load(directory / "index.faiss")
+        index = EmbeddingIndex.load(directory / "index.faiss", unit_norm=unit_norm_of(model_config))
         if index.ntotal != n or index.dim != dim:
             raise DataError(
                 directory / "index.faiss",
@@ -387,6 +389,12 @@ def _folder_identity(directory: Path) -> int | None:
         return directory.stat().st_ino
     except OSError:
         return None
+
+
+def unit_norm_of(model_config: dict[str, Any]) -> bool:
+    """Whether the map's model L2-normalises its embeddings (``model.normalize``; maps made before
+    that setting existed hold normalised embeddings)."""
+    return bool(model_config.get("normalize", True))
 
 
 def _describe_model(config: dict[str, Any]) -> str:

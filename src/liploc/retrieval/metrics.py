@@ -620,6 +620,7 @@ def evaluate_retrieval(
     curve_k: int = DEFAULT_CURVE_K,
     index_kind: IndexKind = "flat",
     info: dict[str, Any] | None = None,
+    unit_norm: bool = True,
 ) -> RetrievalResult:
     """Retrieve database entries for every query by cosine similarity and score the retrievals.
 
@@ -635,13 +636,15 @@ def evaluate_retrieval(
         curve_k: compute Recall@K for K = 1 .. curve_k too (the report's curve).
         index_kind: ``flat`` (exact, default) or ``hnsw``/``auto`` for huge databases.
         info: run information stored in ``result.info`` (protocol, sequence, checkpoint...).
+        unit_norm: the embeddings are L2-normalised (cosine); False: rank by the raw dot product
+            of un-normalised embeddings (the paper's model).
     """
     query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
     if len(query_emb) != len(query_xy):
         raise ValueError(f"{len(query_emb)} query embeddings but {len(query_xy)} query positions")
     if len(db_emb) != len(db_xy):
         raise ValueError(f"{len(db_emb)} database embeddings but {len(db_xy)} database positions")
-    index = EmbeddingIndex.build(db_emb, kind=index_kind)
+    index = EmbeddingIndex.build(db_emb, kind=index_kind, unit_norm=unit_norm)
     k_max = min(len(db_xy), max([*ks, one_percent_k(len(db_xy)), curve_k]))
     _check_exclusion(exclude, len(query_xy), len(db_xy))
     scores, retrieved = index.search(query_emb, k_max, exclude=exclude)

@@ -146,6 +146,42 @@ def resize_chw(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[0].numpy()
 
 
+def resize_chw_opencv(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(..., INTER_LINEAR)`` of a (C, h, w) array to (C, H, W), as the reference code.
+
+    Whole 8-bit levels (uint8 input, or floats holding whole numbers in 0..255) are resized as a
+    uint8 image, so OpenCV's fixed-point arithmetic and rounding apply as in the reference;
+    other values are resized in float32. Returns float32 either way.
+    """
+    try:
+        import cv2  # opencv-python-headless; imported here so that only this setting needs it
+    except ImportError:
+        raise ConfigError(
+            "data.resize: opencv needs the package opencv-python-headless (pip install "
+            "opencv-python-headless), or set data.resize: torch"
+        ) from None
+
+    x = np.asarray(array)
+    h, w = size
+    if tuple(x.shape[-2:]) == (h, w):
+        return x.astype(np.float32)
+    whole_levels = x.dtype == np.uint8 or (
+        x.size > 0 and np.all((x >= 0) & (x <= 255)) and np.array_equal(x, np.rint(x))
+    )
+    hwc = np.ascontiguousarray(x.transpose(1, 2, 0), dtype=np.uint8 if whole_levels else np.float32)
+    out = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR)
+    if out.ndim == 2:  # OpenCV drops a single channel axis
+        out = out[..., None]
+    return out.transpose(2, 0, 1).astype(np.float32)
+
+
+def resize_input(array: np.ndarray, size: tuple[int, int], method: str = "torch") -> np.ndarray:
+    """Resize a (C, h, w) input to ``size`` (H, W) with ``data.resize``'s ``method``."""
+    if method == "opencv":
+        return resize_chw_opencv(array, size)
+    return resize_chw(array, size)
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     # OpenCV rounds when resizing 8-bit images; so do we.
     return np.clip(np.rint(array), 0, 255).astype(np.uint8)
@@ -158,7 +194,7 @@ def camera_input(frame: Frame, config: Config) -> np.ndarray:
 
 def camera_image_input(image: np.ndarray, config: Config) -> np.ndarray:
     """uint8 (3, H, W) of an (H, W, 3) camera image resized to ``data.image_size``."""
-    return _to_uint8(resize_chw(image.transpose(2, 0, 1), config.data.image_size))
+    return _to_uint8(resize_input(image.transpose(2, 0, 1), config.data.image_size, config.data.resize))
 
 
 def lidar_input(frame: Frame, config: Config, projector: RangeProjector | None = None) -> np.ndarray:
@@ -176,7 +212,7 @@ def lidar_input(frame: Frame, config: Config, projector: RangeProjector | None =
     try:
         if config.data.lidar_input == "range":
             projector = projector or RangeProjector(config.projection)
-            values = resize_chw(projector.model_input(points, frame.calib), (h, w))
+            values = resize_input(projector.model_input(points, frame.calib), (h, w), config.data.resize)
         else:
             if frame.calib.image_size is None:
                 raise DataError(

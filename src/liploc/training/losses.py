@@ -1,10 +1,11 @@
 """Contrastive losses between image and LiDAR embeddings: CLIP (paper), soft targets, SigLIP.
 
-Every loss takes L2-normalised embeddings ``image_emb`` and ``lidar_emb`` [B, D] (row i of both
-comes from the same place) and optionally the ground-plane positions [B, 2] for pose-aware
-targets: pairs of the batch taken within ``positive_radius_m`` of each other are positives too,
-but only pairs of one world frame (``worlds`` [B], integer codes of :func:`world_code`): two
-KITTI sequences that both start at (0, 0) are not the same place.
+Every loss takes the embeddings ``image_emb`` and ``lidar_emb`` [B, D] (row i of both comes from
+the same place), L2-normalised unless ``model.normalize`` is false (the paper's model: raw
+embeddings, soft targets, temperature 1) and optionally the ground-plane positions [B, 2] for
+pose-aware targets: pairs of the batch taken within ``positive_radius_m`` of each other are
+positives too, but only pairs of one world frame (``worlds`` [B], integer codes of
+:func:`world_code`): two KITTI sequences that both start at (0, 0) are not the same place.
 
 Distributed training: with a process group of several processes and ``gather_distributed``, the
 embeddings (and positions) of every process are all-gathered so the global batch serves as
@@ -265,16 +266,16 @@ class SigLipLoss(ContrastiveLoss):
 
 
 def build_loss(cfg: LossConfig) -> ContrastiveLoss:
-    """The loss named by ``cfg.kind`` (``clip``, ``soft`` or ``siglip``)."""
+    """The loss named by ``cfg.kind`` (``clip``, ``soft-target``/``soft`` or ``siglip``)."""
     if cfg.kind == "clip":
         return ClipLoss(cfg)
-    if cfg.kind == "soft":
+    if cfg.kind in ("soft", "soft-target"):
         if cfg.pose_aware:
-            raise ConfigError("loss.pose_aware works with loss.kind clip or siglip, not soft")
+            raise ConfigError(f"loss.pose_aware works with loss.kind clip or siglip, not {cfg.kind}")
         return SoftTargetLoss(cfg)
     if cfg.kind == "siglip":
         return SigLipLoss(cfg)
-    raise ConfigError(f"unknown loss.kind '{cfg.kind}' (expected clip, soft or siglip)")
+    raise ConfigError(f"unknown loss.kind '{cfg.kind}' (expected clip, soft-target or siglip)")
 
 
 @torch.no_grad()

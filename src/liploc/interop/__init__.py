@@ -1,0 +1,1 @@
+"""Interoperability with other code: import of the LIP-Loc authors' checkpoints."""
