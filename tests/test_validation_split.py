@@ -110,5 +110,36 @@ def test_training_log_and_summary_give_the_splits_and_the_smallest_distance(tmp_
     assert splits["min_train_val_distance_m"] == pytest.approx(6.0)  # 1 m steps: first beyond 5 m
     assert result.metrics["val_pairs"] == 16
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "16 frames in 1 contiguous block(s)" in log and f"gap 5 m: {gap} frames" in log
+    assert "16 frames in 1 contiguous region(s)" in log and f"gap 5 m: {gap} frames" in log
     assert "smallest train-validation distance: 6.0 m" in log
+
+
+class TownFrame(Frame):
+    """A frame whose reader says its pose is in the frame shared by a whole town."""
+
+    world_id = "town"
+
+
+def test_sequences_of_one_world_keep_each_other_out_of_the_gap() -> None:
+    # Two drives along the same street, 2 m apart, in one world: the validation region takes both
+    # passes, and the gap keeps both drives' frames near it out of training.
+    def town(sequence: str, xy: np.ndarray) -> list[Frame]:
+        return [
+            TownFrame(f.sequence, f.index, f.image_path, f.scan_path, f.pose, f.calib)
+            for f in frames_at(sequence, xy)
+        ]
+
+    frames = town("00", straight(200)) + town("01", straight(200) + np.array([0.0, 2.0]))
+    held = block_split(frames, 0.1, 15.0, seed=4)
+    assert held.blocks == 1 and len(held.val) == 40  # one region of the world: both passes through it
+    assert {f.sequence for f in held.val} == {"00", "01"}
+    assert nearest(held.train, held.val) > 15.0  # across the two drives as well
+    assert min_train_val_distance(held.train, held.val) == pytest.approx(nearest(held.train, held.val))
+    # By sequence alone (no shared world) the other drive's frames would stay in training.
+    alone = block_split(
+        frames_at("00", straight(200)) + frames_at("01", straight(200) + np.array([0.0, 2.0])),
+        0.1,
+        15.0,
+        seed=4,
+    )
+    assert nearest(alone.train, alone.val) < 15.0

@@ -627,7 +627,7 @@ def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
         else:
             held = block_split(train, data.val_fraction, data.val_gap_m, seed)
             notes.append(
-                f"validation: {len(held.val)} frames in {held.blocks} contiguous block(s), one per sequence "
+                f"validation: {len(held.val)} frames in {held.blocks} contiguous region(s), one per world "
                 f"({data.val_fraction:.0%}, seed {seed}); gap {data.val_gap_m:g} m: {len(held.gap)} frames "
                 "within it used by neither split"
             )

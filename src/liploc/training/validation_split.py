@@ -2,12 +2,15 @@
 
 KITTI records 10 frames a second: a frame drawn at random for validation has a near-identical
 neighbour about 1 m away in training, so a random split's validation loss is a training loss. The
-default split (``data.val_split: blocks``) takes one contiguous block of frames per sequence for
-validation and leaves out of both splits every frame within ``data.val_gap_m`` of that block
-(Euclidean distance on the ground plane, so a loop that comes back to the block is kept out too).
+default split (``data.val_split: blocks``) takes one compact region per world for validation (on
+a drive, a contiguous block of frames) and leaves out of both splits every frame within
+``data.val_gap_m`` of it (Euclidean distance on the ground plane, so a loop or another drive that
+comes back to the region is kept out too).
 
-Distances are compared within one sequence only: positions of different sequences are in frames
-of their own unless the dataset says otherwise.
+Distances are compared within one world frame only (``Frame.world_id`` where the readers give
+one, else the sequence): positions of different sequences are in frames of their own unless the
+dataset says they share one, and then a validation block also keeps out of training the frames
+of other sequences that pass the same place.
 """
 
 from __future__ import annotations
@@ -30,13 +33,25 @@ class HeldOut:
     val: list[Frame]
     gap: list[Frame]
     blocks: int
-    """Contiguous validation blocks (0 for the random split)."""
+    """Validation regions, one per world (0 for the random split)."""
+
+
+def world_of(frame: Frame) -> str:
+    """The world frame a frame's position is in: its ``world_id`` when it has one, else its sequence."""
+    return str(getattr(frame, "world_id", None) or frame.sequence)
 
 
 def _by_sequence(frames: Sequence[Frame]) -> dict[str, list[Frame]]:
     groups: dict[str, list[Frame]] = {}
     for frame in frames:
         groups.setdefault(frame.sequence, []).append(frame)
+    return groups
+
+
+def _by_world(frames: Sequence[Frame]) -> dict[str, list[Frame]]:
+    groups: dict[str, list[Frame]] = {}
+    for frame in frames:
+        groups.setdefault(world_of(frame), []).append(frame)
     return groups
 
 
@@ -60,16 +75,16 @@ def nearest_distances(points: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 
 def min_train_val_distance(train: Sequence[Frame], val: Sequence[Frame]) -> float | None:
-    """Smallest ground-plane distance (m) between a training and a validation frame of one sequence.
+    """Smallest ground-plane distance (m) between a training and a validation frame of one world.
 
-    None when no sequence has frames in both splits (then positions are not comparable).
+    None when no world has frames in both splits (then positions are not comparable).
     """
-    train_groups, val_groups = _by_sequence(train), _by_sequence(val)
+    train_groups, val_groups = _by_world(train), _by_world(val)
     best: float | None = None
-    for sequence, val_frames in val_groups.items():
-        if sequence not in train_groups:
+    for world, val_frames in val_groups.items():
+        if world not in train_groups:
             continue
-        d = float(nearest_distances(_positions(val_frames), _positions(train_groups[sequence])).min())
+        d = float(nearest_distances(_positions(val_frames), _positions(train_groups[world])).min())
         best = d if best is None else min(best, d)
     return best
 
@@ -88,33 +103,39 @@ def random_split(frames: Sequence[Frame], fraction: float, seed: int) -> HeldOut
 
 
 def block_split(frames: Sequence[Frame], fraction: float, gap_m: float, seed: int) -> HeldOut:
-    """One contiguous block of ``fraction`` of each sequence's frames for validation, with a gap.
+    """``fraction`` of each world's frames, one compact region of it, for validation, with a gap.
 
-    The block's start is drawn with ``seed`` (per sequence, in the order the sequences come).
-    Training keeps only frames farther than ``gap_m`` from every validation frame of their
-    sequence; the others are the gap. ``frames`` must have poses. A sequence too short to give a
-    whole frame to validation gives none (at least one frame in all is held out).
+    Per world (see :func:`world_of`; a sequence when the dataset gives no shared frame), a centre
+    is drawn with ``seed`` among the world's frames and the ``fraction`` of frames nearest to it
+    are validation: on a drive that does not come back, one contiguous block; where drives of one
+    world cross or revisit it, every pass through the region. Training keeps only frames farther
+    than ``gap_m`` from every validation frame of their world; the others are the gap. One region
+    per world rather than per sequence: many drives through one town would otherwise spread the
+    gaps over most of it. ``frames`` must have poses. At least one frame in all is held out.
     """
-    groups = _by_sequence(frames)
-    want = {seq: round(fraction * len(group)) for seq, group in groups.items()}
+    worlds = _by_world(frames)
+    want = {w: round(fraction * len(group)) for w, group in worlds.items()}
     if sum(want.values()) == 0 and frames:
-        longest = max(groups, key=lambda s: len(groups[s]))
-        want[longest] = 1
+        want[max(worlds, key=lambda w: len(worlds[w]))] = 1
     rng = np.random.default_rng(seed)
     train: list[Frame] = []
     val: list[Frame] = []
     gap: list[Frame] = []
     blocks = 0
-    for sequence, group in groups.items():
-        n_val = min(want[sequence], len(group))
+    for world, group in worlds.items():
+        n_val = min(want[world], len(group))
         if n_val == 0:
             train.extend(group)
             continue
-        start = int(rng.integers(0, len(group) - n_val + 1))
-        block = group[start : start + n_val]
-        rest = group[:start] + group[start + n_val :]
-        distance = nearest_distances(_positions(rest), _positions(block))
-        val.extend(block)
+        xy = _positions(group)
+        centre = xy[int(rng.integers(0, len(group)))]
+        # Stable sort: ties (frames at one place) go in frame order, so the block stays contiguous.
+        nearest = np.argsort(np.linalg.norm(xy - centre, axis=1), kind="stable")[:n_val]
+        is_val = np.zeros(len(group), dtype=bool)
+        is_val[nearest] = True
+        distance = nearest_distances(xy[~is_val], xy[is_val])
+        rest = [f for f, v in zip(group, is_val, strict=True) if not v]
+        val.extend(f for f, v in zip(group, is_val, strict=True) if v)
         train.extend(f for f, d in zip(rest, distance, strict=True) if d > gap_m)
         gap.extend(f for f, d in zip(rest, distance, strict=True) if d <= gap_m)
         blocks += 1
