@@ -151,7 +151,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int | None = None,
-    num_examples: int = 4,
+    num_examples: int = 3,  # the best, median and worst query by top-1 error
     console: Console | None = None,
     model: TwoTowerModel | None = None,
     config: Config | None = None,
