@@ -154,7 +154,7 @@ def probe_random_kill(base: Path, straight: Path, work: Path, cache: Path, seed:
 
     run = work / f"run-random-{seed}"
     shutil.copytree(base, run)
-    delay = random.Random(seed).uniform(0.0, 3.0)
+    delay = random.Random(seed).uniform(0.0, 1.0)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "src"),
