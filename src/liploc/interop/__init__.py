@@ -1,0 +1,1 @@
+"""Interoperability: the model outside liploc's torch code (ONNX export and an onnxruntime encoder)."""
