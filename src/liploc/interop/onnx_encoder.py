@@ -30,7 +30,9 @@ def read_export_spec(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / SPEC_FILE
     if not folder.is_dir():
-        raise DataError(folder, "ONNX export folder not found (make one with `liploc export RUN --format onnx`)")
+        raise DataError(
+            folder, "ONNX export folder not found (make one with `liploc export RUN --format onnx`)"
+        )
     if not path.is_file():
         raise DataError(path, "missing: this folder is not a liploc ONNX export")
     try:
