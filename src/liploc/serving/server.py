@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
 from rich.console import Console
 
 from liploc.serving.app import create_app
@@ -13,8 +19,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def serve(service: MapService, settings: ServeSettings, console: Console, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes requests in flight, then the batcher stops."""
-    import uvicorn
-
     app = create_app(service, settings)
     m = service.lidar_map
     console.print(
@@ -35,6 +39,35 @@ def serve(service: MapService, settings: ServeSettings, console: Console, log_le
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    # uvicorn installs its SIGINT/SIGTERM handlers: stop accepting, finish requests, run the lifespan end.
-    uvicorn.Server(config).run()
-    console.print("stopped")
+    server = _Server(config)
+    server.run()
+    names = ", ".join(signal.Signals(s).name for s in server.stop_signals) or "no signal"
+    console.print(f"stopped ({names}): requests in flight were answered")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a stop signal ends in a normal return (exit status 0).
+
+    uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, which kills the process by the
+    signal before the CLI can say it stopped; here the handlers only ask it to shut down.
+    """
+
+    stop_signals: list[int]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        self.stop_signals = []
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(sig: int, frame: object) -> None:
+            self.stop_signals.append(sig)
+            self.handle_exit(sig, None)
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
