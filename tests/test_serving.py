@@ -45,11 +45,24 @@ def png_bytes(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+def expected_matches(map_world: dict[str, Path], frames: list[int], k: int) -> list[list[tuple[str, float]]]:  # noqa: F811
+    """(frame id, score) of the top-k of each query frame, from the Python API one image at a time."""
+    loc = Localizer.open(map_world["map"], device="cpu")
+    return [
+        [(m.frame_id, m.score) for m in loc.localize([query_image(map_world["root"], f)], k)[0]]
+        for f in frames
+    ]
+
+
 def expected_frames(map_world: dict[str, Path], frames: list[int], k: int) -> list[list[str]]:  # noqa: F811
-    results = Localizer.open(map_world["map"], device="cpu").localize(
-        [query_image(map_world["root"], f) for f in frames], k
+    return [[f for f, _ in row] for row in expected_matches(map_world, frames, k)]
+
+
+def same_matches(got: list[dict], expected: list[tuple[str, float]]) -> bool:
+    """Same frames in the same order, scores equal to float32 rounding (batching changes nothing)."""
+    return [m["frame_id"] for m in got] == [f for f, _ in expected] and all(
+        abs(m["score"] - s) < 1e-5 for m, (_, s) in zip(got, expected, strict=True)
     )
-    return [[m.frame_id for m in row] for row in results]
 
 
 def test_localize_multipart_and_raw_body_match_the_localizer(client, map_world, service) -> None:  # noqa: F811
@@ -85,7 +98,8 @@ def test_batch_endpoint_answers_each_image(client, map_world) -> None:  # noqa: 
     assert res.status_code == 200
     results = res.json()["results"]
     assert [r["image"]["name"] for r in results] == ["2.png", "11.png", "25.png"]
-    assert [[m["frame_id"] for m in r["matches"]] for r in results] == expected_frames(map_world, frames, 3)
+    for r, expected in zip(results, expected_matches(map_world, frames, 3), strict=True):
+        assert same_matches(r["matches"], expected)
 
 
 def test_health_map_frames_and_docs(client, service) -> None:
@@ -218,8 +232,8 @@ def test_internal_failure_is_a_500_json_without_traceback(service, monkeypatch) 
 
 def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, map_world) -> None:  # noqa: F811
     frames = list(range(0, MAP_FRAMES, 3))
-    expected = dict(zip(frames, expected_frames(map_world, frames, 3), strict=True))
-    answers: dict[int, list[str]] = {}
+    expected = dict(zip(frames, expected_matches(map_world, frames, 3), strict=True))
+    answers: dict[int, list[dict]] = {}
     errors: list[str] = []
     settings = ServeSettings(max_wait_ms=200.0, max_batch=16)
     with TestClient(create_app(service, settings)) as c:
@@ -232,7 +246,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
             if res.status_code != 200:
                 errors.append(res.text)
                 return
-            answers[frame] = [m["frame_id"] for m in res.json()["matches"]]
+            answers[frame] = res.json()["matches"]
 
         threads = [threading.Thread(target=one, args=(f,)) for f in frames]
         for t in threads:
@@ -241,7 +255,11 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
             t.join()
         stats = c.get("/health").json()["batching"]
     assert not errors
-    assert answers == expected
+    assert sorted(answers) == frames
+    for frame in frames:
+        assert same_matches(answers[frame], expected[frame]), frame
+    # Scores differ from image to image, so a mixed-up answer would be caught above.
+    assert len({round(answers[f][0]["score"], 5) for f in frames}) > len(frames) // 2
     assert stats["requests"] == len(frames)
     assert stats["largest_batch_images"] > 1 and stats["batches"] < len(frames), stats
 
