@@ -318,3 +318,33 @@ def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop
     assert proc.returncode == 0, out
     assert f"listening on http://127.0.0.1:{port} (localhost only" in out
     assert "stopped" in out and "Traceback" not in out
+
+
+def test_batcher_waits_only_for_announced_requests_and_only_so_long() -> None:
+    import asyncio
+
+    from liploc.serving.batching import MicroBatcher
+
+    calls: list[int] = []
+
+    def run_batch(images, k):
+        calls.append(len(images))
+        return [[] for _ in images]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(run_batch, max_batch=8, max_wait_s=30.0)
+        await batcher.start()
+        try:
+            # Nobody else announced: answered at once, not after the 30 s wait.
+            await asyncio.wait_for(batcher.submit([GOOD], 1), timeout=5)
+            # One request still decoding: the batch waits for it, so both go in one call.
+            with batcher.announce():
+                first = asyncio.create_task(batcher.submit([GOOD], 1))
+                await asyncio.sleep(0.2)
+            second = asyncio.create_task(batcher.submit([GOOD, GOOD], 1))
+            await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls == [1, 3]

@@ -230,9 +230,10 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
     )
     async def localize(request: Request, k: int | None = k_query) -> dict[str, Any]:
         t0 = time.perf_counter()
-        uploads = await _read_uploads(request, settings, many=False)
-        name, data = uploads[0]
-        image = await run_in_threadpool(decode_image, data, settings, name)
+        with batcher.announce():
+            uploads = await _read_uploads(request, settings, many=False)
+            name, data = uploads[0]
+            image = await run_in_threadpool(decode_image, data, settings, name)
         t1 = time.perf_counter()
         kk = k or settings.default_k
         matches = (await batcher.submit([image], kk))[0]
@@ -252,8 +253,9 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
     )
     async def localize_batch(request: Request, k: int | None = k_query) -> dict[str, Any]:
         t0 = time.perf_counter()
-        uploads = await _read_uploads(request, settings, many=True)
-        images = [await run_in_threadpool(decode_image, data, settings, name) for name, data in uploads]
+        with batcher.announce():
+            uploads = await _read_uploads(request, settings, many=True)
+            images = [await run_in_threadpool(decode_image, data, settings, name) for name, data in uploads]
         t1 = time.perf_counter()
         kk = k or settings.default_k
         results = await batcher.submit(images, kk)

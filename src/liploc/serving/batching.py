@@ -1,10 +1,12 @@
 """Requests that arrive together are embedded together: a micro-batcher in front of the encoder.
 
 Each request puts its images on a queue and awaits its own future. One worker task takes the
-first waiting request, then gathers others for at most ``max_wait_s`` (or until ``max_batch``
-images), runs one forward pass and search for all of them in a single worker thread (so the
-event loop keeps accepting requests meanwhile), and hands each request its own rows. Under load
-the queue fills while a batch runs, so the next batch forms without waiting at all.
+first waiting request, then gathers others (until ``max_batch`` images), runs one forward pass and
+search for all of them in a single worker thread (so the event loop keeps accepting requests
+meanwhile), and hands each request its own rows. It waits for more only while other requests are
+announced (still uploading or decoding, see :meth:`MicroBatcher.announce`), and never longer than
+``max_wait_s``: a lone request does not wait at all. Under load the queue fills while a batch
+runs, so the next batch forms without waiting.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -61,6 +63,8 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
+        self.arriving = 0
+        """Requests announced but not yet submitted (their bodies are being read or decoded)."""
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         # One thread: the model runs one batch at a time, in order, off the event loop.
@@ -85,6 +89,15 @@ class MicroBatcher:
                     pending.future.set_exception(RuntimeError("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
+    @contextlib.contextmanager
+    def announce(self) -> Iterator[None]:
+        """Wrap a request's reading and decoding: a batch being formed waits for announced requests."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
     async def submit(self, images: Sequence[np.ndarray], k: int) -> list[list[Match]]:
         """Top-``k`` matches of each image, computed in a batch with other waiting requests."""
         if self._queue is None:
@@ -103,7 +116,7 @@ class MicroBatcher:
             while size < self.max_batch:
                 if self._queue.empty():
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or self.arriving == 0:
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), remaining)

@@ -26,4 +26,4 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(16, ge=1)
     """Most images embedded in one forward pass when requests are batched together."""
     max_wait_ms: float = Field(3.0, ge=0.0, le=1000.0)
-    """How long the first request of a batch waits for others to join it."""
+    """Longest wait of a batch for requests still uploading/decoding (a lone request never waits)."""
