@@ -16,7 +16,7 @@ from rich.table import Table
 
 from liploc import __version__
 from liploc.console import make_console, new_table, print_line, print_table
-from liploc.errors import LiplocError
+from liploc.errors import ConfigError, LiplocError
 from liploc.help_format import install_help_types
 
 install_help_types()
@@ -521,6 +521,13 @@ def localize(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
+    backend: Annotated[
+        Literal["torch", "onnx"],
+        typer.Option(metavar="BACKEND", help="torch, or onnx: onnxruntime on an ONNX export (no torch)."),
+    ] = "torch",
+    onnx_dir: Annotated[
+        Path | None, typer.Option("--onnx", help="ONNX export folder (default MAP/model/onnx).")
+    ] = None,
 ) -> None:
     """Top-k map poses (x, y, yaw, score) for each camera image."""
     import json
@@ -538,10 +545,17 @@ def localize(
             print_line(err_console, f"[yellow]warning:[/] {query.warning}")
     paths = [query.path for query in checked]
 
-    from liploc.retrieval.localize import Localizer
-
     try:
-        results = Localizer.open(map_dir, checkpoint, device).localize(paths, k)
+        if backend == "onnx":
+            if checkpoint is not None:
+                raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
+            from liploc.interop.onnx_localizer import OnnxLocalizer
+
+            results = OnnxLocalizer.open(map_dir, onnx_dir).localize(paths, k)
+        else:
+            from liploc.retrieval.localize import Localizer
+
+            results = Localizer.open(map_dir, checkpoint, device).localize(paths, k)
     except LiplocError as err:
         _fail(err)
         return
@@ -626,6 +640,100 @@ def import_lip_loc(
         f"{result.num_tensors} tensors"
     )
     console.print(f"wrote {result.checkpoint} and {result.run_dir / 'config.yaml'}")
+
+
+# --- export, serve -----------------------------------------------------------------------------
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or a checkpoint file.")],
+    out: Annotated[Path, typer.Option("--out", help="Export folder to write (replaced atomically).")],
+    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+) -> None:
+    """Both towers as ONNX graphs (dynamic batch) with a JSON of their preprocessing."""
+    if format != "onnx":
+        _fail(ConfigError(f"unknown export format '{format}' (onnx)"))
+    from liploc.interop.onnx_export import PARITY_TOLERANCE, export_onnx
+
+    try:
+        result = export_onnx(run, out)
+    except LiplocError as err:
+        _fail(err)
+        return
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items())
+    console.print(f"ONNX export of model {result.fingerprint[:12]} written to {result.folder}")
+    console.print(f"largest difference to torch: {diffs} (tolerance {PARITY_TOLERANCE:g})")
+
+
+@app.command()
+def serve(
+    map_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MAP",
+            help="Map folder from `liploc map build`.",
+            callback=_check_map_folder,
+            **EXISTING_DIR,
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N (torch backend).", callback=_check_device)
+    ] = "auto",
+    backend: Annotated[
+        Literal["torch", "onnx"],
+        typer.Option(metavar="BACKEND", help="torch, or onnx (onnxruntime, no torch)."),
+    ] = "torch",
+    onnx_dir: Annotated[
+        Path | None, typer.Option("--onnx", help="ONNX export folder (default MAP/model/onnx).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Embed queries with this model (must be the map's).")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="The map's dataset, for range images on the page.")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="Dataset layout of --data-root, or auto.")] = "auto",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 20.0,
+    max_batch: Annotated[int, typer.Option(help="Most images per forward pass.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 3.0,
+    max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 100,
+    max_images_per_request: Annotated[int, typer.Option(help="Most images per /localize/batch.")] = 32,
+) -> None:
+    """HTTP localization service and map page: POST /localize, /localize/batch; GET /, /map, /docs."""
+    from pydantic import ValidationError
+
+    from liploc.serving.engine import MapService
+    from liploc.serving.server import serve as run_server
+    from liploc.serving.settings import ServeSettings
+
+    try:
+        try:
+            settings = ServeSettings(
+                host=host,
+                port=port,
+                max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                max_batch=max_batch,
+                max_wait_ms=max_wait_ms,
+                max_k=max_k,
+                max_images_per_request=max_images_per_request,
+            )
+        except ValidationError as err:
+            raise ConfigError(
+                f"serve settings: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}"
+            ) from None
+        service = MapService.open(
+            map_dir,
+            backend=backend,  # type: ignore[arg-type]
+            device=device,
+            checkpoint=checkpoint,
+            onnx_dir=onnx_dir,
+            data_root=data_root,
+            layout=layout,
+        )
+        run_server(service, settings, console)
+    except LiplocError as err:
+        _fail(err)
 
 
 # --- demo ---------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""The camera tower of an ONNX export on onnxruntime: images -> embeddings without torch.
+
+Reads an export folder written by :mod:`liploc.interop.onnx_export` (``preprocessing.json`` and
+``image_tower.onnx``), checks the graph's sha256 against the JSON, and embeds RGB arrays with the
+NumPy preprocessing of :mod:`liploc.interop.camera_preprocess`. Its ``fingerprint`` is that of the
+torch model the export came from, so a map refuses an export of another model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liploc.checksums import file_size_and_sha256
+from liploc.errors import DataError
+from liploc.interop.camera_preprocess import CameraPreprocess
+
+# Names repeated from onnx_export so that this module does not import torch through it.
+EXPORT_FORMAT = "liploc-onnx-export"
+EXPORT_VERSION = 1
+SPEC_FILE = "preprocessing.json"
+
+
+def read_export_spec(folder: str | Path) -> dict[str, Any]:
+    """The ``preprocessing.json`` of an export folder, checked for format and version."""
+    folder = Path(folder)
+    path = folder / SPEC_FILE
+    if not folder.is_dir():
+        raise DataError(
+            folder, "ONNX export folder not found (make one with `liploc export RUN --format onnx`)"
+        )
+    if not path.is_file():
+        raise DataError(path, "missing: this folder is not a liploc ONNX export")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"unreadable export description ({err})") from err
+    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
+        raise DataError(path, f"not a liploc ONNX export description (format is not {EXPORT_FORMAT!r})")
+    if spec.get("version") != EXPORT_VERSION:
+        raise DataError(path, f"export version {spec.get('version')} is not supported; export again")
+    return spec
+
+
+class OnnxImageEncoder:
+    """Camera images (H, W, 3) uint8 RGB -> (N, D) float32 unit-norm embeddings on onnxruntime."""
+
+    backend = "onnx"
+
+    def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
+        """Load ``folder``'s image tower; ``threads``: onnxruntime intra-op threads (default: its own)."""
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        spec = read_export_spec(self.folder)
+        try:
+            image = spec["image"]
+            self.fingerprint: str = str(spec["model_fingerprint"])
+            self.embed_dim = int(spec["embed_dim"])
+            graph = self.folder / str(image["file"])
+            expected_sha = str(image["sha256"])
+            self.input_name = str(image["input_name"])
+            self.preprocess = CameraPreprocess.from_spec(image)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(self.folder / SPEC_FILE, f"export description lacks an entry ({err})") from err
+        if not graph.is_file():
+            raise DataError(graph, "missing ONNX graph of the image tower")
+        if file_size_and_sha256(graph)[1] != expected_sha:
+            raise DataError(graph, "checksum does not match preprocessing.json: corrupt or changed")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for bad graphs
+            raise DataError(graph, f"onnxruntime cannot load the graph ({err})") from None
+        self.device = "onnxruntime (CPU)"
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 embeddings of RGB ``images``, re-normalised to unit length."""
+        if not images:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        batch = self.preprocess.batch(images)
+        emb = self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norm, np.float32(1e-12))

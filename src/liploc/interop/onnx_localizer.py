@@ -1,0 +1,59 @@
+"""Localization on onnxruntime: a map and the ONNX export of its model, no torch in the loop.
+
+The counterpart of :class:`liploc.retrieval.localize.Localizer` for ``--backend onnx``. The export
+defaults to the map's ``model/onnx`` folder (``liploc export MAP/model/model.safetensors --format
+onnx --out MAP/model/onnx`` makes it); an export of another model than the map's is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liploc.datasets import load_image
+from liploc.errors import DataError
+from liploc.interop.onnx_encoder import OnnxImageEncoder
+from liploc.retrieval.lidar_map import LidarMap, Match
+
+MAP_ONNX_DIR = Path("model") / "onnx"
+"""Where in a map folder ``--backend onnx`` looks for the export by default."""
+
+
+@dataclass
+class OnnxLocalizer:
+    """A map and the onnxruntime image encoder of its model."""
+
+    lidar_map: LidarMap
+    encoder: OnnxImageEncoder
+
+    @classmethod
+    def open(
+        cls, map_dir: str | Path, onnx_dir: str | Path | None = None, *, threads: int | None = None
+    ) -> OnnxLocalizer:
+        """Load a map folder and an ONNX export of its model (default ``MAP/model/onnx``)."""
+        map_dir = Path(map_dir)
+        lidar_map = LidarMap.load(map_dir)
+        if onnx_dir is None:
+            onnx_dir = map_dir / MAP_ONNX_DIR
+            if not onnx_dir.is_dir():
+                raise DataError(
+                    onnx_dir,
+                    "no ONNX export of the map's model; make it with `liploc export "
+                    f"{map_dir / 'model' / 'model.safetensors'} --format onnx --out {onnx_dir}` "
+                    "or pass --onnx DIR",
+                )
+        encoder = OnnxImageEncoder(onnx_dir, threads=threads)
+        lidar_map.check_query_model(encoder.fingerprint)  # refuse another model's export up front
+        return cls(lidar_map, encoder)
+
+    def localize_images(self, images: Sequence[np.ndarray], k: int = 5) -> list[list[Match]]:
+        """Top-``k`` map entries for each RGB image array."""
+        emb = self.encoder.embed(images)
+        return self.lidar_map.localize(emb, k, query_fingerprint=self.encoder.fingerprint)
+
+    def localize(self, images: Sequence[str | Path], k: int = 5) -> list[list[Match]]:
+        """Top-``k`` map entries (poses and scores) for each camera image file."""
+        return self.localize_images([load_image(Path(p)) for p in images], k)

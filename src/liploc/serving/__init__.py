@@ -1,0 +1,1 @@
+"""``liploc serve``: localization over HTTP (FastAPI + uvicorn) and the map page."""

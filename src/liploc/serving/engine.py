@@ -1,0 +1,267 @@
+"""What the service serves: a map, the image encoder of its model (torch or onnxruntime), and the
+map's own data (trajectory, metadata, range images of its scans).
+
+``MapService.open`` loads everything once; requests then only embed and search. The encoder's
+fingerprint is checked against the map's at start, so a service never answers with another
+model's embeddings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from liploc.config import ProjectionConfig
+from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.retrieval.lidar_map import MANIFEST, LidarMap, Match
+
+Backend = Literal["torch", "onnx"]
+RANGE_CACHE_SIZE = 256
+"""Range-image PNGs kept in memory (oldest dropped first)."""
+
+
+class QueryEncoder(Protocol):
+    """RGB images -> unit-norm embeddings of the map's model."""
+
+    backend: str
+    fingerprint: str
+    device: Any
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 embeddings of (H, W, 3) uint8 RGB images."""
+        ...
+
+
+class TorchImageEncoder:
+    """The camera tower of a torch model with the evaluation preprocessing of its config."""
+
+    backend = "torch"
+
+    def __init__(self, model: Any, config: Any, device: Any) -> None:
+        import torch
+
+        from liploc.training.data import build_transforms
+
+        self._torch = torch
+        self.model = model.eval().to(device)
+        self.config = config
+        self.device = device
+        self.transform = build_transforms(config.data, train=False).image
+        self.fingerprint: str = model.fingerprint()  # once: it hashes every weight
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        from liploc.training.data import camera_image_input
+
+        torch = self._torch
+        batch = torch.stack([self.transform(camera_image_input(image, self.config)) for image in images])
+        with torch.inference_mode():
+            emb = self.model.encode_image(batch.to(self.device))
+            return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+
+
+class UnknownFrame(LookupError):
+    """A frame id that is not in the map."""
+
+
+@dataclass(eq=False)
+class MapService:
+    """A loaded map with its query encoder, and what the map page shows of it."""
+
+    map_dir: Path
+    lidar_map: LidarMap
+    encoder: QueryEncoder
+    projection: ProjectionConfig
+    data_root: Path | None = None
+    layout: str = "auto"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _range_cache: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False)
+    _dataset: Any = field(default=None, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        map_dir: str | Path,
+        *,
+        backend: Backend = "torch",
+        device: str = "auto",
+        checkpoint: str | Path | None = None,
+        onnx_dir: str | Path | None = None,
+        data_root: str | Path | None = None,
+        layout: str = "auto",
+    ) -> MapService:
+        """Load the map and its query encoder (``torch``: the map's model copy or ``checkpoint``;
+        ``onnx``: an ONNX export, default ``MAP/model/onnx``). ``data_root``: the dataset the map
+        was built from, for the range images of its scans (optional)."""
+        from liploc.config import config_from_dict
+
+        map_dir = Path(map_dir)
+        if backend == "onnx":
+            if checkpoint is not None:
+                raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
+            from liploc.interop.onnx_localizer import OnnxLocalizer
+
+            loc = OnnxLocalizer.open(map_dir, onnx_dir)
+            spec = json.loads((loc.encoder.folder / "preprocessing.json").read_text(encoding="utf-8"))
+            config = config_from_dict(spec["config"], source=str(loc.encoder.folder))
+            lidar_map, encoder = loc.lidar_map, loc.encoder
+        elif backend == "torch":
+            if onnx_dir is not None:
+                raise ConfigError("--onnx is for the onnx backend (--backend onnx)")
+            from liploc.retrieval.localize import Localizer
+
+            torch_loc = Localizer.open(map_dir, checkpoint, device)
+            config = torch_loc.config
+            lidar_map = torch_loc.lidar_map
+            encoder = TorchImageEncoder(torch_loc.model, config, torch_loc.device)
+        else:
+            raise ConfigError(f"unknown backend '{backend}' (torch or onnx)")
+        lidar_map.check_query_model(encoder.fingerprint)
+        if data_root is not None and not Path(data_root).is_dir():
+            raise DataError(data_root, "dataset folder not found (--data-root)")
+        return cls(
+            map_dir,
+            lidar_map,
+            encoder,
+            config.projection,
+            Path(data_root) if data_root is not None else None,
+            layout,
+        )
+
+    @property
+    def name(self) -> str:
+        """The map folder's name."""
+        return self.map_dir.resolve().name
+
+    def localize(self, images: Sequence[np.ndarray], k: int) -> list[list[Match]]:
+        """Top-``k`` matches of each image (one forward pass for all of them)."""
+        emb = self.encoder.embed(images)
+        return self.lidar_map.localize(emb, k, query_fingerprint=self.encoder.fingerprint)
+
+    # --- the map itself ----------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Frames, extent, model and creation time of the map."""
+        m = self.lidar_map
+        xy = m.xy
+        sequences: dict[str, dict[str, int]] = {}
+        for seq, idx in zip(m.sequences, m.frame_indices.tolist(), strict=True):
+            entry = sequences.setdefault(seq, {"frames": 0, "first": idx, "last": idx})
+            entry["frames"] += 1
+            entry["first"] = min(entry["first"], idx)
+            entry["last"] = max(entry["last"], idx)
+        manifest = self.map_dir / MANIFEST
+        created = dt.datetime.fromtimestamp(manifest.stat().st_mtime, tz=dt.timezone.utc)
+        return {
+            "name": self.name,
+            "frames": len(m),
+            "sequences": [{"name": s, **v} for s, v in sequences.items()],
+            "extent_m": {
+                "x_min": float(xy[:, 0].min()),
+                "x_max": float(xy[:, 0].max()),
+                "y_min": float(xy[:, 1].min()),
+                "y_max": float(xy[:, 1].max()),
+            },
+            "embedding_dim": m.dim,
+            "index_kind": m.index.kind,
+            "model": {"fingerprint": m.model_fingerprint, "config": m.model_config},
+            "created": created.isoformat(timespec="seconds"),
+            "backend": self.encoder.backend,
+            "device": str(self.encoder.device),
+            "range_images": self.data_root is not None,
+        }
+
+    def trajectory(self) -> dict[str, Any]:
+        """Positions, headings and frame ids of every map entry, in map order."""
+        m = self.lidar_map
+        yaw = np.arctan2(m.poses[:, 1, 0], m.poses[:, 0, 0])
+        return {
+            "x": np.round(m.poses[:, 0, 3], 3).tolist(),
+            "y": np.round(m.poses[:, 1, 3], 3).tolist(),
+            "yaw": np.round(yaw, 4).tolist(),
+            "sequence": list(m.sequences),
+            "frame": m.frame_indices.tolist(),
+        }
+
+    @functools.cached_property
+    def _rows(self) -> dict[tuple[str, int], int]:
+        frames = zip(self.lidar_map.sequences, self.lidar_map.frame_indices.tolist(), strict=True)
+        return {(s, i): row for row, (s, i) in enumerate(frames)}
+
+    def row_of(self, sequence: str, frame: int) -> int:
+        """Map row of frame ``sequence/frame``; UnknownFrame when the map does not hold it."""
+        row = self._rows.get((sequence, frame))
+        if row is None:
+            seqs = sorted(set(self.lidar_map.sequences))
+            raise UnknownFrame(
+                f"the map has no frame {sequence}/{frame:06d} (its sequences: {', '.join(seqs)}; "
+                f"{len(self.lidar_map)} frames)"
+            )
+        return row
+
+    def frame_info(self, sequence: str, frame: int) -> Match:
+        """The map entry of ``sequence/frame`` (as a Match of rank 0 and score 1)."""
+        row = self.row_of(sequence, frame)
+        t = float(self.lidar_map.timestamps[row])
+        return Match(
+            rank=0,
+            score=1.0,
+            map_index=row,
+            sequence=sequence,
+            frame_index=frame,
+            timestamp=None if np.isnan(t) else t,
+            pose=self.lidar_map.poses[row].copy(),
+        )
+
+    def range_image_png(self, sequence: str, frame: int) -> bytes:
+        """PNG of the scan's range image (the crop the model sees), coloured by inverse range."""
+        self.row_of(sequence, frame)
+        if self.data_root is None:
+            raise DataError(self.map_dir, "started without --data-root: the map's scans are not available")
+        with self._lock:  # the cache and the dataset reader are shared by request threads
+            png = self._range_cache.get((sequence, frame))
+            if png is None:
+                png = self._range_png(sequence, frame)
+                if len(self._range_cache) >= RANGE_CACHE_SIZE:
+                    self._range_cache.pop(next(iter(self._range_cache)))
+                self._range_cache[(sequence, frame)] = png
+            return png
+
+    def _range_png(self, sequence: str, frame: int) -> bytes:
+        import matplotlib
+        from PIL import Image
+
+        from liploc.datasets import load_scan, open_dataset
+        from liploc.lidar import RangeProjector, crop_range_image
+
+        if self._dataset is None:
+            self._dataset = open_dataset(self.data_root, self.layout)
+        frame_obj = self._dataset.frame(sequence, frame)
+        projector = RangeProjector(self.projection)
+        image = projector.project(load_scan(frame_obj.scan_path))
+        try:
+            window = projector.crop_window(frame_obj.calib)
+            ranges = crop_range_image(image.range, window)
+        except LiplocError:  # a crop needing calibration the frame lacks: show the whole panorama
+            ranges = image.range
+        valid = ranges > 0
+        inverse = np.zeros_like(ranges)
+        inverse[valid] = 1.0 / ranges[valid]
+        if valid.any():
+            lo, hi = np.percentile(inverse[valid], [2, 98])
+            inverse = np.clip((inverse - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgba = matplotlib.colormaps["turbo"](inverse)
+        rgba[~valid] = (0.08, 0.08, 0.1, 1.0)
+        pixels = (rgba[..., :3] * 255).astype(np.uint8)
+        # Rows are few (64) and columns many: stretch rows so the crop reads as an image.
+        pixels = np.repeat(pixels, max(1, 256 // (4 * pixels.shape[0]) + 1), axis=0)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()

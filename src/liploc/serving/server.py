@@ -1,0 +1,73 @@
+"""Run the app with uvicorn: bind (localhost unless told), say where, stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from rich.console import Console
+
+from liploc.serving.app import create_app
+from liploc.serving.engine import MapService
+from liploc.serving.settings import ServeSettings
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(service: MapService, settings: ServeSettings, console: Console, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn finishes requests in flight, then the batcher stops."""
+    app = create_app(service, settings)
+    m = service.lidar_map
+    console.print(
+        f"map [bold]{service.name}[/]: {len(m)} scans, model {m.model_fingerprint[:12]}, "
+        f"backend {service.encoder.backend} on {service.encoder.device}"
+    )
+    where = f"http://{settings.host}:{settings.port}"
+    if settings.host in LOCAL_HOSTS:
+        console.print(f"listening on {where} (localhost only; --host 0.0.0.0 to accept other machines)")
+    else:
+        console.print(f"[yellow]listening on {where}: reachable from other machines[/]")
+    console.print(f"map page {where}/   API docs {where}/docs   stop with Ctrl+C")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    server.run()
+    names = ", ".join(signal.Signals(s).name for s in server.stop_signals) or "no signal"
+    console.print(f"stopped ({names}): requests in flight were answered")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a stop signal ends in a normal return (exit status 0).
+
+    uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, which kills the process by the
+    signal before the CLI can say it stopped; here the handlers only ask it to shut down.
+    """
+
+    stop_signals: list[int]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        self.stop_signals = []
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(sig: int, frame: object) -> None:
+            self.stop_signals.append(sig)
+            self.handle_exit(sig, None)
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,29 @@
+"""The service's settings: where it listens, its request limits and its batching."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeSettings(BaseModel):
+    """Limits and batching of ``liploc serve`` (each is a command-line option)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Interface to bind; localhost unless told otherwise (0.0.0.0 exposes the service)."""
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    """Largest request body; a bigger upload gets 413 before it is read whole."""
+    min_image_side: int = Field(16, ge=1)
+    """Smallest accepted image width or height in pixels."""
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    """Largest accepted width x height (a decompression bomb is refused before decoding)."""
+    default_k: int = Field(5, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_images_per_request: int = Field(32, ge=1)
+    """Most images one ``/localize/batch`` request may carry."""
+    max_batch: int = Field(16, ge=1)
+    """Most images embedded in one forward pass when requests are batched together."""
+    max_wait_ms: float = Field(3.0, ge=0.0, le=1000.0)
+    """Longest wait of a batch for requests still uploading/decoding (a lone request never waits)."""

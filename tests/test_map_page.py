@@ -1,0 +1,133 @@
+"""The map page in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+Loads the page from a real server on 127.0.0.1, checks the trajectory drawing, uploads a synthetic
+camera image through the file input, and checks that the top-k poses are drawn on the map, listed
+with their scores, and that the retrieved scans' range images load. Under CI (CI=true) a missing
+Chromium fails the test instead of skipping it: `.ci/run` installs it from Debian.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from map_world import MAP_FRAMES, map_world, query_image  # noqa: F401
+
+from liploc.serving.app import create_app
+from liploc.serving.engine import MapService
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.is_file():
+        return
+    message = f"{CHROMIUM} is missing: apt-get install chromium (the CI script installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server(map_world: dict[str, Path]):  # noqa: F811
+    service = MapService.open(map_world["map"], device="cpu", data_root=map_world["root"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture()
+def page(tmp_path: Path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # A fresh profile each time; Playwright's own browser download is never used.
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 800},
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_page_draws_the_map_and_the_poses_of_an_uploaded_image(page, server, map_world, tmp_path) -> None:  # noqa: F811
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=20000)
+    assert page.locator("#scans circle").count() == MAP_FRAMES
+    fills = page.locator("#scans circle").evaluate_all("cs => cs.map(c => c.getAttribute('fill'))")
+    assert fills[0] != fills[-1]  # coloured by frame order
+    assert "30 scans" in page.locator("#map-summary").inner_text()
+    # Drawn to scale: the viewBox spans the trajectory's extent in metres (30 m corridor + margins).
+    width = float(page.locator("#trajectory").get_attribute("viewBox").split()[2])
+    assert 29.0 < width < 40.0
+
+    image = query_image(map_world["root"], 12)
+    page.set_input_files("#image-input", str(image))
+    page.wait_for_selector("#matches tbody tr", timeout=20000)
+    expected = httpx.post(server + "/localize?k=5", files={"image": image.read_bytes()}).json()["matches"]
+    rows = page.locator("#matches tbody tr")
+    assert rows.count() == 5
+    listed = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(5)]
+    assert listed == [m["frame_id"] for m in expected]
+    assert rows.nth(0).locator("td").nth(2).inner_text() == f"{expected[0]['score']:.3f}"
+    markers = page.locator("#matches-layer .match-marker")
+    assert markers.count() == 5
+    drawn = sorted(markers.evaluate_all("ms => ms.map(m => m.dataset.frame)"))
+    assert drawn == sorted(m["frame_id"] for m in expected)
+    ranges = page.locator("#range-images img.range-image")
+    assert ranges.count() == 5
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#range-images img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=20000,
+    )
+    assert page.locator("#query-image").evaluate("i => i.naturalWidth") == 128
+    # The best pose's marker sits at its x: metres from the extent's minimum plus the 6 % margin.
+    extent = httpx.get(server + "/map").json()["extent_m"]
+    span = max(extent["x_max"] - extent["x_min"], extent["y_max"] - extent["y_min"], 1.0)
+    cx = float(page.locator('#matches-layer .match-marker[data-rank="1"] circle').get_attribute("cx"))
+    assert cx == pytest.approx(expected[0]["x"] - extent["x_min"] + 0.06 * span, abs=1e-3)
+    page.screenshot(path=str(tmp_path / "page.png"))
+    assert not errors
+
+    # A bad upload shows the service's message instead of poses.
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    page.set_input_files("#image-input", str(bad))
+    page.wait_for_selector("#status.error", timeout=20000)
+    assert "not a PNG or JPEG" in page.locator("#status").inner_text()

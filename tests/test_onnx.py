@@ -1,0 +1,152 @@
+"""ONNX export of both towers, and localization on onnxruntime (no torch) with the same results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from map_world import map_world, query_image  # noqa: F401
+from typer.testing import CliRunner
+
+from liploc.cli import app
+from liploc.errors import DataError, ModelMismatchError
+from liploc.interop.camera_preprocess import CameraPreprocess
+from liploc.interop.onnx_localizer import OnnxLocalizer
+from liploc.serving.app import create_app
+from liploc.serving.engine import MapService
+from liploc.training.data import build_transforms, camera_image_input
+from liploc.training.run_folder import load_model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(map_world: dict[str, Path]) -> dict[str, Path]:  # noqa: F811
+    """The map's model exported into MAP/model/onnx by the CLI, and the other run's export."""
+    runner = CliRunner()
+    onnx_dir = map_world["map"] / "model" / "onnx"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(map_world["map"] / "model" / "model.safetensors"),
+            "--format",
+            "onnx",
+            "--out",
+            str(onnx_dir),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "largest difference to torch" in res.output
+    other = map_world["other_run"].parent / "other-onnx"
+    res = runner.invoke(app, ["export", str(map_world["other_run"]), "--out", str(other)])
+    assert res.exit_code == 0, res.output
+    return {"map_export": onnx_dir, "other_export": other}
+
+
+def test_export_writes_both_towers_that_match_torch_with_a_dynamic_batch(exported, map_world) -> None:  # noqa: F811
+    import onnxruntime as ort
+
+    folder = exported["map_export"]
+    spec = json.loads((folder / "preprocessing.json").read_text())
+    model, _ = load_model_from_checkpoint(map_world["run"])
+    assert spec["model_fingerprint"] == model.fingerprint()
+    assert spec["image"]["resize"]["size_hw"] == [32, 32] and spec["image"]["mean"] == [0.485, 0.456, 0.406]
+    assert spec["lidar"]["input_shape"] == ["batch", 3, 32, 32] and spec["lidar"]["lidar_input"] == "range"
+    rng = np.random.default_rng(1)
+    for name, encode in (("image", model.encode_image), ("lidar", model.encode_lidar)):
+        session = ort.InferenceSession(str(folder / spec[name]["file"]), providers=["CPUExecutionProvider"])
+        for batch in (1, 4, 7):
+            x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+            with torch.no_grad():
+                expected = encode(torch.from_numpy(x)).numpy()
+            got = session.run(None, {spec[name]["input_name"]: x})[0]
+            assert got.shape == (batch, 64)
+            np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(40, 128), (17, 23), (300, 500), (32, 32)])
+def test_numpy_camera_preprocessing_equals_torchs(exported, map_world, shape) -> None:  # noqa: F811
+    _, config = load_model_from_checkpoint(map_world["run"])
+    spec = json.loads((map_world["map"] / "model" / "onnx" / "preprocessing.json").read_text())
+    image = np.random.default_rng(shape[0]).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    expected = build_transforms(config.data, train=False).image(camera_image_input(image, config)).numpy()
+    got = CameraPreprocess.from_spec(spec["image"])(image)
+    # Equal up to a rare rounding of a value at .5 to the other 8-bit level.
+    assert np.mean(np.abs(got - expected) > 1e-5) < 0.01
+    np.testing.assert_allclose(got, expected, atol=1 / 255 / 0.224 + 1e-5)
+
+
+def _localize_json(args: list[str]) -> list[dict]:
+    res = CliRunner().invoke(app, ["localize", *args, "--json", "-k", "5"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_localize_backend_onnx_gives_the_torch_results(exported, map_world) -> None:  # noqa: F811
+    images = [str(query_image(map_world["root"], f)) for f in (0, 9, 21, 29)]
+    torch_out = _localize_json([str(map_world["map"]), *images, "--device", "cpu"])
+    onnx_out = _localize_json([str(map_world["map"]), *images, "--backend", "onnx"])
+    for a, b in zip(torch_out, onnx_out, strict=True):
+        assert [m["frame"] for m in a["matches"]] == [m["frame"] for m in b["matches"]]
+        np.testing.assert_allclose(
+            [m["score"] for m in a["matches"]], [m["score"] for m in b["matches"]], atol=1e-4
+        )
+
+
+def test_serve_backend_onnx_answers_like_torch(exported, map_world) -> None:  # noqa: F811
+    data = query_image(map_world["root"], 13).read_bytes()
+    answers = []
+    for backend in ("torch", "onnx"):
+        service = MapService.open(map_world["map"], backend=backend, device="cpu")
+        with TestClient(create_app(service)) as c:
+            body = c.post("/localize?k=5", files={"image": data}).json()
+        assert body["backend"] == backend
+        assert body["model_fingerprint"] == service.lidar_map.model_fingerprint
+        answers.append(body["matches"])
+    assert [m["frame_id"] for m in answers[0]] == [m["frame_id"] for m in answers[1]]
+    np.testing.assert_allclose([m["score"] for m in answers[0]], [m["score"] for m in answers[1]], atol=1e-4)
+
+
+def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # noqa: F811
+    # torch made unimportable: the ONNX path must not need it.
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from liploc.interop.onnx_localizer import OnnxLocalizer\n"
+        f"loc = OnnxLocalizer.open({str(map_world['map'])!r})\n"
+        f"m = loc.localize([{str(query_image(map_world['root'], 4))!r}], 3)[0]\n"
+        "print(len(m), m[0].frame_id, 'torch' in sys.modules and sys.modules['torch'] is not None)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    n, _, torch_loaded = res.stdout.split()
+    assert n == "3" and torch_loaded == "False"
+
+
+def test_an_export_of_another_model_or_a_changed_graph_is_refused(exported, map_world, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        OnnxLocalizer.open(map_world["map"], exported["other_export"])
+    with pytest.raises(DataError, match="liploc export"):
+        OnnxLocalizer.open(map_world["map"], tmp_path / "nowhere")
+    copy = tmp_path / "tampered"
+    copy.mkdir()
+    for f in exported["map_export"].iterdir():
+        copy.joinpath(f.name).write_bytes(f.read_bytes())
+    graph = copy / "image_tower.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(DataError, match="checksum"):
+        OnnxLocalizer.open(map_world["map"], copy)
+    res = CliRunner().invoke(
+        app, ["export", str(map_world["run"]), "--format", "tflite", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 1 and "unknown export format" in res.output
+    res = CliRunner().invoke(app, ["localize", str(map_world["map"]), "x.png", "--backend", "tpu"])
+    assert res.exit_code == 1 and "unknown backend" in res.output
