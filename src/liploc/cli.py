@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from liploc.errors import LiplocError
+from liploc.errors import ConfigError, LiplocError
 
 app = typer.Typer(
     name="liploc",
@@ -165,10 +165,36 @@ def evaluate(
     layout: Annotated[str, typer.Option(help="Dataset layout, or auto.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/SEQ-PROTOCOL).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            "--seq-len",
+            min=1,
+            help="Also localize each query with the last L images of its drive (sequence matching).",
+        ),
+    ] = None,
+    odometry: Annotated[
+        bool,
+        typer.Option(
+            "--odometry",
+            help="Sequence matching knows the distance travelled between images (from the poses, noisy).",
+        ),
+    ] = False,
+    odometry_noise: Annotated[
+        float | None,
+        typer.Option("--odometry-noise", min=0.0, help="Relative noise of the odometry (default 0.1)."),
+    ] = None,
 ) -> None:
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     from liploc.retrieval.evaluate import evaluate as run_evaluation
+    from liploc.retrieval.sequences import SequenceSettings
 
+    if (odometry or odometry_noise is not None) and seq_len is None:
+        _fail(ConfigError("--odometry and --odometry-noise need --seq-len (sequence matching)"))
+    settings = None
+    if seq_len is not None:
+        extra = {"odometry_noise": odometry_noise} if odometry_noise is not None else {}
+        settings = SequenceSettings(seq_len=seq_len, **extra)
     try:
         run_evaluation(
             run,
@@ -182,6 +208,8 @@ def evaluate(
             out_dir=out,
             device=device,
             console=console,
+            sequence_settings=settings,
+            odometry=odometry,
         )
     except LiplocError as err:
         _fail(err)
@@ -215,14 +243,33 @@ def localize(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    sequence: Annotated[
+        bool,
+        typer.Option(
+            "--sequence",
+            help="The images are consecutive, in driving order: localize the last one by sequence matching.",
+        ),
+    ] = False,
+    travelled: Annotated[
+        str | None,
+        typer.Option(
+            "--travelled",
+            help="With --sequence: metres driven between consecutive images, comma-separated (odometry).",
+        ),
+    ] = None,
 ) -> None:
-    """Top-k map poses (x, y, yaw, score) for each camera image."""
+    """Top-k map poses (x, y, yaw, score) for each camera image (or for the last one, --sequence)."""
     import json
 
     from rich.table import Table
 
     from liploc.retrieval.localize import Localizer
 
+    if travelled is not None and not sequence:
+        _fail(ConfigError("--travelled needs --sequence"))
+    if sequence:
+        _localize_sequence(map_dir, images, k, checkpoint, as_json, device, travelled)
+        return
     try:
         results = Localizer.open(map_dir, checkpoint, device).localize(images, k)
     except LiplocError as err:
@@ -265,6 +312,86 @@ def localize(
                 f"{m.yaw * 57.29577951308232:.0f}",
             )
         console.print(table)
+
+
+def _localize_sequence(
+    map_dir: Path,
+    images: list[Path],
+    k: int,
+    checkpoint: Path | None,
+    as_json: bool,
+    device: str,
+    travelled: str | None,
+) -> None:
+    import json
+
+    from rich.table import Table
+
+    from liploc.retrieval.localize import Localizer
+
+    try:
+        distances = None
+        if travelled is not None:
+            try:
+                distances = [float(v) for v in travelled.split(",") if v.strip()]
+            except ValueError:
+                msg = f"--travelled: expected comma-separated metres, got '{travelled}'"
+                raise ConfigError(msg) from None
+        result = Localizer.open(map_dir, checkpoint, device).localize_sequence(
+            images, k, travelled_m=distances
+        )
+    except LiplocError as err:
+        _fail(err)
+        return
+
+    def place(m) -> dict:
+        return {
+            "sequence": m.sequence,
+            "frame": m.frame_index,
+            "x": float(m.xy[0]),
+            "y": float(m.xy[1]),
+            "yaw_rad": m.yaw,
+            "pose": m.pose.tolist(),
+        }
+
+    if as_json:
+        payload = {
+            "image": str(images[-1]),
+            "images": [str(p) for p in images],
+            "travelled_m": distances,
+            "matches": [{"rank": m.rank, "score": m.score, **place(m)} for m in result.matches],
+            "path": [
+                {"image": str(img), **({"similarity": m.score, **place(m)} if m is not None else {})}
+                for img, m in zip(images, result.path, strict=True)
+            ],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{images[-1]} (sequence of {len(images)} images)")
+    for col in ("rank", "score (z)", "sequence", "frame", "x (m)", "y (m)", "yaw (deg)"):
+        table.add_column(col, justify="right")
+    for m in result.matches:
+        table.add_row(
+            str(m.rank),
+            f"{m.score:.2f}",
+            m.sequence,
+            str(m.frame_index),
+            f"{m.xy[0]:.1f}",
+            f"{m.xy[1]:.1f}",
+            f"{m.yaw * 57.29577951308232:.0f}",
+        )
+    console.print(table)
+    path = Table(title="best path (oldest image first)")
+    for col in ("image", "sequence", "frame", "x (m)", "y (m)", "cosine"):
+        path.add_column(col, justify="right")
+    for img, m in zip(images, result.path, strict=True):
+        if m is None:
+            path.add_row(str(img), "off map", "", "", "", "")
+        else:
+            path.add_row(
+                str(img), m.sequence, str(m.frame_index), f"{m.xy[0]:.1f}", f"{m.xy[1]:.1f}", f"{m.score:.3f}"
+            )
+    console.print(path)
 
 
 # --- demo ---------------------------------------------------------------------------------------

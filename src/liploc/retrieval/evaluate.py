@@ -12,7 +12,9 @@ of the query's true position. Frames without a pose are left out of both sides a
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from liploc.atomic import atomic_write_text
 from liploc.config import Config
@@ -28,8 +31,23 @@ from liploc.datasets import DatasetReader, Frame, load_image, open_dataset
 from liploc.errors import ConfigError, DataError
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
-from liploc.retrieval.metrics import RetrievalResult, TimeWindowExclusion, evaluate_retrieval
+from liploc.retrieval.metrics import (
+    DEFAULT_CURVE_K,
+    RetrievalResult,
+    TimeWindowExclusion,
+    evaluate_retrieval,
+    format_percent,
+    one_percent_k,
+    score_retrieval,
+)
 from liploc.retrieval.report import RetrievalExample, select_examples, write_report
+from liploc.retrieval.sequences import (
+    MapTrack,
+    SequenceMatcher,
+    SequenceSettings,
+    sequence_search,
+    stream_windows,
+)
 from liploc.training.data import LidarDataset
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -45,6 +63,8 @@ class EvaluationOutput:
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     skipped_without_pose: int = 0
+    sequence_result: RetrievalResult | None = None
+    """Sequence matching over the last ``seq_len`` images (``evaluate(seq_len=...)``), else None."""
 
 
 def posed_frames(frames: list[Frame]) -> tuple[list[Frame], int]:
@@ -107,6 +127,10 @@ def evaluate(
     console: Console | None = None,
     model: TwoTowerModel | None = None,
     config: Config | None = None,
+    seq_len: int | None = None,
+    odometry: bool = False,
+    sequence_settings: SequenceSettings | None = None,
+    worlds: dict[str, str] | None = None,
 ) -> EvaluationOutput:
     """Evaluate a trained model on one sequence with one protocol; write JSON, embeddings and a report.
 
@@ -119,6 +143,12 @@ def evaluate(
         thresholds_m, ks, revisit_window_s, batch_size: override the run's ``eval`` settings.
         out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
+        seq_len: also evaluate sequence matching over the last ``seq_len`` query images of the drive
+            (:mod:`liploc.retrieval.sequences`); the first images of the drive use what they have.
+        odometry: sequence matching knows the distance travelled between query images (simulated
+            from the true poses with ``sequence_settings.odometry_noise``); else speed ratios.
+        sequence_settings: other sequence-matching settings (``seq_len`` overrides its own).
+        worlds: sequence -> world-frame id, for the "same world" test of paths between map drives.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
@@ -186,6 +216,24 @@ def evaluate(
     if protocol == "revisit":
         info["revisit_window_s"] = window
     result = evaluate_retrieval(q_emb, db_emb, q_xy, db_xy, thresholds_m, ks, exclude=exclude, info=info)
+    seq_result = None
+    if seq_len is not None or sequence_settings is not None:
+        settings = sequence_settings or SequenceSettings()
+        if seq_len is not None:
+            settings = settings.model_copy(update={"seq_len": seq_len})
+        seq_result = evaluate_sequences(
+            q_emb,
+            db_emb,
+            queries,
+            database,
+            thresholds_m,
+            ks,
+            settings,
+            odometry=odometry,
+            exclude=exclude,
+            worlds=worlds,
+            info=info,
+        )
 
     files: dict[str, Path] = {}
     np.save(out / "query_embeddings.npy", q_emb, allow_pickle=False)
@@ -193,6 +241,9 @@ def evaluate(
     files["metrics"] = out / "metrics.json"
     atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2))
     atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
+    if seq_result is not None:
+        files["sequence_metrics"] = out / "sequence_metrics.json"
+        atomic_write_text(files["sequence_metrics"], json.dumps(seq_result.to_dict(), indent=2))
     examples = _examples(result, queries, database, config, num_examples)
     files.update(
         write_report(
@@ -203,12 +254,131 @@ def evaluate(
             examples=examples,
             run_info=info,
             title=f"liploc evaluation: {label}",
+            sequence_result=seq_result,
         )
     )
     if console is not None:
-        console.print(result.table(title=f"{label} ({len(queries)} queries, {len(database)} scans)"))
+        title = f"{label} ({len(queries)} queries, {len(database)} scans)"
+        if seq_result is None:
+            console.print(result.table(title=title))
+        else:
+            console.print(single_and_sequence_table(result, seq_result, title=title))
         console.print(f"wrote {files['metrics']} and {files['html']}")
-    return EvaluationOutput(result, out, files, skipped_q)
+    return EvaluationOutput(result, out, files, skipped_q, seq_result)
+
+
+def simulated_odometry(frames: list[Frame], noise: float, seed: int = 0) -> np.ndarray:
+    """(Q,) metres travelled from the previous frame of the same sequence (0 for a sequence's first),
+    from the true poses with multiplicative Gaussian noise of relative std ``noise`` (fixed seed)."""
+    xy = np.stack([f.position_xy for f in frames]) if frames else np.zeros((0, 2))
+    step = np.zeros(len(frames))
+    if len(frames) > 1:
+        same = np.array([a.sequence == b.sequence for a, b in itertools.pairwise(frames)])
+        step[1:] = np.where(same, np.linalg.norm(np.diff(xy, axis=0), axis=1), 0.0)
+    rng = np.random.default_rng(seed)
+    return np.maximum(step * (1.0 + noise * rng.standard_normal(len(step))), 0.0)
+
+
+def evaluate_sequences(
+    q_emb: np.ndarray,
+    db_emb: np.ndarray,
+    queries: list[Frame],
+    database: list[Frame],
+    thresholds_m: list[float],
+    ks: list[int],
+    settings: SequenceSettings,
+    *,
+    odometry: bool = False,
+    exclude: TimeWindowExclusion | None = None,
+    worlds: dict[str, str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> RetrievalResult:
+    """Recall of sequence matching: each query localized with the last ``seq_len`` images of its drive.
+
+    Queries are taken in driving order (their order in ``queries``: frame order per sequence). The
+    same positives, thresholds and exclusions as the single-image evaluation apply to the newest
+    image of each window, so the two results compare one to one.
+    """
+    db_xy = np.stack([f.position_xy for f in database])
+    q_xy = np.stack([f.position_xy for f in queries])
+    track = MapTrack.build(
+        [f.sequence for f in database],
+        [f.index for f in database],
+        db_xy,
+        join_radius_m=settings.join_radius_m,
+        worlds=worlds,
+    )
+    matcher = SequenceMatcher(track, settings)
+    k_max = min(len(database), max([*ks, one_percent_k(len(database)), DEFAULT_CURVE_K]))
+    excluded_fn = None
+    if exclude is not None:
+        db_ids = np.arange(len(database))[None, :]
+
+        def excluded_fn(rows: np.ndarray) -> np.ndarray:
+            return exclude.excluded(rows[:, None], db_ids)
+
+    travelled = simulated_odometry(queries, settings.odometry_noise) if odometry else None
+    scores, retrieved = sequence_search(
+        q_emb,
+        db_emb,
+        matcher,
+        k_max,
+        segments=[f.sequence for f in queries],
+        travelled_m=travelled,
+        frame_indices=np.array([f.index for f in queries]),
+        excluded_fn=excluded_fn,
+    )
+    # Excluded places score -inf; they must not count as retrieved.
+    retrieved = np.where(np.isfinite(scores), retrieved, -1)
+    result = score_retrieval(retrieved, scores, q_xy, db_xy, thresholds_m, ks, exclude)
+    result.info.update(info or {})
+    result.info["sequence_matching"] = {
+        "seq_len": settings.seq_len,
+        "odometry": odometry,
+        "window_m": float(np.median(_window_lengths(q_xy, [f.sequence for f in queries], settings.seq_len))),
+        **settings.model_dump(mode="json"),
+    }
+    return result
+
+
+def _window_lengths(xy: np.ndarray, segments: list[str], seq_len: int) -> np.ndarray:
+    """Metres driven over each full window of ``seq_len`` images (for the record)."""
+    windows, valid = stream_windows(segments, seq_len)
+    step = np.r_[0.0, np.linalg.norm(np.diff(xy, axis=0), axis=1)]
+    full = valid.all(axis=1)
+    if not full.any():
+        return np.zeros(1)
+    return np.array([step[w[1:]].sum() for w in windows[full]])
+
+
+def single_and_sequence_table(single: RetrievalResult, sequence: RetrievalResult, title: str | None) -> Table:
+    """One rich table with single-image and sequence rows side by side, per threshold."""
+    seq = sequence.info.get("sequence_matching", {})
+    label = f"seq L={seq.get('seq_len', '?')}" + (" odo" if seq.get("odometry") else "")
+    table = Table(title=title)
+    table.add_column("threshold", justify="right")
+    table.add_column("input", no_wrap=True)
+    table.add_column("queries", justify="right")
+    for k in single.ks:
+        table.add_column(f"R@{k}", justify="right")
+    table.add_column(f"R@1% (K={single.k_one_percent})", justify="right")
+    table.add_column("chance R@1", justify="right")
+    table.add_column("median err", justify="right")
+    for t_single, t_seq in zip(single.thresholds, sequence.thresholds, strict=True):
+        for name, t, res in (("single", t_single, single), (label, t_seq, sequence)):
+            table.add_row(
+                f"{t.threshold_m:g} m",
+                name,
+                f"{t.num_counted}/{res.num_queries}",
+                *(format_percent(t.recall[k]) for k in res.ks),
+                format_percent(t.recall_one_percent),
+                format_percent(t.chance[1]),
+                "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} m",
+            )
+    window = seq.get("window_m")
+    if window is not None:
+        table.caption = f"sequence window: {seq.get('seq_len')} images, median {window:.0f} m driven"
+    return table
 
 
 def _examples(

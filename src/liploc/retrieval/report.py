@@ -76,6 +76,7 @@ def write_report(
     examples: Sequence[RetrievalExample] = (),
     run_info: Mapping[str, Any] | None = None,
     title: str = "LIP-Loc retrieval evaluation",
+    sequence_result: RetrievalResult | None = None,
 ) -> dict[str, Path]:
     """Write the report's PNGs and ``index.html`` into ``out_dir``; return {name: path}.
 
@@ -87,6 +88,8 @@ def write_report(
         run_info: extra key/value lines for the page (run folder, checkpoint, protocol...);
             ``result.info`` is shown too.
         title: page and figure title.
+        sequence_result: the same queries localized by sequence matching: its recall rows and
+            trajectory are shown beside the single-image ones.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,13 +104,17 @@ def write_report(
         _check_example(ex, result)
     written: dict[str, Path] = {}
     written["trajectory"] = _save(plot_trajectory(result, query_xy, db_xy), out_dir / "trajectory.png")
+    if sequence_result is not None:
+        fig = plot_trajectory(sequence_result, query_xy, db_xy, label=_sequence_label(sequence_result))
+        written["trajectory_sequence"] = _save(fig, out_dir / "trajectory_sequence.png")
     written["recall_curve"] = _save(plot_recall_curve(result), out_dir / "recall_curve.png")
     if examples:
         written["examples"] = _save(
             plot_examples(result, query_xy, db_xy, examples), out_dir / "examples.png"
         )
     page = out_dir / "index.html"
-    atomic_write_text(page, render_html(result, {k: p.name for k, p in written.items()}, run_info, title))
+    images = {k: p.name for k, p in written.items()}
+    atomic_write_text(page, render_html(result, images, run_info, title, sequence_result=sequence_result))
     written["html"] = page
     return written
 
@@ -123,7 +130,15 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def plot_trajectory(result: RetrievalResult, query_xy: np.ndarray, db_xy: np.ndarray) -> Figure:
+def _sequence_label(result: RetrievalResult) -> str:
+    seq = result.info.get("sequence_matching", {})
+    odo = ", odometry" if seq.get("odometry") else ""
+    return f"sequence of {seq.get('seq_len', '?')} images{odo}"
+
+
+def plot_trajectory(
+    result: RetrievalResult, query_xy: np.ndarray, db_xy: np.ndarray, label: str | None = None
+) -> Figure:
     """Database positions in grey, queries green/red by top-1 success at the main threshold."""
     main = result.main
     span = np.ptp(np.vstack([query_xy, db_xy]), axis=0) if len(db_xy) else np.array([1.0, 1.0])
@@ -144,7 +159,8 @@ def plot_trajectory(result: RetrievalResult, query_xy: np.ndarray, db_xy: np.nda
     ax.set_ylabel("y (m)")
     ax.grid(alpha=0.3)
     recall_1 = format_percent(main.recall.get(1, math.nan))
-    ax.set_title(f"Queries by top-1 success at {main.threshold_m:g} m: R@1 = {recall_1}")
+    what = f"{label}: " if label else ""
+    ax.set_title(f"{what}Queries by top-1 success at {main.threshold_m:g} m: R@1 = {recall_1}")
     ax.legend(loc="best", fontsize=8, markerscale=2.5, framealpha=0.85)
     return fig
 
@@ -282,6 +298,7 @@ def render_html(
     images: Mapping[str, str],
     run_info: Mapping[str, Any] | None = None,
     title: str = "LIP-Loc retrieval evaluation",
+    sequence_result: RetrievalResult | None = None,
 ) -> str:
     """The report page: run info, recall table with chance level, and the images (relative paths)."""
     esc = html.escape
@@ -294,11 +311,19 @@ def render_html(
     ks = result.ks
     head = "".join(f"<th>R@{k}</th>" for k in ks)
     rows = []
-    for t in result.thresholds:
+    runs = [("", t) for t in result.thresholds]
+    if sequence_result is not None:  # single and sequence rows side by side, per threshold
+        seq_label = esc(f" ({_sequence_label(sequence_result)})")
+        runs = [
+            row
+            for t, ts in zip(result.thresholds, sequence_result.thresholds, strict=True)
+            for row in ((" (single image)", t), (seq_label, ts))
+        ]
+    for what, t in runs:
         err = "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} / {t.mean_error_m:.1f}"
         rows.append(
             "<tr>"
-            f"<td>{t.threshold_m:g} m</td><td>{t.num_counted} / {result.num_queries}</td>"
+            f"<td>{t.threshold_m:g} m{what}</td><td>{t.num_counted} / {result.num_queries}</td>"
             f"<td>{t.num_without_positive}</td>"
             + "".join(f"<td>{format_percent(t.recall[k])}</td>" for k in ks)
             + f"<td>{format_percent(t.recall_one_percent)}</td>"
@@ -315,6 +340,11 @@ def render_html(
     )
     figures = [
         ("trajectory", "Trajectory", "Database scans in grey, queries coloured by top-1 success."),
+        (
+            "trajectory_sequence",
+            "Trajectory, sequence matching",
+            "The same queries localized with the images before them (sequence matching).",
+        ),
         ("recall_curve", "Recall@K", "One line per threshold; dashed: chance level."),
         ("examples", "Examples", "Queries with their best retrieved range images (green: correct)."),
     ]
