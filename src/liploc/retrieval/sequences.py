@@ -42,7 +42,10 @@ class SequenceSettings(BaseModel):
     speed_ratios: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
     """Without odometry: candidate ratios of query speed to map speed (map frames per query frame)."""
     speed_tolerance: float = Field(0.25, ge=0)
-    """Without odometry: each step may differ from ratio x spacing by this fraction (speed changes)."""
+    """Without odometry: each step may differ from ratio x spacing by this fraction."""
+    speed_change: bool = True
+    """Without odometry: a path may move to the next speed ratio up or down between two images
+    (the vehicle speeds up or slows down within the window)."""
     odometry_noise: float = Field(0.1, ge=0)
     """With odometry: relative noise (1 sigma) of the travelled distances; steps tolerate 2 sigma.
     ``liploc evaluate --odometry`` also simulates odometry with this noise from the true poses."""
@@ -164,6 +167,13 @@ def _links(
     dst = np.concatenate(near) if near else empty
     keep = (drive[src] != drive[dst]) & (world_of[drive[src]] == world_of[drive[dst]])
     src, dst = src[keep], dst[keep]
+    # Only the nearest place of each other drive: a link to any place within the radius would let
+    # a path jump back or ahead along the street for free.
+    dist = np.linalg.norm(xy[src] - xy[dst], axis=1)
+    first = np.lexsort((dist, drive[dst], src))
+    pair = np.stack([src[first], drive[dst][first]], axis=1)
+    nearest = first[np.r_[True, np.any(pair[1:] != pair[:-1], axis=1)]] if len(first) else first
+    src, dst = src[nearest], dst[nearest]
     cos = np.sum(heading[src] * heading[dst], axis=1)
     # Drives crossing at a junction (|cos| small) do not continue into each other.
     aligned = np.abs(cos) >= np.cos(np.deg2rad(45.0))
@@ -246,6 +256,8 @@ class SequenceMatcher:
         back: list[tuple[np.ndarray, np.ndarray]] = []
         for t in range(1, length):
             src_lane, src_pos, value = self._link(value, lanes_dir, with_paths)
+            if self.settings.speed_change and steps.shape[2] > 1:
+                src_lane, src_pos, value = _switch_speed(value, src_lane, src_pos, steps.shape[2])
             shift = lanes_dir[None, :, None] * steps[:, t - 1, lanes_ratio][:, :, None]
             tol = tols[:, t - 1, lanes_ratio][:, :, None]
             centre = self.track.along_m[None, None, :] - shift
@@ -350,6 +362,22 @@ class SequenceMatcher:
                 lanes, positions = back[t - 1]
                 lane, pos = int(lanes[bi, lane, pos]), int(positions[bi, lane, pos])
         return paths
+
+
+def _switch_speed(
+    value: np.ndarray, src_lane: np.ndarray, src_pos: np.ndarray, n_ratios: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each lane also takes the value of the next slower and faster ratio of the same direction."""
+    out, lanes, pos = value.copy(), src_lane.copy(), src_pos.copy()
+    for lane in range(value.shape[1]):
+        first = (lane // n_ratios) * n_ratios  # lanes of one direction are contiguous
+        for other in (lane - 1, lane + 1):
+            if first <= other < first + n_ratios:
+                better = value[:, other] > out[:, lane]
+                out[:, lane] = np.where(better, value[:, other], out[:, lane])
+                lanes[:, lane] = np.where(better, src_lane[:, other], lanes[:, lane])
+                pos[:, lane] = np.where(better, src_pos[:, other], pos[:, lane])
+    return lanes, pos, out
 
 
 def _window_max(
