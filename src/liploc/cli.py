@@ -405,13 +405,28 @@ def demo(
     frames: Annotated[int, typer.Option(help="Frames per drive.")] = 120,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 25,
     config: Annotated[Path | None, typer.Option(help="Training config (default configs/tiny.yaml).")] = None,
+    sequence_window: Annotated[
+        float,
+        typer.Option(
+            "--sequence-window",
+            min=0.0,
+            help="Metres of driving for sequence matching (0: single images only).",
+        ),
+    ] = 20.0,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
     from liploc.demo import DemoOptions, run_demo
 
     try:
         extra = {"config": config} if config is not None else {}
-        options = DemoOptions(town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, **extra)
+        options = DemoOptions(
+            town_seed=town_seed,
+            drives=drives,
+            frames=frames,
+            epochs=epochs,
+            sequence_window_m=sequence_window,
+            **extra,
+        )
         run_demo(out, options, console=console)
     except LiplocError as err:
         _fail(err)
