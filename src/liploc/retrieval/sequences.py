@@ -254,16 +254,22 @@ class SequenceMatcher:
 
         value = np.broadcast_to(sim[:, 0, None, :], (b, n_lanes, n)).astype(np.float32)
         back: list[tuple[np.ndarray, np.ndarray]] = []
+        # Without odometry every window steps alike: the step windows are computed once.
+        uniform = steps.size > 0 and bool(np.all(steps == steps[:1, :1]) and np.all(tols == tols[:1, :1]))
+        bounds: tuple[np.ndarray, np.ndarray] | None = None
         for t in range(1, length):
             src_lane, src_pos, value = self._link(value, lanes_dir, with_paths)
             if self.settings.speed_change and steps.shape[2] > 1:
                 src_lane, src_pos, value = _switch_speed(value, src_lane, src_pos, steps.shape[2])
-            shift = lanes_dir[None, :, None] * steps[:, t - 1, lanes_ratio][:, :, None]
-            tol = tols[:, t - 1, lanes_ratio][:, :, None]
-            centre = self.track.along_m[None, None, :] - shift
-            best, arg = _window_max(value, self.track.along_m, centre - tol, centre + tol)
-            # A step that was not an image (window padding) passes the path on unchanged.
+            if bounds is None or not uniform:
+                rows = slice(0, 1) if uniform else slice(None)
+                shift = lanes_dir[None, :, None] * steps[rows, t - 1, lanes_ratio][:, :, None]
+                tol = tols[rows, t - 1, lanes_ratio][:, :, None]
+                centre = self.track.along_m[None, None, :] - shift
+                bounds = _window_bounds(self.track.along_m, centre - tol, centre + tol)
+            best, arg = _window_max(value, *bounds, want_arg=with_paths)
             if with_paths:
+                assert src_lane is not None and src_pos is not None and arg is not None
                 lane_idx = np.broadcast_to(np.arange(n_lanes)[None, :, None], arg.shape)
                 has = arg >= 0
                 argc = np.maximum(arg, 0)
@@ -308,18 +314,22 @@ class SequenceMatcher:
 
     def _link(
         self, value: np.ndarray, lanes_dir: np.ndarray, with_paths: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Let paths continue onto a close drive of the same world (direction kept in the world)."""
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """Let paths continue onto a close drive of the same world (direction kept in the world).
+
+        Returns the source lane and place of each (lane, place) value (None unless ``with_paths``)
+        and the values.
+        """
         b, n_lanes, n = value.shape
-        src_lane = np.broadcast_to(np.arange(n_lanes)[None, :, None], value.shape)
-        src_pos = np.broadcast_to(np.arange(n)[None, None, :], value.shape)
+        src_lane = src_pos = None
+        if with_paths:
+            src_lane = np.broadcast_to(np.arange(n_lanes)[None, :, None], value.shape).copy()
+            src_pos = np.broadcast_to(np.arange(n)[None, None, :], value.shape).copy()
         tr = self.track
         if not len(tr.link_src):
             return src_lane, src_pos, value
         half = n_lanes // 2
         out = value.copy()
-        if with_paths:
-            src_lane, src_pos = src_lane.copy(), src_pos.copy()
         rows = np.arange(b)[:, None]
         for lane in range(n_lanes):
             for flip in (False, True):
@@ -332,7 +342,7 @@ class SequenceMatcher:
                 best = np.full((b, n), -np.inf, np.float32)
                 np.maximum.at(best, (rows, d[None, :]), cand)  # several links may share a destination
                 better = best > out[:, to_lane]
-                if with_paths and better.any():
+                if src_lane is not None and src_pos is not None and better.any():
                     hit_b, hit_m = np.nonzero(better[:, d] & (cand == best[:, d]))
                     src_pos[hit_b, to_lane, d[hit_m]] = s[hit_m]
                     src_lane[hit_b, to_lane, d[hit_m]] = lane
@@ -365,11 +375,18 @@ class SequenceMatcher:
 
 
 def _switch_speed(
-    value: np.ndarray, src_lane: np.ndarray, src_pos: np.ndarray, n_ratios: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    value: np.ndarray, src_lane: np.ndarray | None, src_pos: np.ndarray | None, n_ratios: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Each lane also takes the value of the next slower and faster ratio of the same direction."""
+    b, n_lanes, n = value.shape
+    if src_lane is None or src_pos is None:
+        v = value.reshape(b, n_lanes // n_ratios, n_ratios, n)  # (B, direction, ratio, N)
+        out = v.copy()
+        np.maximum(out[:, :, 1:], v[:, :, :-1], out=out[:, :, 1:])
+        np.maximum(out[:, :, :-1], v[:, :, 1:], out=out[:, :, :-1])
+        return None, None, out.reshape(value.shape)
     out, lanes, pos = value.copy(), src_lane.copy(), src_pos.copy()
-    for lane in range(value.shape[1]):
+    for lane in range(n_lanes):
         first = (lane // n_ratios) * n_ratios  # lanes of one direction are contiguous
         for other in (lane - 1, lane + 1):
             if first <= other < first + n_ratios:
@@ -380,26 +397,34 @@ def _switch_speed(
     return lanes, pos, out
 
 
-def _window_max(
-    value: np.ndarray, coord: np.ndarray, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Max of ``value[..., j]`` over places with ``lo <= coord[j] <= hi`` (``coord`` sorted).
-
-    Returns the max (neutral where no place is in the window: the path ran off the map) and its
-    track position (-1 there).
-    """
+def _window_bounds(coord: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First place and number of places with ``lo <= coord <= hi`` (``coord`` sorted)."""
     first = np.searchsorted(coord, lo.ravel(), side="left").reshape(lo.shape)
     stop = np.searchsorted(coord, hi.ravel(), side="right").reshape(hi.shape)
-    width = stop - first
+    return first, stop - first
+
+
+def _window_max(
+    value: np.ndarray, first: np.ndarray, width: np.ndarray, want_arg: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Max of ``value`` over each window of places (``first``, ``width``: from :func:`_window_bounds`).
+
+    Returns the max (neutral where the window holds no place: the path ran off the map) and, with
+    ``want_arg``, its track position (-1 there).
+    """
     n = value.shape[-1]
-    best = np.full(lo.shape, -np.inf, np.float32)
-    arg = np.full(lo.shape, -1, np.int64)
+    shape = np.broadcast_shapes(value.shape, first.shape)
+    best = np.full(shape, -np.inf, np.float32)
+    arg = np.full(shape, -1, np.int64) if want_arg else None
+    lane_idx = np.arange(value.shape[1])[None, :, None]
+    batch_idx = np.arange(value.shape[0])[:, None, None]
     for o in range(int(width.max(initial=0))):
         j = np.minimum(first + o, n - 1)
-        v = np.take_along_axis(value, j, axis=-1)
+        v = value[batch_idx, lane_idx, j]
         take = (o < width) & (v > best)
         best = np.where(take, v, best)
-        arg = np.where(take, j, arg)
+        if arg is not None:
+            arg = np.where(take, j, arg)
     best = np.where(width > 0, best, _NEUTRAL).astype(np.float32)
     return best, arg
 
