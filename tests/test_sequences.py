@@ -110,16 +110,24 @@ def test_map_of_two_drives_in_one_world_path_continues_across() -> None:
 
 
 def test_two_drives_of_the_map_in_opposite_directions() -> None:
-    # Drive b runs back along drive a's street: the query follows a, the newest image is decoyed.
-    sa, ia, xa = straight_map(40, name="a")
-    sb, ib, xb = straight_map(40, start=(39.0, 0.5), name="b", heading=(-1.0, 0.0))
-    track = MapTrack.build(sa + sb, np.r_[ia, ib], np.vstack([xa, xb]), worlds={"a": "w", "b": "w"})
+    # Drive a covers x = 0..25 going +x; drive b covers x = 39..20 going -x, 0.5 m beside it. The
+    # query drives +x from x = 18 to 32: along a, then along b backwards (the direction flips).
+    sa, ia, xa = straight_map(26, name="a")
+    sb, ib, xb = straight_map(20, start=(39.0, 0.5), name="b", heading=(-1.0, 0.0))
+    xy = np.vstack([xa, xb])
+    track = MapTrack.build(sa + sb, np.r_[ia, ib], xy, worlds={"a": "w", "b": "w"})
     assert track.link_flip.all() and len(track.link_flip) > 0
-    truth = list(range(10, 18))
-    sim = window_similarity(80, truth, decoy=70, seed=5)
-    result = SequenceMatcher(track, SequenceSettings(seq_len=8)).match(sim)
+    truth = list(range(18, 26)) + [26 + (39 - x) for x in range(26, 33)]
+    sim = window_similarity(46, truth, decoy=5, seed=5)
+    assert sim[0, -1].argmax() == 5
+    result = SequenceMatcher(track, SequenceSettings(seq_len=len(truth))).match(sim, with_paths=True)
     end = int(result.scores[0].argmax())
-    assert np.linalg.norm(np.vstack([xa, xb])[end] - xa[17]) <= 1.5  # a's place or b's beside it
+    assert end == truth[-1] and xy[end, 0] == 32.0
+    assert result.paths is not None
+    path = result.paths[0]
+    assert np.abs(xy[path, 0] - xy[truth, 0]).max() <= 1.0
+    names = sa + sb
+    assert names[path[0]] == "a" and names[path[-1]] == "b" and path[-5:].tolist() == truth[-5:]
 
 
 def test_stream_windows_pad_the_first_images_of_each_drive() -> None:
