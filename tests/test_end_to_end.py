@@ -44,12 +44,26 @@ def test_trained_tiny_model_beats_chance_on_held_out_streets(town, tmp_path: Pat
     assert result.stopped == "finished"
 
     test_seq, partner = town.pairs(role="test")[0]
-    same = evaluate(tmp_path / "run", town.root, test_seq, num_examples=0).result.main
-    cross = evaluate(
-        tmp_path / "run", town.root, partner, protocol="cross-drive", map_sequence=test_seq, num_examples=0
-    ).result.main
+    same_ev = evaluate(tmp_path / "run", town.root, test_seq, num_examples=0, seq_len=7, odometry=True)
+    cross_ev = evaluate(
+        tmp_path / "run",
+        town.root,
+        partner,
+        protocol="cross-drive",
+        map_sequence=test_seq,
+        num_examples=0,
+        seq_len=7,
+        odometry=True,
+    )
+    same, cross = same_ev.result.main, cross_ev.result.main
     # Chance R@1 at 20 m on a 180 m drive is about 0.2. The cross-drive queries come from another
     # drive (other cars, other light), which is harder; both must clear chance by a wide margin.
     for name, res, factor in (("same-sequence", same, 2.0), ("cross-drive", cross, 1.5)):
         assert res.num_counted == 60, name
         assert res.recall[1] >= factor * res.chance[1], (name, res.recall[1], res.chance[1])
+    # Sequence matching over 18 m of driving (7 images 3 m apart) localizes at least as well.
+    for name, ev in (("same-sequence", same_ev), ("cross-drive", cross_ev)):
+        assert ev.sequence_result is not None
+        for single_t, seq_t in zip(ev.result.thresholds, ev.sequence_result.thresholds, strict=True):
+            assert seq_t.num_counted == single_t.num_counted, name
+            assert seq_t.recall[1] >= single_t.recall[1], (name, seq_t.threshold_m, seq_t.recall[1])

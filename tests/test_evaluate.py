@@ -413,3 +413,56 @@ def test_failed_or_interrupted_evaluation_leaves_no_folder(
     with pytest.raises(DataError, match="no sequence '42'"):
         evaluate(world["run"], world["root"], "42", out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_with_sequence_matching_adds_rows_files_and_report(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    single = evaluate(world["run"], world["root"], "02", num_examples=0, out_dir=tmp_path / "single")
+    out = evaluate(
+        world["run"], world["root"], "02", num_examples=0, out_dir=tmp_path / "seq", seq_len=5, odometry=True
+    )
+    assert single.sequence_result is None
+    seq = out.sequence_result
+    assert seq is not None
+    # The single-image figures are unchanged by asking for sequences too.
+    assert np.array_equal(out.result.retrieved, single.result.retrieved)
+    assert seq.num_queries == 40 and seq.main.num_counted == out.result.main.num_counted
+    info = json.loads((out.out_dir / "sequence_metrics.json").read_text())["info"]["sequence_matching"]
+    assert info["seq_len"] == 5 and info["odometry"] is True
+    assert 3.0 <= info["window_m"] <= 5.0  # 4 steps of 1 m along the corridor
+    page = (out.out_dir / "report" / "index.html").read_text()
+    assert "Trajectory, sequence matching" in page and "sequence of 5 images, odometry" in page
+    assert (out.out_dir / "report" / "trajectory_sequence.png").is_file()
+
+
+def test_cli_evaluate_seq_len_and_localize_sequence(world: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["evaluate", str(world["run"]), "--data-root", str(world["root"]), "--sequence", "03"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "ev"), "--seq-len", "4"])
+    assert res.exit_code == 0, res.output
+    assert "single" in res.output and "seq L=4" in res.output
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "ev2"), "--odometry"])
+    assert res.exit_code == 1 and "--seq-len" in res.output
+
+    map_dir = tmp_path / "m"
+    build_map(world["run"], world["root"], ["03"], map_dir)
+    images = [world["root"] / "sequences" / "03" / "image_2" / f"{i:06d}.png" for i in range(10, 16)]
+    loc = Localizer.open(map_dir)
+    result = loc.localize_sequence(images, k=3, travelled_m=[1.0] * 5)
+    assert [m.rank for m in result.matches] == [1, 2, 3]
+    assert len(result.path) == 6
+    assert result.path[-1] is not None and result.path[-1].map_index == result.matches[0].map_index
+    with pytest.raises(ConfigError, match="6 images need 5 travelled distances"):
+        loc.localize_sequence(images, travelled_m=[1.0, 1.0])
+
+    cmd = ["localize", str(map_dir), *map(str, images), "--sequence", "--json", "-k", "2"]
+    res = runner.invoke(app, [*cmd, "--travelled", "1,1,1,1,1"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert payload["image"] == str(images[-1]) and len(payload["matches"]) == 2
+    assert len(payload["path"]) == 6 and {"x", "y", "frame"} <= set(payload["path"][-1])
+    res = runner.invoke(app, [*cmd, "--travelled", "1,x"])
+    assert res.exit_code == 1 and "--travelled" in res.output
+    res = runner.invoke(app, ["localize", str(map_dir), str(images[0]), "--travelled", "1"])
+    assert res.exit_code == 1 and "--sequence" in res.output

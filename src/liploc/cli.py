@@ -397,10 +397,37 @@ def evaluate(
             help="Also print Recall@1 as the LIP-Loc reference code measures it (pose columns 1 and 2).",
         ),
     ] = False,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            "--seq-len",
+            min=1,
+            help="Also localize each query with the last L images of its drive (sequence matching).",
+        ),
+    ] = None,
+    odometry: Annotated[
+        bool,
+        typer.Option(
+            "--odometry",
+            help="Sequence matching knows the distance travelled between images (from the poses, noisy).",
+        ),
+    ] = False,
+    odometry_noise: Annotated[
+        float | None,
+        typer.Option("--odometry-noise", min=0.0, help="Relative noise of the odometry (default 0.1)."),
+    ] = None,
 ) -> None:
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     import json
 
+    from liploc.retrieval.sequences import SequenceSettings
+
+    if (odometry or odometry_noise is not None) and seq_len is None:
+        _fail(ConfigError("--odometry and --odometry-noise need --seq-len (sequence matching)"))
+    settings = None
+    if seq_len is not None:
+        extra = {"odometry_noise": odometry_noise} if odometry_noise is not None else {}
+        settings = SequenceSettings(seq_len=seq_len, **extra)
     try:
         if sequence is None:
             from liploc.errors import ConfigError
@@ -450,6 +477,8 @@ def evaluate(
             device=device,
             console=err_console if as_json else console,
             also_reference_metric=also_reference_metric,
+            sequence_settings=settings,
+            odometry=odometry,
         )
     except LiplocError as err:
         _fail(err)
@@ -528,12 +557,30 @@ def localize(
     onnx_dir: Annotated[
         Path | None, typer.Option("--onnx", help="ONNX export folder (default MAP/model/onnx).")
     ] = None,
+    sequence: Annotated[
+        bool,
+        typer.Option(
+            "--sequence",
+            help="The images are consecutive, in driving order: localize the last one by sequence matching.",
+        ),
+    ] = False,
+    travelled: Annotated[
+        str | None,
+        typer.Option(
+            "--travelled",
+            help="With --sequence: metres driven between consecutive images, comma-separated (odometry).",
+        ),
+    ] = None,
 ) -> None:
-    """Top-k map poses (x, y, yaw, score) for each camera image."""
+    """Top-k map poses (x, y, yaw, score) for each camera image (or for the last one, --sequence)."""
     import json
 
     from liploc.retrieval.query_images import check_query_image, expand_query_paths
 
+    if travelled is not None and not sequence:
+        _fail(ConfigError("--travelled needs --sequence"))
+    if sequence and backend != "torch":
+        _fail(ConfigError("--sequence runs on the torch backend only"))
     try:
         # Checked from their headers before the model loads: a wrong image is refused at once.
         checked = [check_query_image(path) for path in expand_query_paths(images)]
@@ -544,6 +591,9 @@ def localize(
         if query.warning:
             print_line(err_console, f"[yellow]warning:[/] {query.warning}")
     paths = [query.path for query in checked]
+    if sequence:
+        _localize_sequence(map_dir, paths, k, checkpoint, as_json, device, travelled)
+        return
 
     try:
         if backend == "onnx":
@@ -736,6 +786,86 @@ def serve(
         _fail(err)
 
 
+def _localize_sequence(
+    map_dir: Path,
+    images: list[Path],
+    k: int,
+    checkpoint: Path | None,
+    as_json: bool,
+    device: str,
+    travelled: str | None,
+) -> None:
+    import json
+
+    from rich.table import Table
+
+    from liploc.retrieval.localize import Localizer
+
+    try:
+        distances = None
+        if travelled is not None:
+            try:
+                distances = [float(v) for v in travelled.split(",") if v.strip()]
+            except ValueError:
+                msg = f"--travelled: expected comma-separated metres, got '{travelled}'"
+                raise ConfigError(msg) from None
+        result = Localizer.open(map_dir, checkpoint, device).localize_sequence(
+            images, k, travelled_m=distances
+        )
+    except LiplocError as err:
+        _fail(err)
+        return
+
+    def place(m) -> dict:
+        return {
+            "sequence": m.sequence,
+            "frame": m.frame_index,
+            "x": float(m.xy[0]),
+            "y": float(m.xy[1]),
+            "yaw_rad": m.yaw,
+            "pose": m.pose.tolist(),
+        }
+
+    if as_json:
+        payload = {
+            "image": str(images[-1]),
+            "images": [str(p) for p in images],
+            "travelled_m": distances,
+            "matches": [{"rank": m.rank, "score": m.score, **place(m)} for m in result.matches],
+            "path": [
+                {"image": str(img), **({"similarity": m.score, **place(m)} if m is not None else {})}
+                for img, m in zip(images, result.path, strict=True)
+            ],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{images[-1]} (sequence of {len(images)} images)")
+    for col in ("rank", "score (z)", "sequence", "frame", "x (m)", "y (m)", "yaw (deg)"):
+        table.add_column(col, justify="right")
+    for m in result.matches:
+        table.add_row(
+            str(m.rank),
+            f"{m.score:.2f}",
+            m.sequence,
+            str(m.frame_index),
+            f"{m.xy[0]:.1f}",
+            f"{m.xy[1]:.1f}",
+            f"{m.yaw * 57.29577951308232:.0f}",
+        )
+    console.print(table)
+    path = Table(title="best path (oldest image first)")
+    for col in ("image", "sequence", "frame", "x (m)", "y (m)", "cosine"):
+        path.add_column(col, justify="right")
+    for img, m in zip(images, result.path, strict=True):
+        if m is None:
+            path.add_row(str(img), "off map", "", "", "", "")
+        else:
+            path.add_row(
+                str(img), m.sequence, str(m.frame_index), f"{m.xy[0]:.1f}", f"{m.xy[1]:.1f}", f"{m.score:.3f}"
+            )
+    console.print(path)
+
+
 # --- demo ---------------------------------------------------------------------------------------
 @app.command(
     epilog="[bold]Examples[/]\n\n  liploc demo\n\n  liploc demo --out runs/demo2 --town-seed 8 --epochs 10"
@@ -755,6 +885,14 @@ def demo(
         int,
         typer.Option(help="CPU threads of torch, the same on every machine so that results repeat.", min=1),
     ] = 2,
+    sequence_window: Annotated[
+        float,
+        typer.Option(
+            "--sequence-window",
+            min=0.0,
+            help="Metres of driving for sequence matching (0: single images only).",
+        ),
+    ] = 20.0,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
     from liploc.demo import DemoOptions, run_demo
@@ -762,7 +900,13 @@ def demo(
     try:
         extra = {"config": config} if config is not None else {}
         options = DemoOptions(
-            town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, torch_threads=threads, **extra
+            town_seed=town_seed,
+            drives=drives,
+            frames=frames,
+            epochs=epochs,
+            torch_threads=threads,
+            sequence_window_m=sequence_window,
+            **extra,
         )
         run_demo(out, options, console=console)
     except LiplocError as err:

@@ -18,7 +18,9 @@ of the query's true position. Frames without a pose are left out of both sides a
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
@@ -41,12 +44,23 @@ from liploc.lidar import RangeProjector
 from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
 from liploc.retrieval.metrics import (
+    DEFAULT_CURVE_K,
     RetrievalResult,
     SameScanExclusion,
     TimeWindowExclusion,
     evaluate_retrieval,
+    format_percent,
+    one_percent_k,
+    score_retrieval,
 )
 from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
+from liploc.retrieval.sequences import (
+    MapTrack,
+    SequenceMatcher,
+    SequenceSettings,
+    sequence_search,
+    stream_windows,
+)
 from liploc.retrieval.training_overlap import refuse_training_data
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -62,6 +76,8 @@ class EvaluationOutput:
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     skipped_without_pose: int = 0
+    sequence_result: RetrievalResult | None = None
+    """Sequence matching over the last ``seq_len`` images (``evaluate(seq_len=...)``), else None."""
 
 
 def posed_frames(frames: list[Frame]) -> tuple[list[Frame], int]:
@@ -156,6 +172,10 @@ def evaluate(
     model: TwoTowerModel | None = None,
     config: Config | None = None,
     also_reference_metric: bool = False,
+    seq_len: int | None = None,
+    odometry: bool = False,
+    sequence_settings: SequenceSettings | None = None,
+    worlds: dict[str, str] | None = None,
 ) -> EvaluationOutput:
     """Evaluate a trained model on one sequence with one protocol; write JSON, embeddings and a report.
 
@@ -176,6 +196,12 @@ def evaluate(
         also_reference_metric: also compute the LIP-Loc reference code's Recall@1 (distance from
             pose columns 1 and 2, see :mod:`liploc.retrieval.reference_metric`), print it beside
             liploc's and store it under ``reference_metric`` in metrics.json.
+        seq_len: also evaluate sequence matching over the last ``seq_len`` query images of the drive
+            (:mod:`liploc.retrieval.sequences`); the first images of the drive use what they have.
+        odometry: sequence matching knows the distance travelled between query images (simulated
+            from the true poses with ``sequence_settings.odometry_noise``); else speed ratios.
+        sequence_settings: other sequence-matching settings (``seq_len`` overrides its own).
+        worlds: sequence -> world-frame id, for the "same world" test of paths between map drives.
     """
     if protocol is not None:
         _check_protocol(protocol, sequence, map_sequence, exclude_self)
@@ -283,6 +309,26 @@ def evaluate(
         info=info,
         unit_norm=config.model.normalize,
     )
+    seq_result = None
+    if seq_len is not None or sequence_settings is not None:
+        settings = sequence_settings or SequenceSettings()
+        if seq_len is not None:
+            settings = settings.model_copy(update={"seq_len": seq_len})
+        if worlds is None:  # paths may join map drives only within one world frame
+            worlds = {name: reader.world_id(name) for name in {sequence, map_sequence or sequence}}
+        seq_result = evaluate_sequences(
+            q_emb,
+            db_emb,
+            queries,
+            database,
+            thresholds_m,
+            ks,
+            settings,
+            odometry=odometry,
+            exclude=exclude,
+            worlds=worlds,
+            info=info,
+        )
     reference = None
     if also_reference_metric:
         from liploc.retrieval.reference_metric import reference_metric
@@ -302,6 +348,9 @@ def evaluate(
             summary["reference_metric"] = reference.to_dict()
         atomic_write_text(files["metrics"], json.dumps(summary, indent=2))
         atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
+        if seq_result is not None:
+            files["sequence_metrics"] = out / "sequence_metrics.json"
+            atomic_write_text(files["sequence_metrics"], json.dumps(seq_result.to_dict(), indent=2))
         examples = _examples(result, queries, database, config, num_examples)
         files.update(
             write_report(
@@ -312,17 +361,135 @@ def evaluate(
                 examples=examples,
                 run_info=info,
                 title=report_title(protocol, str(query_range), str(map_range) if map_range else None),
+                sequence_result=seq_result,
             )
         )
     if console is not None:
         title = f"{label} ({len(queries)} queries, {len(database)} scans; {info['protocol_label']})"
-        print_table(console, result.table(title=title))
+        if seq_result is None:
+            print_table(console, result.table(title=title))
+        else:
+            print_table(console, single_and_sequence_table(result, seq_result, title=title))
         if reference is not None:
             print_table(
                 console, reference.table(title=f"{label}: Recall@1, liploc's metric and the reference code's")
             )
         print_line(console, f"wrote {files['metrics']} and {files['html']}")
-    return EvaluationOutput(result, out, files, skipped_q)
+    return EvaluationOutput(result, out, files, skipped_q, seq_result)
+
+
+def simulated_odometry(frames: list[Frame], noise: float, seed: int = 0) -> np.ndarray:
+    """(Q,) metres travelled from the previous frame of the same sequence (0 for a sequence's first),
+    from the true poses with multiplicative Gaussian noise of relative std ``noise`` (fixed seed)."""
+    xy = np.stack([f.position_xy for f in frames]) if frames else np.zeros((0, 2))
+    step = np.zeros(len(frames))
+    if len(frames) > 1:
+        same = np.array([a.sequence == b.sequence for a, b in itertools.pairwise(frames)])
+        step[1:] = np.where(same, np.linalg.norm(np.diff(xy, axis=0), axis=1), 0.0)
+    rng = np.random.default_rng(seed)
+    return np.maximum(step * (1.0 + noise * rng.standard_normal(len(step))), 0.0)
+
+
+def evaluate_sequences(
+    q_emb: np.ndarray,
+    db_emb: np.ndarray,
+    queries: list[Frame],
+    database: list[Frame],
+    thresholds_m: list[float],
+    ks: list[int],
+    settings: SequenceSettings,
+    *,
+    odometry: bool = False,
+    exclude: TimeWindowExclusion | None = None,
+    worlds: dict[str, str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> RetrievalResult:
+    """Recall of sequence matching: each query localized with the last ``seq_len`` images of its drive.
+
+    Queries are taken in driving order (their order in ``queries``: frame order per sequence). The
+    same positives, thresholds and exclusions as the single-image evaluation apply to the newest
+    image of each window, so the two results compare one to one.
+    """
+    db_xy = np.stack([f.position_xy for f in database])
+    q_xy = np.stack([f.position_xy for f in queries])
+    track = MapTrack.build(
+        [f.sequence for f in database],
+        [f.index for f in database],
+        db_xy,
+        join_radius_m=settings.join_radius_m,
+        worlds=worlds,
+    )
+    matcher = SequenceMatcher(track, settings)
+    k_max = min(len(database), max([*ks, one_percent_k(len(database)), DEFAULT_CURVE_K]))
+    excluded_fn = None
+    if exclude is not None:
+        db_ids = np.arange(len(database))[None, :]
+
+        def excluded_fn(rows: np.ndarray) -> np.ndarray:
+            return exclude.excluded(rows[:, None], db_ids)
+
+    travelled = simulated_odometry(queries, settings.odometry_noise) if odometry else None
+    scores, retrieved = sequence_search(
+        q_emb,
+        db_emb,
+        matcher,
+        k_max,
+        segments=[f.sequence for f in queries],
+        travelled_m=travelled,
+        frame_indices=np.array([f.index for f in queries]),
+        excluded_fn=excluded_fn,
+    )
+    # Excluded places score -inf; they must not count as retrieved.
+    retrieved = np.where(np.isfinite(scores), retrieved, -1)
+    result = score_retrieval(retrieved, scores, q_xy, db_xy, thresholds_m, ks, exclude)
+    result.info.update(info or {})
+    result.info["sequence_matching"] = {
+        "seq_len": settings.seq_len,
+        "odometry": odometry,
+        "window_m": float(np.median(_window_lengths(q_xy, [f.sequence for f in queries], settings.seq_len))),
+        **settings.model_dump(mode="json"),
+    }
+    return result
+
+
+def _window_lengths(xy: np.ndarray, segments: list[str], seq_len: int) -> np.ndarray:
+    """Metres driven over each full window of ``seq_len`` images (for the record)."""
+    windows, valid = stream_windows(segments, seq_len)
+    step = np.r_[0.0, np.linalg.norm(np.diff(xy, axis=0), axis=1)]
+    full = valid.all(axis=1)
+    if not full.any():
+        return np.zeros(1)
+    return np.array([step[w[1:]].sum() for w in windows[full]])
+
+
+def single_and_sequence_table(single: RetrievalResult, sequence: RetrievalResult, title: str | None) -> Table:
+    """One rich table with single-image and sequence rows side by side, per threshold."""
+    seq = sequence.info.get("sequence_matching", {})
+    label = f"seq L={seq.get('seq_len', '?')}" + (" odo" if seq.get("odometry") else "")
+    table = Table(title=title)
+    table.add_column("threshold", justify="right")
+    table.add_column("input", no_wrap=True)
+    table.add_column("queries", justify="right")
+    for k in single.ks:
+        table.add_column(f"R@{k}", justify="right")
+    table.add_column(f"R@1% (K={single.k_one_percent})", justify="right")
+    table.add_column("chance R@1", justify="right")
+    table.add_column("median err", justify="right")
+    for t_single, t_seq in zip(single.thresholds, sequence.thresholds, strict=True):
+        for name, t, res in (("single", t_single, single), (label, t_seq, sequence)):
+            table.add_row(
+                f"{t.threshold_m:g} m",
+                name,
+                f"{t.num_counted}/{res.num_queries}",
+                *(format_percent(t.recall[k]) for k in res.ks),
+                format_percent(t.recall_one_percent),
+                format_percent(t.chance[1]),
+                "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} m",
+            )
+    window = seq.get("window_m")
+    if window is not None:
+        table.caption = f"sequence window: {seq.get('seq_len')} images, median {window:.0f} m driven"
+    return table
 
 
 def _check_protocol(

@@ -25,6 +25,7 @@ from liploc.models import TwoTowerModel
 from liploc.retrieval.embedding import embed_frames, embed_image_files, embedding_precision, pick_device
 from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
 from liploc.retrieval.lidar_map import LidarMap, Match
+from liploc.retrieval.sequences import MapTrack, SequenceMatcher, SequenceSettings
 from liploc.training.checkpoint import copy_checkpoint
 from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -130,3 +131,68 @@ class Localizer:
             self.model, images, self.config, device=self.device, precision=self.lidar_map.embedding_precision
         )
         return self.lidar_map.localize(emb, k, query_fingerprint=self.model.fingerprint())
+
+    def localize_sequence(
+        self,
+        images: Sequence[str | Path],
+        k: int = 5,
+        *,
+        travelled_m: Sequence[float] | None = None,
+        settings: SequenceSettings | None = None,
+        worlds: dict[str, str] | None = None,
+    ) -> SequenceLocalization:
+        """Localize the last of ``images`` (in driving order) by sequence matching over all of them.
+
+        Args:
+            images: camera image files, oldest first; the window is all of them.
+            k: poses to return for the last image.
+            travelled_m: metres travelled between consecutive images (``len(images) - 1`` values,
+                odometry); None: the speed is unknown and speed ratios are tried.
+            settings: sequence-matching settings (``seq_len`` is set to ``len(images)``).
+            worlds: sequence -> world-frame id of the map's drives (paths may change drive only
+                within a world); default: each drive its own world.
+        """
+        if not images:
+            raise ConfigError("give at least one image to localize")
+        if travelled_m is not None:
+            travelled_m = [float(d) for d in travelled_m]
+            if len(travelled_m) != len(images) - 1:
+                raise ConfigError(
+                    f"{len(images)} images need {len(images) - 1} travelled distances "
+                    f"(one between each pair of consecutive images), got {len(travelled_m)}"
+                )
+            if any(not np.isfinite(d) or d < 0 for d in travelled_m):
+                raise ConfigError(f"travelled distances must be finite and >= 0, got {travelled_m}")
+        settings = (settings or SequenceSettings()).model_copy(update={"seq_len": len(images)})
+        lm = self.lidar_map
+        lm.check_query_model(self.model.fingerprint())
+        emb = embed_image_files(self.model, images, self.config, device=self.device)
+        track = MapTrack.build(
+            lm.sequences, lm.frame_indices, lm.xy, join_radius_m=settings.join_radius_m, worlds=worlds
+        )
+        sim = (emb @ lm.embeddings.T)[None]
+        steps = None if travelled_m is None else np.asarray(travelled_m, dtype=np.float64)[None]
+        result = SequenceMatcher(track, settings).match(sim, travelled_m=steps, with_paths=True)
+        scores = result.scores[0]
+        top = np.argsort(-scores, kind="stable")[: min(k, len(lm))]
+        matches = [lm._match(rank, float(scores[i]), int(i)) for rank, i in enumerate(top, 1)]
+        path = [
+            None if i < 0 else lm._match(0, float(sim[0, t, i]), int(i))
+            for t, i in enumerate(result.paths[0])  # type: ignore[index]
+        ]
+        return SequenceLocalization(matches, path)
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceLocalization:
+    """Sequence localization of the last image of a window.
+
+    Attributes:
+        matches: the best map places for the last image, best first; ``score`` is the path's
+            mean normalised similarity (z-score units), not a cosine similarity.
+        path: for each image (oldest first) the map place of the best path, with the image's
+            cosine similarity to it (``rank`` 0), or None where the path ran off the map.
+    """
+
+    matches: list[Match]
+    path: list[Match | None]

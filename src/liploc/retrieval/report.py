@@ -84,6 +84,7 @@ def write_report(
     examples: Sequence[RetrievalExample] = (),
     run_info: Mapping[str, Any] | None = None,
     title: str = "LIP-Loc retrieval evaluation",
+    sequence_result: RetrievalResult | None = None,
 ) -> dict[str, Path]:
     """Write the report's PNGs and ``index.html`` into ``out_dir``; return {name: path}.
 
@@ -95,6 +96,8 @@ def write_report(
         run_info: extra key/value lines for the page (run folder, checkpoint, protocol...);
             ``result.info`` is shown too.
         title: page and figure title.
+        sequence_result: the same queries localized by sequence matching: its recall rows and
+            trajectory are shown beside the single-image ones.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,13 +112,17 @@ def write_report(
         _check_example(ex, result)
     written: dict[str, Path] = {}
     written["trajectory"] = _save(plot_trajectory(result, query_xy, db_xy), out_dir / "trajectory.png")
+    if sequence_result is not None:
+        fig = plot_trajectory(sequence_result, query_xy, db_xy, label=_sequence_label(sequence_result))
+        written["trajectory_sequence"] = _save(fig, out_dir / "trajectory_sequence.png")
     written["recall_curve"] = _save(plot_recall_curve(result), out_dir / "recall_curve.png")
     if examples:
         written["examples"] = _save(
             plot_examples(result, query_xy, db_xy, examples), out_dir / "examples.png"
         )
     page = out_dir / "index.html"
-    atomic_write_text(page, render_html(result, {k: p.name for k, p in written.items()}, run_info, title))
+    images = {k: p.name for k, p in written.items()}
+    atomic_write_text(page, render_html(result, images, run_info, title, sequence_result=sequence_result))
     written["html"] = page
     return written
 
@@ -131,11 +138,20 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def plot_trajectory(result: RetrievalResult, query_xy: np.ndarray, db_xy: np.ndarray) -> Figure:
+def _sequence_label(result: RetrievalResult) -> str:
+    seq = result.info.get("sequence_matching", {})
+    odo = ", odometry" if seq.get("odometry") else ""
+    return f"sequence of {seq.get('seq_len', '?')} images{odo}"
+
+
+def plot_trajectory(
+    result: RetrievalResult, query_xy: np.ndarray, db_xy: np.ndarray, label: str | None = None
+) -> Figure:
     """Database in grey; queries by top-1 success (blue circles) or failure (vermillion crosses).
 
     The start of the query drive is a star and arrows show its direction; a thin line joins each
     failed query to the place its top-1 scan was taken, so that confusions between places show.
+    ``label`` names the method in the title (e.g. sequence matching).
     """
     main = result.main
     span = np.ptp(np.vstack([query_xy, db_xy]), axis=0) if len(db_xy) else np.array([1.0, 1.0])
@@ -176,7 +192,8 @@ def plot_trajectory(result: RetrievalResult, query_xy: np.ndarray, db_xy: np.nda
     ax.grid(alpha=0.3)
     recall_1 = format_percent(main.recall.get(1, math.nan))
     chance_1 = format_percent(main.chance.get(1, math.nan))
-    ax.set_title(f"Top-1 success within {main.threshold_m:g} m: R@1 {recall_1} (chance {chance_1})")
+    what = f"{label}: " if label else ""
+    ax.set_title(f"{what}top-1 success within {main.threshold_m:g} m: R@1 {recall_1} (chance {chance_1})")
     fig.legend(loc="outside lower center", fontsize=8, markerscale=1.8, ncol=2, frameon=False)
     return fig
 
@@ -389,6 +406,7 @@ def render_html(
     images: Mapping[str, str],
     run_info: Mapping[str, Any] | None = None,
     title: str = "LIP-Loc retrieval evaluation",
+    sequence_result: RetrievalResult | None = None,
 ) -> str:
     """The report page: run info, recall table with chance level, and the images (relative paths)."""
     esc = html.escape
@@ -400,11 +418,23 @@ def render_html(
     )
     table = result.table(title=None)  # the very figures the command line prints
     head = "".join(f"<th>{esc(str(c.header)).replace(chr(10), ' ')}</th>" for c in table.columns)
-    cells = [[str(cell) for cell in column.cells] for column in table.columns]
-    rows = [
-        "<tr>" + "".join(f"<td>{esc(value)}</td>" for value in row) + "</tr>"
-        for row in zip(*cells, strict=True)
-    ]
+
+    def table_rows(source: Any, suffix: str) -> list[str]:
+        cells = [[str(cell) for cell in column.cells] for column in source.columns]
+        out = []
+        for row in zip(*cells, strict=True):
+            first, *rest = row
+            out.append(
+                f"<tr><td>{esc(first + suffix)}</td>" + "".join(f"<td>{esc(v)}</td>" for v in rest) + "</tr>"
+            )
+        return out
+
+    if sequence_result is None:
+        rows = table_rows(table, "")
+    else:  # single and sequence rows side by side
+        rows = table_rows(table, " (single image)") + table_rows(
+            sequence_result.table(title=None), f" ({_sequence_label(sequence_result)})"
+        )
     flag = f"<p class='flag'>{esc(table.caption)}</p>" if table.caption else ""
     excluded_rule = "left out of recall and errors" if result.exclude_no_positive else "counted as failures"
     notes = (
@@ -421,6 +451,11 @@ def render_html(
             "Database scans in grey; queries as blue circles (top-1 correct) or vermillion crosses "
             "(wrong), each wrong one joined to where its top-1 scan was taken; the star marks the "
             "start and arrows the direction of the drive.",
+        ),
+        (
+            "trajectory_sequence",
+            "Trajectory, sequence matching",
+            "The same queries localized with the images before them (sequence matching).",
         ),
         ("recall_curve", "Recall@K", "One line per threshold; dashed: chance level."),
         (
