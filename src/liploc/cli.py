@@ -430,7 +430,6 @@ def evaluate(
         settings = SequenceSettings(seq_len=seq_len, **extra)
     try:
         if sequence is None:
-            from liploc.errors import ConfigError
             from liploc.retrieval.protocols import evaluate_protocol
 
             options = {"protocol": protocol, "map_sequence": map_sequence, "threshold": threshold}
@@ -457,8 +456,6 @@ def evaluate(
                 typer.echo(json.dumps(report.to_dict(), indent=2))
             return
         if preset is not None:
-            from liploc.errors import ConfigError
-
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
         from liploc.retrieval.evaluate import evaluate as run_evaluation
 
