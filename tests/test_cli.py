@@ -106,7 +106,8 @@ def test_bad_arguments_are_refused_at_once_without_heavy_imports(files: SimpleNa
         assert says in text, f"{name}: {text}"
         assert "Traceback" not in got["output"], name
         assert got["heavy"] == [], f"{name} imported {got['heavy']} before refusing"
-        assert got["seconds"] < 1.0, f"{name} took {got['seconds']:.2f} s"
+        # Generous for a loaded CI machine; the import check above is what proves the point.
+        assert got["seconds"] < 3.0, f"{name} took {got['seconds']:.2f} s"
 
 
 def test_version_and_help_read_well() -> None:
