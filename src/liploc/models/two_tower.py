@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import timm
@@ -106,10 +107,23 @@ class TwoTowerModel(nn.Module):
         Equal for the same network with the same weights on any device; used to refuse embeddings
         made by another model. Dropout and how the weights were obtained do not enter.
         """
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.architecture(), sort_keys=True).encode())
-        for key, tensor in sorted(self.state_dict().items()):
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"\n{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return state_fingerprint(self.architecture(), self.state_dict())
+
+
+def architecture_of(cfg: ModelConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` that define the network (JSON-compatible): the model's architecture."""
+    config = cfg.model_dump(mode="json")
+    return {name: config[name] for name in ARCHITECTURE_FIELDS}
+
+
+@torch.no_grad()
+def state_fingerprint(architecture: dict[str, Any], state: Mapping[str, Tensor]) -> str:
+    """:meth:`TwoTowerModel.fingerprint` of a model's architecture and state dict, without the
+    model (e.g. from a checkpoint's tensors)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(architecture, sort_keys=True).encode())
+    for key, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,13 +1,16 @@
 """Embedding frames with a trained model, in batches, with an on-disk cache per model.
 
-Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation)
--> model tower -> L2-normalised float32 embeddings.
+Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation;
+decoded and projected in loader workers, sent as uint8) -> normalised on the device -> model tower
+-> L2-normalised float32 embeddings. Queries and map scans go through the same path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -31,6 +34,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return resolve_device(name)
 
 
+def loader_workers(requested: int, batches: int) -> int:
+    """Worker processes for embedding: ``requested`` (``data.num_workers``), at most one per CPU
+    core this process may use and one per batch (a worker costs a process start)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(requested, cores, batches))
+
+
 @torch.no_grad()
 def embed_frames(
     model: TwoTowerModel,
@@ -40,7 +53,7 @@ def embed_frames(
     *,
     device: torch.device,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     cache_dir: str | Path | None = None,
     progress: object | None = None,
 ) -> np.ndarray:
@@ -53,7 +66,8 @@ def embed_frames(
         modality: ``image`` (camera tower) or ``lidar`` (LiDAR tower).
         device: where to run the model; bf16 autocast on CUDA when supported.
         batch_size: frames per forward pass.
-        num_workers: DataLoader worker processes for loading and preprocessing.
+        num_workers: DataLoader worker processes for loading and preprocessing; None:
+            ``data.num_workers`` of ``config``. Capped by :func:`loader_workers`.
         cache_dir: preprocessing cache folder (see :class:`liploc.training.data.PreprocessCache`).
         progress: a ``rich.progress.Progress`` to report to, or None.
     """
@@ -61,26 +75,46 @@ def embed_frames(
     if not frames:
         return np.zeros((0, model.embed_dim), dtype=np.float32)
     dataset_cls = ImageDataset if modality == "image" else LidarDataset
-    dataset = dataset_cls(frames, config, cache_dir=cache_dir)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dataset = dataset_cls(frames, config, cache_dir=cache_dir, raw=True)
+    workers = loader_workers(
+        config.data.num_workers if num_workers is None else num_workers, math.ceil(len(frames) / batch_size)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     encode = model.encode_image if modality == "image" else model.encode_lidar
+    channels_last = config.train.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     dtype = autocast_dtype(config.train.precision, device)
     task = None
     if progress is not None:
         task = progress.add_task(f"embedding {modality}", total=len(frames))  # type: ignore[attr-defined]
-    out: list[np.ndarray] = []
+    out: list[torch.Tensor] = []
     for batch in loader:
-        x = batch[modality].to(device, non_blocking=True)
-        if dtype is not None:
-            with torch.autocast(device.type, dtype=dtype):
-                emb = encode(x)
-        else:
-            emb = encode(x)
-        # Re-normalise in fp32: a bf16 output is only approximately unit length.
-        out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+        x = dataset.device_inputs(batch, modality, device, channels_last)
+        out.append(embed_batch(encode, x, dtype))
         if task is not None:
             progress.advance(task, len(x))  # type: ignore[attr-defined]
-    return np.concatenate(out).astype(np.float32, copy=False)
+    # One copy back at the end: no wait for the device between batches.
+    return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)
+
+
+def embed_batch(encode: object, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """float32 unit-norm embeddings of the model-ready batch ``x`` by the tower ``encode``,
+    under autocast to ``dtype`` when given (left on ``x``'s device)."""
+    if dtype is not None:
+        with torch.autocast(x.device.type, dtype=dtype):
+            emb = encode(x)  # type: ignore[operator]
+    else:
+        emb = encode(x)  # type: ignore[operator]
+    # Re-normalise in fp32: a bf16 output is only approximately unit length.
+    return torch.nn.functional.normalize(emb.float(), dim=-1)
 
 
 @torch.no_grad()

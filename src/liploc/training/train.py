@@ -572,8 +572,16 @@ class _Trainer:
         # Model, loss, optimiser: identical initial weights on every process.
         torch.manual_seed(tc.seed)
         self.model = create_model(config.model).to(device)
-        if info.enabled and tc.sync_batchnorm:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if tc.sync_batchnorm:
+            if not info.enabled:
+                self.log("train.sync_batchnorm: one process, nothing to synchronise")
+            elif device.type != "cuda":
+                raise ConfigError(
+                    "train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                    "implementation); set it to false for CPU runs"
+                )
+            else:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(config.loss).to(device)
