@@ -407,8 +407,8 @@ def build_optimizer(
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give loaded optimiser moments their parameter's memory layout (checkpoints store them
-    contiguous; channels-last parameters would otherwise meet differently strided moments, which
-    changes the fused kernels' arithmetic and so breaks exact resume)."""
+    contiguous; channels-last parameters meeting differently strided moments made a resumed run
+    end with other weights than an uninterrupted one)."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param, {})
