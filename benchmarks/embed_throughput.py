@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -59,10 +60,18 @@ def baseline_embed(
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn) -> tuple[float, float, object]:  # type: ignore[no-untyped-def]
+    """(wall seconds, CPU seconds, result) of ``fn()``."""
+    cpu, start = cpu_seconds(), time.perf_counter()
     value = fn()
-    return time.perf_counter() - start, value
+    return time.perf_counter() - start, cpu_seconds() - cpu, value
 
 
 def main() -> None:
@@ -108,9 +117,9 @@ def main() -> None:
             ]
 
         cache = Path(tmp) / "cache"
-        t_base, ref = timed(baseline)
-        t_cold, cold = timed(lambda: new(cache))
-        t_warm, warm = timed(lambda: new(cache))
+        t_base, cpu_base, ref = timed(baseline)
+        t_cold, cpu_cold, cold = timed(lambda: new(cache))
+        t_warm, cpu_warm, warm = timed(lambda: new(cache))
         for a, b, c in zip(ref, cold, warm, strict=True):  # type: ignore[call-overload]
             assert np.allclose(a, b, atol=1e-5) and np.allclose(a, c, atol=1e-5), "paths disagree"
     results = {
@@ -120,6 +129,10 @@ def main() -> None:
     }
     results["speedup_cold"] = round(results["cold_frames_per_s"] / results["baseline_frames_per_s"], 2)
     results["speedup_warm"] = round(results["warm_frames_per_s"] / results["baseline_frames_per_s"], 2)
+    # CPU seconds per frame (all processes): what the rates would be with every core free.
+    cpu_ms = {"baseline": 1000 * cpu_base / n, "cold": 1000 * cpu_cold / n, "warm": 1000 * cpu_warm / n}
+    for name, value in cpu_ms.items():
+        results[f"{name}_cpu_ms_per_frame"] = round(value, 1)
     print(
         f"baseline (before issue 11, no workers, no cache): {results['baseline_frames_per_s']:7.2f} frames/s"
     )

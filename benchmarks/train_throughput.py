@@ -29,12 +29,13 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from liploc.config import Config, load_config
+from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import open_dataset
 from liploc.models import create_model
 from liploc.synth import SynthOptions, generate_dataset
@@ -93,7 +94,7 @@ def bench_config(config: Config, data_root: Path, sequence: str, work: Path, dev
         update={
             "data": config.data.model_copy(
                 update={
-                    "datasets": [{"layout": "auto", "root": data_root, "train": [sequence], "val": []}],
+                    "datasets": [DatasetSplit(layout="auto", root=data_root, train=[sequence])],
                     "val_fraction": 0.0,
                     "cache": True,
                     "cache_dir": work / "cache",
@@ -105,11 +106,19 @@ def bench_config(config: Config, data_root: Path, sequence: str, work: Path, dev
     )
 
 
+def epochs_of(loader: DataLoader, sampler) -> Iterator[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """Batches of epoch 0, 1, 2, ... as the training loop draws them (workers persist across)."""
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from loader
+
+
 def pipeline_rates(
     config: Config, device: torch.device, batch_size: int, steps: int, warmup: int, workers: int, work: Path
 ) -> dict[str, float]:
     """pairs/s of the real train step on device-resident batches, of the full loop from a warm
-    cache, and of the loader alone with one worker."""
+    cache, and of the loader alone with one worker (each over ``steps`` batches, several epochs
+    of the small synthetic drive, so that the loaders' prefetch buffers do not flatter them)."""
     config = config.model_copy(deep=True)
     config.train.batch_size = batch_size
     config.data.num_workers = workers
@@ -121,12 +130,11 @@ def pipeline_rates(
         trainer.start_time = time.perf_counter()
         trainer.window = {"start": trainer.start_time, "pairs": 0, "losses": []}
         trainer.net.train()
-        # Warm the cache (and the workers): one pass over the steps to be timed.
+        # Warm the cache: one epoch of preprocessing, kept as device-resident batches.
         trainer.train_sampler.set_epoch(0)
-        batches = list(itertools.islice(iter(trainer.train_loader), warmup + steps))
-        resident = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        resident = [{k: v.to(device) for k, v in b.items()} for b in trainer.train_loader]
 
-        def timed_steps(source, n: int) -> float:  # type: ignore[no-untyped-def]
+        def timed_steps(source: Iterator[dict[str, torch.Tensor]], n: int) -> float:
             _sync(device)
             start = time.perf_counter()
             for _ in range(n):
@@ -139,10 +147,9 @@ def pipeline_rates(
         timed_steps(cycle, warmup)
         rates["train_step"] = batch_size * steps / timed_steps(cycle, steps)
 
-        trainer.train_sampler.set_epoch(0)
-        loader = iter(trainer.train_loader)
-        timed_steps(loader, warmup)
-        rates["full"] = batch_size * steps / timed_steps(loader, steps)
+        batches = epochs_of(trainer.train_loader, trainer.train_sampler)
+        timed_steps(batches, warmup)
+        rates["full"] = batch_size * steps / timed_steps(batches, steps)
 
         one = DataLoader(
             trainer.train_loader.dataset,
@@ -150,20 +157,20 @@ def pipeline_rates(
             sampler=trainer.train_sampler,
             num_workers=1,
             drop_last=True,
+            persistent_workers=True,
             prefetch_factor=4,
         )
-        trainer.train_sampler.set_epoch(0)
-        it = iter(one)
-        next(it)  # worker start-up is not throughput
-        start = time.perf_counter()
-        count = sum(1 for _ in itertools.islice(it, warmup + steps - 1))
+        start = time.perf_counter()  # worker start-up included: a conservative rate
+        count = sum(1 for _ in itertools.islice(epochs_of(one, trainer.train_sampler), steps))
         rates["loader_per_worker"] = batch_size * count / (time.perf_counter() - start)
     return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of the tiny config")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of the tiny config")
+    parser.add_argument("--resnet50-steps", type=int, default=3, help="timed steps of ResNet-50 (batch 4)")
+    parser.add_argument("--frames", type=int, default=64, help="frames of the small synthetic drive")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the full pipeline")
     args = parser.parse_args()
 
@@ -175,7 +182,7 @@ def main() -> None:
 
     runs = [
         ("cpu", "tiny", tiny, tiny.train.batch_size, args.steps, 2),
-        ("cpu", "resnet50", resnet50, 4, 2, 1),
+        ("cpu", "resnet50", resnet50, 4, args.resnet50_steps, 1),
     ]
     if torch.cuda.is_available():
         runs += [
@@ -183,9 +190,11 @@ def main() -> None:
             ("cuda", "resnet50", resnet50, 128, 20, 3),
         ]
     with tempfile.TemporaryDirectory() as tmp:
-        frames = max(batch * (steps + warmup) for _, _, _, batch, steps, warmup in runs) + 4
+        # Steps run over several epochs of this drive (as training does), so it can stay small.
         root = Path(tmp) / "synth"
-        generate_dataset(root, SynthOptions(town_seed=1, drives=1, frames=frames, size="small"), reuse=False)
+        generate_dataset(
+            root, SynthOptions(town_seed=1, drives=1, frames=args.frames, size="small"), reuse=False
+        )
         sequence = open_dataset(root, "auto").sequences()[0]
         for device_type, label, base, batch, steps, warmup in runs:
             device = torch.device(device_type)
