@@ -192,9 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Steps run over several epochs of this drive (as training does), so it can stay small.
         root = Path(tmp) / "synth"
-        generate_dataset(
-            root, SynthOptions(town_seed=1, drives=1, frames=args.frames, size="small"), reuse=False
-        )
+        frames = max(args.frames, 2 * max(run[3] for run in runs))  # at least two batches per epoch
+        generate_dataset(root, SynthOptions(town_seed=1, drives=1, frames=frames, size="small"), reuse=False)
         sequence = open_dataset(root, "auto").sequences()[0]
         for device_type, label, base, batch, steps, warmup in runs:
             device = torch.device(device_type)
