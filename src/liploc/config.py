@@ -204,7 +204,11 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimiser steps (overrides epochs when reached first)."""
     batch_size: int = Field(32, ge=2)
-    """Global batch: the in-batch negatives of the loss; split among the processes under torchrun."""
+    """Global batch: the in-batch negatives of the loss. Under torchrun with N processes (GPUs) each
+    loads and runs ``batch_size / N`` pairs per micro-batch (it must divide evenly) and the loss
+    all-gathers the embeddings, so every pair still meets ``batch_size - 1`` negatives and the
+    learning rates need no rescaling when N changes. Batch-norm statistics are per process
+    (``batch_size / N`` pairs) unless ``sync_batchnorm``."""
     grad_accum: int = Field(1, ge=1)
     """Micro-batches per optimiser step (negatives stay within each micro-batch)."""
     lr_head: float = 1e-3
@@ -223,6 +227,17 @@ class TrainConfig(_Section):
     device: str = "auto"
     seed: int = 0
     deterministic: bool = True
+    """Deterministic kernels: bit-exact resumes and reruns. ``false`` lets cuDNN pick the fastest
+    (benchmarked) kernels, for speed runs whose weights may differ in the last bits run to run."""
+    channels_last: bool = True
+    """Model and inputs in channels-last (NHWC) memory layout: faster convolutions on tensor cores
+    and oneDNN; the weights and checkpoints are the same."""
+    compile: bool = False
+    """``torch.compile`` each encoder (in place: the state_dict keys and checkpoints stay the same).
+    Slow first steps while it compiles; pays off in long runs on GPUs."""
+    sync_batchnorm: bool = False
+    """Under DDP, batch-norm statistics over the global batch instead of each process's share
+    (SyncBatchNorm): matters when ``batch_size / processes`` is small."""
     log: Literal["csv", "tensorboard"] = "csv"
     log_every: int = Field(10, ge=1)
     val_every_epochs: int = Field(1, ge=1)

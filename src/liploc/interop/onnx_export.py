@@ -68,7 +68,7 @@ def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -
     fingerprint = model.fingerprint()
     h, w = config.data.image_size
     lidar_channels = config.model.lidar_in_chans
-    transforms = build_transforms(config.data, train=False)
+    transforms = build_transforms(config.data, train=False, model=config.model)
     towers: dict[str, tuple[torch.nn.Module, tuple[int, int, int]]] = {
         "image": (Tower(model, "image").eval(), (3, h, w)),
         "lidar": (Tower(model, "lidar").eval(), (lidar_channels, h, w)),

@@ -120,12 +120,7 @@ class TwoTowerModel(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """The configuration fields that define the network (JSON-compatible)."""
-        config = self.cfg.model_dump(mode="json")
-        out = {name: config[name] for name in ARCHITECTURE_FIELDS}
-        for name, default in OPTIONAL_ARCHITECTURE_FIELDS.items():
-            if config[name] != default:
-                out[name] = config[name]
-        return out
+        return architecture_of(self.cfg)
 
     @torch.no_grad()
     def fingerprint(self) -> str:
@@ -137,9 +132,25 @@ class TwoTowerModel(nn.Module):
         return state_fingerprint(self.architecture(), self.state_dict())
 
 
-def state_fingerprint(architecture: dict[str, Any], state: Mapping[str, torch.Tensor]) -> str:
-    """:meth:`TwoTowerModel.fingerprint` of an architecture and a state dict (tensors on any
-    device; a saver passes the CPU copies it already holds, so nothing is copied twice)."""
+def architecture_of(cfg: ModelConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` that define the network (JSON-compatible): the model's architecture.
+
+    Optional fields enter only when they differ from their default, so that models made before
+    they existed keep their fingerprint.
+    """
+    config = cfg.model_dump(mode="json")
+    out = {name: config[name] for name in ARCHITECTURE_FIELDS}
+    for name, default in OPTIONAL_ARCHITECTURE_FIELDS.items():
+        if config[name] != default:
+            out[name] = config[name]
+    return out
+
+
+@torch.no_grad()
+def state_fingerprint(architecture: dict[str, Any], state: Mapping[str, Tensor]) -> str:
+    """:meth:`TwoTowerModel.fingerprint` of an architecture and a state dict, without the model
+    (tensors on any device; a saver passes the CPU copies it already holds, so nothing is copied
+    twice)."""
     digest = hashlib.sha256()
     digest.update(json.dumps(architecture, sort_keys=True).encode())
     for key, tensor in sorted(state.items()):

@@ -1,14 +1,17 @@
 """Embedding frames with a trained model, in batches, with an on-disk cache per model.
 
-Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation)
--> model tower -> float32 embeddings (L2-normalised unless the model's ``normalize`` is false: the
-paper's model retrieves by the raw dot product).
+Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation;
+decoded and projected in loader workers, sent as uint8) -> normalised on the device -> model tower
+-> float32 embeddings (L2-normalised unless the model's ``normalize`` is false: the paper's model
+retrieves by the raw dot product). Queries and map scans go through the same path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -49,6 +52,13 @@ _PRECISION_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name (None: fp32, no autocast)."""
+    if precision not in _PRECISION_DTYPES:
+        raise ValueError(f"unknown embedding precision {precision!r} (fp32, bf16, fp16)")
+    return _PRECISION_DTYPES[precision]
+
+
 def embedding_precision(config: Config, device: torch.device) -> str:
     """Name (``fp32``, ``bf16``, ``fp16``) of the precision ``train.precision`` gives on ``device``.
 
@@ -66,6 +76,16 @@ def _autocast_for(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def loader_workers(requested: int, batches: int) -> int:
+    """Worker processes for embedding: ``requested`` (``data.num_workers``), at most one per CPU
+    core this process may use and one per batch (a worker costs a process start)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(requested, cores, batches))
+
+
 @torch.no_grad()
 def embed_frames(
     model: TwoTowerModel,
@@ -75,7 +95,7 @@ def embed_frames(
     *,
     device: torch.device,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     cache_dir: str | Path | None = None,
     progress: object | None = None,
     precision: str | None = None,
@@ -90,7 +110,8 @@ def embed_frames(
         modality: ``image`` (camera tower) or ``lidar`` (LiDAR tower).
         device: where to run the model; bf16 autocast on CUDA when supported.
         batch_size: frames per forward pass.
-        num_workers: DataLoader worker processes for loading and preprocessing.
+        num_workers: DataLoader worker processes for loading and preprocessing; None:
+            ``data.num_workers`` of ``config``. Capped by :func:`loader_workers`.
         cache_dir: preprocessing cache folder (see :class:`liploc.training.data.PreprocessCache`).
         progress: a ``rich.progress.Progress`` to report to, or None.
         precision: ``fp32``, ``bf16`` or ``fp16``; None: :func:`embedding_precision` of the config.
@@ -99,22 +120,50 @@ def embed_frames(
     if not frames:
         return np.zeros((0, model.embed_dim), dtype=np.float32)
     dataset_cls = ImageDataset if modality == "image" else LidarDataset
-    dataset = dataset_cls(frames, config, cache_dir=cache_dir)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dataset = dataset_cls(frames, config, cache_dir=cache_dir, raw=True)
+    workers = loader_workers(
+        config.data.num_workers if num_workers is None else num_workers, math.ceil(len(frames) / batch_size)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     encode = model.encode_image if modality == "image" else model.encode_lidar
     precision = precision or embedding_precision(config, device)
+    dtype = precision_dtype(precision)
+    channels_last = config.train.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     task = None
     if progress is not None:
         task = progress.add_task(f"embedding {modality}", total=len(frames))  # type: ignore[attr-defined]
-    out: list[np.ndarray] = []
+    out: list[torch.Tensor] = []
     for batch in loader:
-        x = batch[modality].to(device, non_blocking=True)
-        with _autocast_for(precision, device):
-            emb = encode(x)
-        out.append(_finish(model, emb))
+        x = dataset.device_inputs(batch, modality, device, channels_last)
+        out.append(embed_batch(encode, x, dtype, normalize=model.cfg.normalize))
         if task is not None:
             progress.advance(task, len(x))  # type: ignore[attr-defined]
-    return np.concatenate(out).astype(np.float32, copy=False)
+    # One copy back at the end: no wait for the device between batches.
+    return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)
+
+
+def embed_batch(
+    encode: object, x: torch.Tensor, dtype: torch.dtype | None, normalize: bool = True
+) -> torch.Tensor:
+    """float32 embeddings of the model-ready batch ``x`` by the tower ``encode``, under autocast to
+    ``dtype`` when given (left on ``x``'s device); unit-norm unless ``normalize`` is false (the
+    paper's raw dot-product model)."""
+    if dtype is not None:
+        with torch.autocast(x.device.type, dtype=dtype):
+            emb = encode(x)  # type: ignore[operator]
+    else:
+        emb = encode(x)  # type: ignore[operator]
+    # Re-normalise in fp32: a bf16 output is only approximately unit length.
+    return torch.nn.functional.normalize(emb.float(), dim=-1) if normalize else emb.float()
 
 
 @torch.no_grad()

@@ -12,22 +12,19 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from rich.console import Console
+import torch
+from torch import nn
 
 from liploc.config import Config
-from liploc.datasets import open_dataset
-from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import ConfigError, DataError
-from liploc.models import TwoTowerModel
-from liploc.retrieval.embedding import embed_frames, embed_image_files, embedding_precision, pick_device
-from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
 from liploc.retrieval.lidar_map import LidarMap, Match
 from liploc.retrieval.sequences import MapTrack, SequenceMatcher, SequenceSettings
-from liploc.training.checkpoint import copy_checkpoint
-from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MODEL_DIR = "model"
 
@@ -52,6 +49,14 @@ def build_map(
     its copy of the checkpoint in ``model/``, appears in one atomic step; an existing map at ``out``
     is replaced only with ``force``.
     """
+    # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
+    from liploc.datasets import open_dataset
+    from liploc.datasets.sequence_names import resolve_sequence_name
+    from liploc.retrieval.embedding import embed_frames, embedding_precision, pick_device
+    from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
+    from liploc.training.checkpoint import copy_checkpoint
+    from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
@@ -101,40 +106,151 @@ def build_map(
     return lidar_map
 
 
+class ImageEmbedder(Protocol):
+    """The seam between :class:`Localizer` and the network: a batch of camera images, already
+    preprocessed to the model's input size, in -> unit-norm embeddings out.
+
+    Another backend (ONNX Runtime, a remote service) replaces :class:`TorchImageEmbedder` by
+    implementing this and passing it as ``Localizer(..., embedder=...)``.
+    """
+
+    fingerprint: str
+    """Identity of the model whose camera tower this is (:meth:`TwoTowerModel.fingerprint`)."""
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) images in the 0..255 scale (uint8 or float) -> (B, D) float32 unit-norm."""
+        ...
+
+
+class TorchImageEmbedder:
+    """:class:`ImageEmbedder` running a torch camera tower resident on ``device``: normalisation
+    on the device, channels-last, autocast on CUDA, as evaluation embeds queries."""
+
+    def __init__(
+        self,
+        tower: nn.Module,
+        config: Config,
+        device: torch.device,
+        fingerprint: str,
+        precision: str | None = None,
+    ) -> None:
+        from liploc.retrieval.embedding import precision_dtype
+        from liploc.training.data import build_transforms
+        from liploc.training.train import autocast_dtype
+
+        self.fingerprint = fingerprint
+        self.device = device
+        self.channels_last = config.train.channels_last
+        self.tower = tower.eval().to(device)
+        if self.channels_last:
+            self.tower.to(memory_format=torch.channels_last)
+        self.transform = build_transforms(config.data, train=False, model=config.model).image
+        # A map's precision when given: queries must be embedded as the map was.
+        self.dtype = (
+            precision_dtype(precision) if precision else autocast_dtype(config.train.precision, device)
+        )
+        self.normalize = config.model.normalize
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        from liploc.retrieval.embedding import embed_batch
+
+        x = self.transform.on_device(images, None, self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return embed_batch(self.tower.encode_image, x, self.dtype, self.normalize).cpu().numpy()
+
+
+ImageInput = str | Path | np.ndarray
+"""A query: an image file, or an already decoded uint8 (H, W, 3) RGB array."""
+
+
 @dataclass
 class Localizer:
-    """A map and the model whose camera tower embeds queries for it (the Python API of ``localize``)."""
+    """A map and the model whose camera tower embeds queries for it (the Python API of ``localize``).
+
+    Keeps the camera tower resident; the model's fingerprint is known from the start (computed
+    once by :meth:`open`), so a query costs its preprocessing, the forward pass and the search.
+    """
 
     lidar_map: LidarMap
-    model: TwoTowerModel
+    model: nn.Module
+    """The camera tower (anything with ``encode_image``; :meth:`open` loads an ImageTower)."""
     config: Config
     device: Any
+    fingerprint: str = ""
+    """The model's fingerprint; empty: computed once here from ``model`` (a TwoTowerModel)."""
+    max_batch: int = 32
+    """Images embedded per forward pass; more are split into batches of this size."""
+    embedder: ImageEmbedder | None = None
+    """Image batch -> embeddings; default: :class:`TorchImageEmbedder` of ``model``."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.fingerprint:
+            self.fingerprint = self.model.fingerprint()  # type: ignore[operator]
+        self.device = torch.device(self.device)
+        if self.embedder is None:
+            self.embedder = TorchImageEmbedder(
+                self.model, self.config, self.device, self.fingerprint, self.lidar_map.embedding_precision
+            )
 
     @classmethod
     def open(
-        cls, map_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto"
+        cls,
+        map_dir: str | Path,
+        checkpoint: str | Path | None = None,
+        device: str = "auto",
+        max_batch: int = 32,
     ) -> Localizer:
-        """Load a map folder and its model (the map's own copy unless ``checkpoint`` is given)."""
+        """Load a map folder and the camera tower of its model (the map's own copy unless
+        ``checkpoint`` is given); the LiDAR tower is never built."""
+        from liploc.retrieval.embedding import pick_device
+
         map_dir = Path(map_dir)
         lidar_map = LidarMap.load(map_dir)
         if checkpoint is None:
             checkpoint = map_dir / MODEL_DIR / "model.safetensors"
-            if not checkpoint.is_file() and not checkpoint.with_suffix(".json").is_file():
+            if not checkpoint.is_file():
                 raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
-        model, config = load_model_from_checkpoint(checkpoint)
-        return cls(lidar_map, model, config, pick_device(device))
+        tower, config, fingerprint = load_image_tower_from_checkpoint(checkpoint)
+        return cls(lidar_map, tower, config, pick_device(device), fingerprint, max_batch)
 
-    def localize(self, images: Sequence[str | Path], k: int = 5) -> list[list[Match]]:
-        """Top-``k`` map entries (poses and scores) for each camera image file."""
-        # The map's precision, not this device's default: queries must be embedded as the map was.
-        emb = embed_image_files(
-            self.model, images, self.config, device=self.device, precision=self.lidar_map.embedding_precision
-        )
-        return self.lidar_map.localize(emb, k, query_fingerprint=self.model.fingerprint())
+    def preprocess(self, image: ImageInput) -> np.ndarray:
+        """uint8 (3, H, W) model-size input of one query (decoded and resized as in training)."""
+        from liploc.datasets import load_image
+        from liploc.training.data import camera_image_input
+
+        array = load_image(Path(image)) if not isinstance(image, np.ndarray) else image
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise DataError(
+                Path(str(image)) if not isinstance(image, np.ndarray) else Path("<array>"),
+                f"expected an (H, W, 3) RGB image, got shape {array.shape}",
+            )
+        return camera_image_input(array, self.config)
+
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(N, D) float32 unit-norm embeddings of the queries, at most ``max_batch`` per forward."""
+        assert self.embedder is not None
+        parts = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start : start + self.max_batch]
+            batch = torch.from_numpy(np.stack([self.preprocess(image) for image in chunk]))
+            parts.append(self.embedder.embed(batch))
+        if not parts:
+            return np.zeros((0, self.lidar_map.dim), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def localize(self, images: Sequence[ImageInput], k: int = 5) -> list[list[Match]]:
+        """Top-``k`` map entries (poses and scores) for each camera image (file or RGB array)."""
+        assert self.embedder is not None
+        emb = self.embed(images)
+        return self.lidar_map.localize(emb, k, query_fingerprint=self.embedder.fingerprint)
 
     def localize_sequence(
         self,
-        images: Sequence[str | Path],
+        images: Sequence[ImageInput],
         k: int = 5,
         *,
         travelled_m: Sequence[float] | None = None,
@@ -165,8 +281,9 @@ class Localizer:
                 raise ConfigError(f"travelled distances must be finite and >= 0, got {travelled_m}")
         settings = (settings or SequenceSettings()).model_copy(update={"seq_len": len(images)})
         lm = self.lidar_map
-        lm.check_query_model(self.model.fingerprint())
-        emb = embed_image_files(self.model, images, self.config, device=self.device)
+        assert self.embedder is not None
+        lm.check_query_model(self.embedder.fingerprint)
+        emb = self.embed(images)
         track = MapTrack.build(
             lm.sequences, lm.frame_indices, lm.xy, join_radius_m=settings.join_radius_m, worlds=worlds
         )
@@ -181,6 +298,32 @@ class Localizer:
             for t, i in enumerate(result.paths[0])  # type: ignore[index]
         ]
         return SequenceLocalization(matches, path)
+
+
+def load_image_tower_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, Config, str]:
+    """(camera tower, training config, full model fingerprint) of a checkpoint or run folder.
+
+    The fingerprint is that of the whole two-tower model (what maps record), computed once from
+    the checkpoint's tensors; only the camera tower is built, without random initialisation.
+    """
+    from liploc.config import config_from_dict
+    from liploc.models import architecture_of, inference_config, load_image_tower, state_fingerprint
+    from liploc.training.checkpoint import load_checkpoint, strip_prefix
+    from liploc.training.run_folder import MODEL_PREFIX, resolve_checkpoint
+
+    file = resolve_checkpoint(checkpoint)
+    tensors, metadata = load_checkpoint(file)
+    config_dict = metadata.get("config") if isinstance(metadata, dict) else None
+    if not isinstance(config_dict, dict):
+        raise DataError(file, "checkpoint metadata holds no training configuration ('config')")
+    config = config_from_dict(config_dict, source=f"{file} (config)")
+    model_cfg = inference_config(config.model)
+    state = strip_prefix(tensors, MODEL_PREFIX)
+    try:
+        tower = load_image_tower(model_cfg, state)
+    except (KeyError, RuntimeError) as err:
+        raise DataError(file, f"weights do not match the camera tower of its config ({err})") from None
+    return tower, config, state_fingerprint(architecture_of(model_cfg), state)
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,30 +42,18 @@ class QueryEncoder(Protocol):
 
 
 class TorchImageEncoder:
-    """The camera tower of a torch model with the evaluation preprocessing of its config."""
+    """The camera tower of a torch model, through the resident :class:`Localizer`: the same
+    preprocessing, precision (the map's), normalisation and bounded batches as ``liploc localize``."""
 
     backend = "torch"
 
-    def __init__(self, model: Any, config: Any, device: Any) -> None:
-        import torch
-
-        from liploc.training.data import build_transforms
-
-        self._torch = torch
-        self.model = model.eval().to(device)
-        self.config = config
-        self.device = device
-        self.transform = build_transforms(config.data, train=False).image
-        self.fingerprint: str = model.fingerprint()  # once: it hashes every weight
+    def __init__(self, localizer: Any) -> None:
+        self.localizer = localizer
+        self.device = localizer.device
+        self.fingerprint: str = localizer.fingerprint  # computed once, when the Localizer opened
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        from liploc.training.data import camera_image_input
-
-        torch = self._torch
-        batch = torch.stack([self.transform(camera_image_input(image, self.config)) for image in images])
-        with torch.inference_mode():
-            emb = self.model.encode_image(batch.to(self.device))
-            return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+        return self.localizer.embed(list(images))
 
 
 class UnknownFrame(LookupError):
@@ -121,7 +109,7 @@ class MapService:
             torch_loc = Localizer.open(map_dir, checkpoint, device)
             config = torch_loc.config
             lidar_map = torch_loc.lidar_map
-            encoder = TorchImageEncoder(torch_loc.model, config, torch_loc.device)
+            encoder = TorchImageEncoder(torch_loc)
         else:
             raise ConfigError(f"unknown backend '{backend}' (torch or onnx)")
         lidar_map.check_query_model(encoder.fingerprint)

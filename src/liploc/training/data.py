@@ -9,6 +9,8 @@ Files on disk become model inputs in two stages:
 2. **Transform** (per sample): scale to 0..1, ImageNet normalisation and, in training, coarse
    dropout. Its randomness comes from a generator seeded by ``(seed, epoch, index)`` so that a
    sample looks the same whatever the worker, the number of processes, or a resume in between.
+   Training and embedding split it (``raw=True``): workers send the uint8 inputs and the dropout
+   rectangles they drew, and the device normalises and fills the holes of the whole batch.
 
 :class:`PairDataset` yields both inputs of a frame with its ground-plane position;
 :class:`ImageDataset` and :class:`LidarDataset` yield one modality, for embedding a sequence.
@@ -65,18 +67,59 @@ class CoarseDropout:
     p: float
     fill: float = 0.0
 
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """The holes of one sample as int32 rows ``(top, left, height, width)``, ``holes`` rows.
+
+        Rows of height 0 are no hole (the sample was not augmented). Drawing consumes ``rng``
+        exactly as applying them does, so workers can draw and the device can apply.
+        """
+        rects = np.zeros((self.holes, 4), dtype=np.int32)
+        if self.holes == 0 or rng.random() >= self.p:
+            return rects
+        for i in range(self.holes):
+            hh = max(1, round(height * rng.uniform(self.min_size, self.max_size)))
+            hw = max(1, round(width * rng.uniform(self.min_size, self.max_size)))
+            top = int(rng.integers(0, max(1, height - hh + 1)))
+            left = int(rng.integers(0, max(1, width - hw + 1)))
+            rects[i] = (top, left, hh, hw)
+        return rects
+
     def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """``x`` (C, H, W) with holes, changed in place and returned."""
-        if self.holes == 0 or rng.random() >= self.p:
-            return x
-        _, h, w = x.shape
-        for _ in range(self.holes):
-            hh = max(1, round(h * rng.uniform(self.min_size, self.max_size)))
-            hw = max(1, round(w * rng.uniform(self.min_size, self.max_size)))
-            top = int(rng.integers(0, max(1, h - hh + 1)))
-            left = int(rng.integers(0, max(1, w - hw + 1)))
-            x[:, top : top + hh, left : left + hw] = self.fill
+        return fill_holes(
+            x[None], torch.from_numpy(self.draw(x.shape[-2], x.shape[-1], rng))[None], self.fill
+        )[0]
+
+
+def fill_holes(x: torch.Tensor, holes: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Batch ``x`` (B, C, H, W) with the rectangles ``holes`` (B, K, 4) of :meth:`CoarseDropout.draw`
+    set to ``fill``, on ``x``'s device (one masked fill, no per-hole loop on the host)."""
+    holes = holes.to(x.device, non_blocking=True).long()
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    top, left, hh, hw = (holes[..., i].view(*holes.shape[:2], 1, 1) for i in range(4))
+    inside = (rows >= top) & (rows < top + hh) & (cols >= left) & (cols < left + hw)
+    mask = inside.any(dim=1, keepdim=True)  # (B, 1, H, W)
+    return x.masked_fill_(mask, fill)
+
+
+def normalize_input(
+    x: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> torch.Tensor:
+    """Inputs in the 0..255 scale (uint8 or float; ``(C, H, W)`` or ``(B, C, H, W)``) -> float32
+    ``(x / 255 - mean) / std`` per channel on ``x``'s device (no normalisation when mean/std are None).
+
+    The one place normalisation happens: workers' CPU transform and the device path both call it.
+    """
+    x = x.to(torch.float32) / 255.0
+    if mean is None or std is None:
         return x
+    c = x.shape[-3]
+    shape = (c, 1, 1)
+    m = torch.tensor(_per_channel(mean, c), dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    s = torch.tensor(_per_channel(std, c), dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    return (x - m) / s
 
 
 @dataclass(frozen=True)
@@ -88,14 +131,19 @@ class InputTransform:
     dropout: CoarseDropout | None = None
 
     def __call__(self, array: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(array, dtype=np.float32) / np.float32(255.0))
-        if self.mean is not None and self.std is not None:
-            c = x.shape[0]
-            mean = torch.tensor(_per_channel(self.mean, c), dtype=torch.float32).view(c, 1, 1)
-            std = torch.tensor(_per_channel(self.std, c), dtype=torch.float32).view(c, 1, 1)
-            x = (x - mean) / std
+        x = normalize_input(torch.from_numpy(np.asarray(array)), self.mean, self.std)
         if self.dropout is not None and rng is not None:
             x = self.dropout(x, rng)
+        return x
+
+    def on_device(
+        self, batch: torch.Tensor, holes: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """The same transform of a collated batch of raw inputs (B, C, H, W; uint8 or 0..255 float)
+        on ``device``, with the holes the workers drew (see :meth:`PairDataset` ``raw``)."""
+        x = normalize_input(batch.to(device, non_blocking=True), self.mean, self.std)
+        if self.dropout is not None and holes is not None:
+            x = fill_holes(x, holes, self.dropout.fill)
         return x
 
 
@@ -308,6 +356,11 @@ class PairDataset(Dataset):
         modalities: which inputs to build (``image``, ``lidar`` or both).
         cache_dir: folder of a :class:`PreprocessCache`, or None to preprocess every time.
         seed: seed of the augmentation (default ``config.train.seed``).
+        raw: yield the preprocessed inputs as they are (uint8 in 0..255, a quarter of float32's
+            bytes through the workers' shared memory) plus, in training, the coarse-dropout
+            rectangles drawn from the same seeded stream (``image_holes`` / ``lidar_holes``, see
+            :meth:`CoarseDropout.draw`); :meth:`device_inputs` then normalises and drops out on
+            the device. Equal results to the default path, which does it all here.
 
     An item is looked up by index, or by ``(epoch, index)`` as :class:`EpochSampler` yields: the
     augmentation of a sample is a function of ``(seed, epoch, index)`` alone.
@@ -325,6 +378,7 @@ class PairDataset(Dataset):
         modalities: Sequence[Modality] = ("image", "lidar"),
         cache_dir: str | Path | None = None,
         seed: int | None = None,
+        raw: bool = False,
     ) -> None:
         unknown = set(modalities) - {"image", "lidar"}
         if unknown or not modalities:
@@ -336,6 +390,7 @@ class PairDataset(Dataset):
         self.transforms = build_transforms(config.data, train, config.model)
         self.cache = PreprocessCache(cache_dir, config) if cache_dir is not None else None
         self.seed = config.train.seed if seed is None else seed
+        self.raw = raw
         self._projector: RangeProjector | None = None  # made lazily: one per worker process
 
     def __len__(self) -> int:
@@ -381,27 +436,59 @@ class PairDataset(Dataset):
             "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
             "world": torch.tensor(world_code(frame.world_id), dtype=torch.long),
         }
-        if "image" in self.modalities:
-            rng = np.random.default_rng(streams[0]) if self.train else None
-            sample["image"] = self.transforms.image(self.preprocessed(index, "image"), rng)
-        if "lidar" in self.modalities:
-            rng = np.random.default_rng(streams[1]) if self.train else None
-            sample["lidar"] = self.transforms.lidar(self.preprocessed(index, "lidar"), rng)
+        for modality, stream in zip(("image", "lidar"), streams, strict=True):
+            if modality not in self.modalities:
+                continue
+            rng = np.random.default_rng(stream) if self.train else None
+            transform: InputTransform = getattr(self.transforms, modality)
+            array = self.preprocessed(index, modality)  # type: ignore[arg-type]
+            if not self.raw:
+                sample[modality] = transform(array, rng)
+                continue
+            sample[modality] = torch.from_numpy(np.ascontiguousarray(array))
+            if transform.dropout is not None and rng is not None:
+                holes = transform.dropout.draw(array.shape[-2], array.shape[-1], rng)
+                sample[f"{modality}_holes"] = torch.from_numpy(holes)
         return sample
+
+    def device_inputs(
+        self,
+        batch: dict[str, torch.Tensor],
+        modality: Modality,
+        device: torch.device,
+        channels_last: bool = True,
+    ) -> torch.Tensor:
+        """Model input of ``modality`` from a collated batch of this dataset, on ``device``.
+
+        With ``raw`` the normalisation and dropout run here, on the device; otherwise the batch
+        is already transformed and only moves. ``channels_last`` (NHWC) suits convolutions on GPUs
+        and oneDNN on CPUs.
+        """
+        x = batch[modality]
+        if self.raw:
+            transform: InputTransform = getattr(self.transforms, modality)
+            x = transform.on_device(x, batch.get(f"{modality}_holes"), device)
+        else:
+            x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
 class ImageDataset(PairDataset):
     """Camera inputs of frames (no augmentation): ``{"image", "position_xy", "index"}``."""
 
-    def __init__(self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None) -> None:
-        super().__init__(frames, config, train=False, modalities=("image",), cache_dir=cache_dir)
+    def __init__(
+        self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None, raw: bool = False
+    ) -> None:
+        super().__init__(frames, config, train=False, modalities=("image",), cache_dir=cache_dir, raw=raw)
 
 
 class LidarDataset(PairDataset):
     """LiDAR inputs of frames (no augmentation): ``{"lidar", "position_xy", "index"}``."""
 
-    def __init__(self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None) -> None:
-        super().__init__(frames, config, train=False, modalities=("lidar",), cache_dir=cache_dir)
+    def __init__(
+        self, frames: Sequence[Frame], config: Config, cache_dir: str | Path | None = None, raw: bool = False
+    ) -> None:
+        super().__init__(frames, config, train=False, modalities=("lidar",), cache_dir=cache_dir, raw=raw)
 
 
 # --- frames of a split ---------------------------------------------------------------------------

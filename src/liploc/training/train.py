@@ -151,15 +151,21 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 @contextmanager
 def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
     """Deterministic kernels while training (restored afterwards)."""
+    import torch.utils.deterministic
+
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
+        torch.utils.deterministic.fill_uninitialized_memory,
     )
     if enabled and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=True)
+    # Deterministic mode also fills every torch.empty with NaN, a full memory pass per allocation.
+    # Nothing here reads memory before writing it, so results stay bit-exact without that fill.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
     try:
@@ -167,6 +173,7 @@ def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+        torch.utils.deterministic.fill_uninitialized_memory = previous[4]
 
 
 # --- learning-rate schedule ------------------------------------------------------------------------
@@ -391,6 +398,9 @@ def validate(
     net.eval()
     loss_sum = i2l_sum = l2i_sum = 0.0
     pairs = 0
+    check_rows = getattr(loss_fn, "check_rows", None)
+    if check_rows is not None:
+        loss_fn.check_rows = True  # the last validation batch may be short: check every batch
     # The loss is computed on the gathered global batch (the same on every process), so that its
     # own gathering, which needs equal parts, is off; parts may differ (see ValidationBatches).
     for batch in loader:
@@ -400,8 +410,7 @@ def validate(
             positions = torch.zeros((0, 2), device=device, dtype=torch.float64)
             worlds = torch.zeros((0,), device=device, dtype=torch.int64)
         else:
-            image = batch["image"].to(device, non_blocking=True)
-            lidar = batch["lidar"].to(device, non_blocking=True)
+            image, lidar = model_inputs(loader, batch, device)
             with _autocast(device, amp_dtype):
                 image_emb, lidar_emb = net(image, lidar)
             positions = batch["position_xy"].to(device)
@@ -421,6 +430,8 @@ def validate(
         l2i_sum += l2i * n
         pairs += n
     net.train(was_training)
+    if check_rows is not None:
+        loss_fn.check_rows = check_rows
     if pairs == 0:
         return {}
     return {
@@ -443,6 +454,89 @@ def _gathering_off(loss_fn: nn.Module) -> Iterator[None]:
         yield
     finally:
         loss_fn.cfg = cfg
+
+
+def model_inputs(
+    loader: DataLoader, batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, LiDAR) model inputs of a collated batch on ``device``: the device half of the
+    transform when the loader's dataset sends raw uint8 inputs, channels-last when it asks."""
+    dataset = loader.dataset
+    if isinstance(dataset, PairDataset):
+        channels_last = dataset.config.train.channels_last
+        return (
+            dataset.device_inputs(batch, "image", device, channels_last),
+            dataset.device_inputs(batch, "lidar", device, channels_last),
+        )
+    return batch["image"].to(device, non_blocking=True), batch["lidar"].to(device, non_blocking=True)
+
+
+def loss_positions(
+    loss_fn: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+) -> torch.Tensor | None:
+    """The batch's positions on ``device`` when the loss uses them (pose-aware), else None: no
+    copy to the device, and so no wait for it, when they are not needed."""
+    cfg = getattr(loss_fn, "cfg", None)
+    if cfg is not None and not getattr(cfg, "pose_aware", True):
+        return None
+    return batch["position_xy"].to(device, non_blocking=True)
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], tc: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW over ``groups``: the fused kernel (one launch for all parameters) where torch has it
+    for ``device``, else the multi-tensor one."""
+    kwargs = {"lr": tc.lr_head, "weight_decay": tc.weight_decay}
+    if device.type in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            pass  # dtype or device without a fused kernel
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimiser moments their parameter's memory layout (checkpoints store them
+    contiguous). torch's fused CPU AdamW walks parameter, gradient and moments as flat memory:
+    a channels-last parameter with contiguous moments gets wrong updates (measured: errors of
+    0.6 after one step), and a resumed run would not match an uninterrupted one."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _needs_buffer_broadcast(model: nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers before each forward.
+
+    Batch-norm running statistics need not be: a training forward uses the batch's statistics,
+    :func:`validate` broadcasts rank 0's before evaluating, and only rank 0 saves. Any other
+    buffer (unknown meaning) is kept in step, to be safe.
+    """
+    bn_names = {"running_mean", "running_var", "num_batches_tracked"}
+    for module in model.modules():
+        is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
+        for name, _ in module.named_buffers(recurse=False):
+            if not (is_bn and name in bn_names):
+                return True
+    return False
+
+
+def wrap_distributed(model: nn.Module, tc: TrainConfig, device: torch.device) -> DistributedDataParallel:
+    """DDP with gradients as views of its buckets (no copy, less memory), a static graph when
+    the graph cannot change between steps (no accumulation, no compiled encoders), and buffer
+    broadcasts only when :func:`_needs_buffer_broadcast`."""
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        model,
+        device_ids=ids,
+        gradient_as_bucket_view=True,
+        static_graph=tc.grad_accum == 1 and not tc.compile,
+        broadcast_buffers=_needs_buffer_broadcast(model),
+    )
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -491,7 +585,8 @@ def train(
         resume: continue from ``checkpoints/last.safetensors`` of ``out_dir``.
         progress: show a progress bar (rank 0).
         on_step: called on every process after each optimiser step with the step number and its
-            logged values (loss, learning rates, pairs/s on logging steps).
+            logged values (learning rates; loss, temperature and pairs/s on logging steps only,
+            which is when the loop reads them from the device).
         console: a rich Console for messages (rank 0); None: messages only go to ``train.log``
             (a console is made for the progress bar when ``progress``).
 
@@ -583,8 +678,9 @@ class _Trainer:
                 ),
             )
         cache_dir = preprocess_cache_dir(config.data) if config.data.cache else None
-        train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir)
-        val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir)
+        # Workers send uint8 inputs; normalisation and dropout run on the device (model_inputs).
+        train_set = PairDataset(self.splits.train, config, train=True, cache_dir=cache_dir, raw=True)
+        val_set = PairDataset(self.splits.val, config, train=False, cache_dir=cache_dir, raw=True)
         self.train_sampler = EpochSampler(len(train_set), True, tc.seed, info.rank, info.world_size, True)
         self.num_workers, note = capped_num_workers(config.data.num_workers)
         if note:
@@ -599,6 +695,18 @@ class _Trainer:
         # Model, loss, optimiser: identical initial weights on every process.
         torch.manual_seed(tc.seed)
         self.model = create_model(config.model).to(device)
+        if tc.sync_batchnorm:
+            if not info.enabled:
+                self.log("train.sync_batchnorm: one process, nothing to synchronise")
+            elif device.type != "cuda":
+                raise ConfigError(
+                    "train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                    "implementation); set it to false for CPU runs"
+                )
+            else:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = build_loss(config.loss).to(device)
         groups = [
             *self.model.param_groups(tc.lr_head, tc.lr_image_encoder, tc.lr_lidar_encoder, tc.weight_decay),
@@ -608,7 +716,7 @@ class _Trainer:
             for group in groups:
                 if group.get("name") in ("image_encoder", "lidar_encoder"):
                     group["weight_decay"] = tc.encoder_weight_decay
-        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr_head, weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(groups, tc, device)
         self.group_names = [g.get("name", f"group{i}") for i, g in enumerate(self.optimizer.param_groups)]
         self.schedule = LrSchedule(self.optimizer, tc, self.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -632,10 +740,16 @@ class _Trainer:
             self._restore()
         # A run from before fingerprints gets one from here on.
         self.data_digest = self.data_digest or digest(self.data_listing)
+        if tc.compile:
+            # In place (nn.Module.compile): the state_dict keys, so checkpoints, stay the same.
+            self.model.image_encoder.compile()
+            self.model.lidar_encoder.compile()
         self.net: nn.Module = self.model
         if info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            self.net = wrap_distributed(self.model, tc, device)
+        self.pending_losses: list[torch.Tensor] = []
+        """Step losses (device scalars, one per micro-batch) not yet read: read at log steps,
+        before saves and at epoch ends, so that steps never wait for the device."""
 
         lr_columns = [f"lr_{n}" for n in self.group_names]
         step_columns = ["step", "epoch", "loss", *lr_columns, "temperature", "pairs_per_s", "elapsed_s"]
@@ -678,7 +792,7 @@ class _Trainer:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_init_worker,
             generator=torch.Generator().manual_seed(self.tc.seed),
-            persistent_workers=False,
+            persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
         )
 
@@ -720,6 +834,7 @@ class _Trainer:
         self.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
+        _match_state_layout(self.optimizer)
         self.schedule.load_state_dict(meta["schedule"])
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
@@ -761,6 +876,7 @@ class _Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _save(self, kind: str) -> None:
+        self._read_losses()  # the position holds the loss sums; never save after a NaN
         if not self.info.is_main:
             return
         position = {**self.position, "world_size": self.info.world_size}
@@ -833,7 +949,7 @@ class _Trainer:
                     if bar is not None:
                         bar.update(
                             position["step"],
-                            row["loss_step"],
+                            row.get("loss_step"),
                             self.metrics.get("pairs_per_s"),
                             epoch + 1,
                             tc.epochs,
@@ -858,31 +974,32 @@ class _Trainer:
         return self._finish(stopped)
 
     def _step(self, batches: Iterator[dict[str, torch.Tensor]], epoch: int) -> dict[str, float]:
-        """One optimiser step (``grad_accum`` micro-batches); returns its log row."""
+        """One optimiser step (``grad_accum`` micro-batches); returns its log row.
+
+        Nothing here waits for the device: the loss stays a device scalar until a log step, a
+        save or the epoch end reads it (:meth:`_read_losses`, which also checks it is finite).
+        """
         tc, position, device = self.tc, self.position, self.device
         torch.manual_seed(step_seed(tc.seed, position["step"], self.info.rank))
         self.schedule.apply(position["step"])
         self.optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        losses = []
         for micro in range(tc.grad_accum):
             batch = next(batches)
             sync = micro == tc.grad_accum - 1 or not self.info.enabled
             with nullcontext() if sync else self.net.no_sync():  # type: ignore[operator]
+                image, lidar = model_inputs(self.train_loader, batch, device)
                 with _autocast(device, self.amp_dtype):
-                    image_emb, lidar_emb = self.net(
-                        batch["image"].to(device, non_blocking=True),
-                        batch["lidar"].to(device, non_blocking=True),
-                    )
-                loss = self.loss_fn(
-                    image_emb.float(), lidar_emb.float(), batch["position_xy"].to(device), batch.get("world")
-                )
+                    image_emb, lidar_emb = self.net(image, lidar)
+                positions = loss_positions(self.loss_fn, batch, device)
+                worlds = batch["world"].to(device, non_blocking=True) if positions is not None else None
+                loss = self.loss_fn(image_emb.float(), lidar_emb.float(), positions, worlds)
                 self.scaler.scale(loss / tc.grad_accum).backward()
-            step_loss += float(loss.detach()) / tc.grad_accum
-        if not math.isfinite(step_loss):
-            raise LiplocError(
-                f"training loss is {step_loss} at step {position['step'] + 1}; lower the learning rates "
-                "or use train.precision fp32"
-            )
+            losses.append(loss.detach())
+        if hasattr(self.loss_fn, "check_rows"):
+            # Training batches are equal on every process by construction (drop_last, equal
+            # shares): the first step's check under DDP is enough.
+            self.loss_fn.check_rows = False
         if tc.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -891,22 +1008,49 @@ class _Trainer:
         self.scaler.update()
         position["step"] += 1
         position["step_in_epoch"] += 1
-        position["epoch_loss_sum"] += step_loss
-        position["epoch_loss_count"] += 1
-        self.metrics["loss"] = step_loss
-        return self._log_step(step_loss, epoch)
+        self.pending_losses.append(torch.stack(losses))
+        return self._log_step(epoch)
 
-    def _log_step(self, step_loss: float, epoch: int) -> dict[str, float]:
+    def _read_losses(self) -> list[float]:
+        """Read the pending step losses from the device (one synchronisation), in step order.
+
+        Adds them to the epoch's sum and the log window, and raises when one is not finite (then
+        nothing is saved: the last checkpoint stays the one before the divergence).
+        """
+        if not self.pending_losses:
+            return []
+        values = torch.stack(self.pending_losses).cpu().tolist()
+        first_step = self.position["step"] - len(values) + 1
+        self.pending_losses = []
+        position, out = self.position, []
+        for offset, micro_losses in enumerate(values):
+            step_loss = 0.0
+            for value in micro_losses:
+                step_loss += value / self.tc.grad_accum
+            if not math.isfinite(step_loss):
+                raise LiplocError(
+                    f"training loss is {step_loss} at step {first_step + offset}; lower the learning "
+                    "rates or use train.precision fp32"
+                )
+            position["epoch_loss_sum"] += step_loss
+            position["epoch_loss_count"] += 1
+            self.window["losses"].append(step_loss)
+            out.append(step_loss)
+        self.metrics["loss"] = out[-1]
+        return out
+
+    def _log_step(self, epoch: int) -> dict[str, float]:
         step = self.position["step"]
         window = self.window
         window["pairs"] += self.tc.batch_size * self.tc.grad_accum
-        window["losses"].append(step_loss)
-        row: dict[str, float] = {"step": step, "epoch": epoch + 1, "loss": step_loss, "loss_step": step_loss}
+        row: dict[str, float] = {"step": step, "epoch": epoch + 1}
         for name, group in zip(self.group_names, self.optimizer.param_groups, strict=True):
             row[f"lr_{name}"] = float(group["lr"])
-        if hasattr(self.loss_fn, "temperature"):
-            row["temperature"] = float(self.loss_fn.temperature)
         if step % self.tc.log_every == 0 or step == self.total_steps:
+            losses = self._read_losses()
+            row["loss_step"] = losses[-1]
+            if hasattr(self.loss_fn, "temperature"):
+                row["temperature"] = float(self.loss_fn.temperature)
             now = time.perf_counter()
             row["pairs_per_s"] = window["pairs"] / max(now - window["start"], 1e-9)
             row["elapsed_s"] = now - self.start_time
@@ -925,6 +1069,7 @@ class _Trainer:
         """Validation, plateau schedule, best and last checkpoints, epoch log (also after a
         ``max_steps`` stop mid-epoch, then without a plateau step and keeping the position)."""
         tc, position = self.tc, self.position
+        self._read_losses()
         complete = position["step_in_epoch"] >= self.steps_per_epoch
         train_loss = position["epoch_loss_sum"] / max(1, position["epoch_loss_count"])
         due = (epoch + 1) % tc.val_every_epochs == 0 or epoch + 1 == tc.epochs
@@ -1017,13 +1162,15 @@ class _ProgressBar:
         self.task = self.progress.add_task("train", total=total, completed=done, loss="-", rate="-")
         self.progress.start()
 
-    def update(self, step: int, loss: float, rate: float | None, epoch: int, epochs: int) -> None:
+    def update(self, step: int, loss: float | None, rate: float | None, epoch: int, epochs: int) -> None:
+        """Show ``step``; ``loss`` is only known at log steps (None: keep the last one shown)."""
+        fields = {} if loss is None else {"loss": f"{loss:.4f}"}
         self.progress.update(
             self.task,
             completed=step,
             description=f"epoch {epoch}/{epochs}",
-            loss=f"{loss:.4f}",
             rate="-" if rate is None else f"{rate:.1f}",
+            **fields,
         )
 
     def close(self) -> None:
