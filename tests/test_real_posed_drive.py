@@ -89,8 +89,7 @@ def test_real_drive_info_training_evaluation_map_and_localization(posed_drive: P
     assert splits["train_frames"] + splits["val_frames"] + splits["left_out"]["val_gap"] == 24
 
     # Evaluation on the drive itself (the only posed one here: a pipeline check, not a result).
-    evaluate_help = runner.invoke(app, ["evaluate", "--help"]).output
-    allow = ["--allow-training-data"] if "--allow-training-data" in evaluate_help else []
+    allow = ["--allow-training-data"]  # it trained on this drive: evaluate refuses it without
     evaluation = runner.invoke(
         app,
         ["evaluate", str(run), "--data-root", str(posed_drive), "--sequence", DRIVE, "--threshold", "20",
