@@ -168,9 +168,9 @@ def pipeline_rates(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of the tiny config")
-    parser.add_argument("--resnet50-steps", type=int, default=3, help="timed steps of ResNet-50 (batch 4)")
-    parser.add_argument("--frames", type=int, default=64, help="frames of the small synthetic drive")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of the tiny config")
+    parser.add_argument("--resnet50-steps", type=int, default=1, help="timed steps of ResNet-50 (batch 4)")
+    parser.add_argument("--frames", type=int, default=40, help="frames of the small synthetic drive")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the full pipeline")
     args = parser.parse_args()
 
