@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,12 @@ def test_cache_warm_info_and_clear(corridor: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(TINY.read_text() + "\n")
+    stale = cache / "0123456789abcdef" / "image" / ".x.npy.k2j3.tmp"  # a killed writer's, 2 h old
+    young = stale.with_name(".y.npy.a1b2.tmp")  # a live writer's
+    stale.parent.mkdir(parents=True)
+    for path in (stale, young):
+        path.write_bytes(b"x" * 10)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     res = runner.invoke(
         app,
         [
@@ -130,6 +137,7 @@ def test_cache_warm_info_and_clear(corridor: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert len(list(cache.rglob("*.npy"))) == 2 * 18
     assert "36" in res.output
+    assert not stale.exists() and young.exists()
     res = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)])
     assert res.exit_code == 0, res.output
     assert "36 entries" in res.output and ("KiB" in res.output or "MiB" in res.output)

@@ -161,3 +161,19 @@ def sweep_temporary_files(folder: str | Path) -> list[Path]:
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def sweep_stale_temporary_files(folder: str | Path, older_than_s: float = 3600.0) -> int:
+    """Remove temporary files under ``folder`` (recursively) not touched for ``older_than_s``:
+    leftovers of killed writers in a folder that live writers share (a cache), where a young
+    temporary file may belong to a running process. Returns how many were removed."""
+    import time
+
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for entry in Path(folder).rglob(f"*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+    return removed

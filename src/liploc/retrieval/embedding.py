@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from liploc.atomic import atomic_write_bytes
+from liploc.atomic import atomic_write_bytes, sweep_stale_temporary_files
 from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame, load_image
@@ -210,6 +210,8 @@ class EmbeddingCache:
     def __init__(self, folder: str | Path, fingerprint: str) -> None:
         self.folder = Path(folder) / fingerprint[:16]
         self._write_failure_reported = False
+        if self.folder.is_dir():
+            sweep_stale_temporary_files(self.folder)  # what killed evaluations left
 
     def _path(self, frames: Sequence[Frame], modality: Modality) -> Path:
         digest = hashlib.sha256(modality.encode())

@@ -154,12 +154,16 @@ def warm_cache(
     config: Config, cache_dir: str | Path | None = None, workers: int | None = None, progress: Any = None
 ) -> WarmResult:
     """Preprocess every frame of every split of ``config`` into the cache, with ``workers``
-    loader processes (default: all cores). ``progress``: a rich Progress to report to."""
+    loader processes (default: all cores). ``progress``: a rich Progress to report to.
+    Temporary files older than an hour (killed writers') are swept first."""
     from torch.utils.data import DataLoader
 
+    from liploc.atomic import sweep_stale_temporary_files
     from liploc.training.data import PairDataset, split_frames
 
     folder = Path(cache_dir) if cache_dir is not None else preprocess_cache_dir(config.data)
+    if folder.is_dir():
+        sweep_stale_temporary_files(folder)  # what killed writers left (live ones' are young)
     frames, seen = [], set()
     for split in ("train", "val", "test"):
         for frame in split_frames(config.data, split):
