@@ -77,7 +77,11 @@ def test_numpy_camera_preprocessing_equals_torchs(exported, map_world, shape) ->
     _, config = load_model_from_checkpoint(map_world["run"])
     spec = json.loads((map_world["map"] / "model" / "onnx" / "preprocessing.json").read_text())
     image = np.random.default_rng(shape[0]).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
-    expected = build_transforms(config.data, train=False, model=config.model).image(camera_image_input(image, config)).numpy()
+    expected = (
+        build_transforms(config.data, train=False, model=config.model)
+        .image(camera_image_input(image, config))
+        .numpy()
+    )
     got = CameraPreprocess.from_spec(spec["image"])(image)
     # Equal up to a rare rounding of a value at .5 to the other 8-bit level.
     assert np.mean(np.abs(got - expected) > 1e-5) < 0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -87,10 +88,44 @@ def test_tiny_config_learns_the_corridor(corridor: Path, tmp_path: Path) -> None
     assert model.fingerprint() == meta["model_fingerprint"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, strip_prefix(tensors, "model.")[key])
-    assert meta["metrics"]["val_loss"] == pytest.approx(min(row["val_loss"] for row in epochs), rel=1e-5)
+
+    # best.safetensors is the epoch of the highest validation top-1 (train.best_metric: val_top1).
+    def top1(row: dict) -> float:
+        return 0.5 * (row["val_top1_image_to_lidar"] + row["val_top1_lidar_to_image"])
+
+    assert top1(meta["metrics"]) == pytest.approx(max(top1(row) for row in epochs), rel=1e-5)
     last_model, _ = load_model_from_checkpoint(result.last_checkpoint)
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"step": 40' in summary and last_model.embed_dim == cfg.model.embed_dim
+
+
+@pytest.mark.parametrize(("metric", "best_epoch"), [("val_top1", 2), ("val_loss", 1)])
+def test_best_checkpoint_follows_the_chosen_metric(
+    corridor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, best_epoch: int
+) -> None:
+    # Scripted validation: the loss is lowest at epoch 1 while the retrieval accuracy peaks at
+    # epoch 2, as on a leak-free validation set where the model grows confident.
+    import liploc.training.train as train_module
+
+    script = iter([(1.0, 0.1), (2.0, 0.5), (3.0, 0.3)])
+
+    def scripted_validate(*args, **kwargs) -> dict[str, float]:
+        loss, top1 = next(script)
+        return {
+            "val_loss": loss,
+            "val_top1_image_to_lidar": top1,
+            "val_top1_lidar_to_image": top1,
+            "val_pairs": 16.0,
+        }
+
+    monkeypatch.setattr(train_module, "validate", scripted_validate)
+    cfg = tiny_config(corridor, "train.epochs=3", "train.scheduler=none", f"train.best_metric={metric}")
+    result = train(cfg, tmp_path / "run", progress=False)
+    epochs = read_csv_rows(tmp_path / "run" / "epochs.csv")
+    _, meta = load_checkpoint(result.best_checkpoint)
+    assert meta["step"] == epochs[best_epoch - 1]["step"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best"]["metric"] == metric and summary["best"]["step"] == meta["step"]
 
 
 def test_tampered_or_truncated_checkpoints_are_refused(corridor: Path, tmp_path: Path) -> None:

@@ -728,9 +728,9 @@ class _Trainer:
             "epoch_loss_count": 0,
         }
         self.best: dict[str, Any] = {
-            "loss": None,
+            "value": None,
             "step": None,
-            "metric": "val_loss" if self.val_loader is not None else "train_loss",
+            "metric": tc.best_metric if self.val_loader is not None else "train_loss",
         }
         self.metrics: dict[str, float] = {}
         self.data_digest: str | None = None
@@ -914,11 +914,22 @@ class _Trainer:
                 snapshot=self.snapshot,
             )
 
-    def _consider_best(self, value: float | None) -> None:
+    def _consider_best(self, results: dict[str, float], train_loss: float) -> None:
+        """Save ``best`` when this epoch's value of the run's best metric beats the best so far."""
+        metric = self.best["metric"]
+        if metric == "val_top1":
+            if not results:
+                return
+            value = 0.5 * (results["val_top1_image_to_lidar"] + results["val_top1_lidar_to_image"])
+        else:
+            value = results.get("val_loss") if metric == "val_loss" else train_loss
         if value is None or not math.isfinite(value):
             return
-        if self.best["loss"] is None or value < self.best["loss"]:
-            self.best.update(loss=value, step=self.position["step"])
+        best = self.best.get("value", self.best.get("loss"))  # "loss": runs saved before best_metric
+        higher_is_better = metric == "val_top1"
+        if best is None or (value > best if higher_is_better else value < best):
+            self.best.update(value=value, step=self.position["step"])
+            self.best.pop("loss", None)
             self._save("best")
 
     # --- the loop -------------------------------------------------------------------------------
@@ -1079,7 +1090,7 @@ class _Trainer:
         self.metrics.update({"train_loss": train_loss, **results})
         if complete and results and self.schedule.validation_done(results["val_loss"]):
             self.log(f"validation loss did not improve: learning rates x{tc.plateau_factor}")
-        self._consider_best(results.get("val_loss") if self.val_loader is not None else train_loss)
+        self._consider_best(results, train_loss)
         if self.info.is_main:
             row = {"epoch": epoch + 1, "step": position["step"], "train_loss": train_loss, **results}
             row[f"lr_{self.group_names[0]}"] = self.optimizer.param_groups[0]["lr"]
@@ -1125,7 +1136,7 @@ class _Trainer:
             atomic_write_text(run.summary, json.dumps(summary, indent=1, default=str) + "\n")
             best_text = "none"
             if best["step"] is not None:
-                best_text = f"{best['metric']} {best['loss']:.4f} at step {best['step']}"
+                best_text = f"{best['metric']} {best.get('value', best.get('loss')):.4f} at step {best['step']}"
             self.log(f"done: {result.step} steps ({stopped}); best {best_text}; run folder {run.root}")
         distributed.barrier()
         return result
