@@ -1136,7 +1136,8 @@ class _Trainer:
             atomic_write_text(run.summary, json.dumps(summary, indent=1, default=str) + "\n")
             best_text = "none"
             if best["step"] is not None:
-                best_text = f"{best['metric']} {best.get('value', best.get('loss')):.4f} at step {best['step']}"
+                value = best.get("value", best.get("loss"))
+                best_text = f"{best['metric']} {value:.4f} at step {best['step']}"
             self.log(f"done: {result.step} steps ({stopped}); best {best_text}; run folder {run.root}")
         distributed.barrier()
         return result
