@@ -120,3 +120,14 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
         write_report(tmp_path, result, xy, xy, bad)
     with pytest.raises(ValueError, match="outside"):
         write_report(tmp_path, result, xy, xy, [RetrievalExample(999, np.zeros((10, 10, 3), np.uint8), [])])
+
+
+def test_trajectory_title_names_the_method_and_the_legend_every_group() -> None:
+    from liploc.retrieval.report import plot_trajectory
+
+    result, xy = loop_result()
+    fig = plot_trajectory(result, xy, xy, label="sequence of 7 images")
+    title = fig.axes[0].get_title()
+    assert title.startswith("sequence of 7 images: top-1 success within 20 m"), title
+    legend = " ".join(t.get_text() for legend in fig.legends for t in legend.get_texts())
+    assert "top-1 within 20 m" in legend and "top-1 wrong" in legend and "start" in legend

@@ -175,7 +175,7 @@ def plot_trajectory(
         (main.counted & main.success, SUCCESS_COLOR, "o", 10, f"top-1 within {main.threshold_m:g} m"),
         (main.counted & ~main.success, FAILURE_COLOR, "x", 16, "top-1 wrong"),
     ]
-    for mask, color, marker, size, label in groups:  # failures drawn last so that they stay visible
+    for mask, color, marker, size, legend in groups:  # failures drawn last so that they stay visible
         if mask.any():
             ax.scatter(
                 *query_xy[mask].T,
@@ -183,7 +183,7 @@ def plot_trajectory(
                 c=color,
                 marker=marker,
                 linewidths=1.0 if marker == "x" else 0,
-                label=f"{label} ({int(mask.sum())})",
+                label=f"{legend} ({int(mask.sum())})",
             )
     _mark_start_and_direction(ax, query_xy)
     ax.set_aspect("equal", adjustable="datalim")
