@@ -14,7 +14,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -25,10 +24,10 @@ from torch.utils.data import DataLoader
 from liploc.atomic import atomic_write_bytes, sweep_stale_temporary_files
 from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
-from liploc.datasets import Frame, load_image
+from liploc.datasets import Frame
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.models import TwoTowerModel
-from liploc.training.data import ImageDataset, LidarDataset, build_transforms, camera_image_input
+from liploc.training.data import ImageDataset, LidarDataset
 from liploc.training.train import autocast_dtype, resolve_device
 
 Modality = Literal["image", "lidar"]
@@ -67,13 +66,6 @@ def embedding_precision(config: Config, device: torch.device) -> str:
     """
     dtype = autocast_dtype(config.train.precision, device)
     return next(name for name, d in _PRECISION_DTYPES.items() if d == dtype)
-
-
-def _autocast_for(precision: str, device: torch.device):
-    if precision not in _PRECISION_DTYPES:
-        raise ValueError(f"unknown embedding precision {precision!r} (fp32, bf16, fp16)")
-    dtype = _PRECISION_DTYPES[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def loader_workers(requested: int, batches: int) -> int:
@@ -164,38 +156,6 @@ def embed_batch(
         emb = encode(x)  # type: ignore[operator]
     # Re-normalise in fp32: a bf16 output is only approximately unit length.
     return torch.nn.functional.normalize(emb.float(), dim=-1) if normalize else emb.float()
-
-
-@torch.no_grad()
-def embed_image_files(
-    model: TwoTowerModel,
-    paths: Sequence[str | Path],
-    config: Config,
-    *,
-    device: torch.device,
-    precision: str | None = None,
-) -> np.ndarray:
-    """(N, D) embeddings of camera image files (no frame or calibration needed): a query's path.
-
-    ``precision`` as in :func:`embed_frames` (pass the map's, so that queries match it).
-    """
-    transform = build_transforms(config.data, train=False, model=config.model).image
-    tensors = []
-    for path in paths:
-        tensors.append(transform(camera_image_input(load_image(Path(path)), config)))
-    model.eval().to(device)
-    with _autocast_for(precision or embedding_precision(config, device), device):
-        emb = model.encode_image(torch.stack(tensors).to(device))
-    return _finish(model, emb)
-
-
-def _finish(model: TwoTowerModel, emb: torch.Tensor) -> np.ndarray:
-    """float32 numpy embeddings; re-normalised in fp32 (a bf16 output is only approximately unit
-    length) unless the model keeps them un-normalised (raw dot-product retrieval)."""
-    emb = emb.float()
-    if model.cfg.normalize:
-        emb = torch.nn.functional.normalize(emb, dim=-1)
-    return emb.cpu().numpy()
 
 
 class EmbeddingCache:
