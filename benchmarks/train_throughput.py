@@ -172,61 +172,79 @@ def main() -> None:
     parser.add_argument("--resnet50-steps", type=int, default=1, help="timed steps of ResNet-50 (batch 4)")
     parser.add_argument("--frames", type=int, default=40, help="frames of the small synthetic drive")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the full pipeline")
+    parser.add_argument(
+        "--device", choices=("all", "cpu", "cuda"), default="all", help="cpu, cuda, or both (all)"
+    )
+    parser.add_argument("--cuda-workers", type=int, default=min(12, os.cpu_count() or 1))
+    parser.add_argument("--cuda-steps", type=int, default=30, help="timed steps of each CUDA config")
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="CUDA rows also with train.deterministic=false (cuDNN benchmark), the speed-run setting",
+    )
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start (shared machine: noisy)")
     tiny = load_config(CONFIGS / "tiny.yaml")
     resnet50 = load_config(CONFIGS / "kitti_resnet50.yaml")
     results: dict[str, object] = {}
-    headline: dict[str, float] = {}
 
-    runs = [
-        ("cpu", "tiny", tiny, tiny.train.batch_size, args.steps, 2),
-        ("cpu", "resnet50", resnet50, 4, args.resnet50_steps, 1),
-    ]
-    if torch.cuda.is_available():
+    runs: list[tuple[str, str, Config, int, int, int, int]] = []
+    if args.device in ("all", "cpu"):
         runs += [
-            ("cuda", "tiny", tiny, tiny.train.batch_size, 50, 3),
-            ("cuda", "resnet50", resnet50, 128, 20, 3),
+            ("cpu", "tiny", tiny, tiny.train.batch_size, args.steps, 2, args.workers),
+            ("cpu", "resnet50", resnet50, 4, args.resnet50_steps, 1, args.workers),
         ]
+    if args.device in ("all", "cuda"):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+        speed = resnet50.model_copy(deep=True)
+        speed.train.deterministic = False
+        runs += [
+            ("cuda", "tiny", tiny, tiny.train.batch_size, 5 * args.cuda_steps, 5, args.cuda_workers),
+            ("cuda", "resnet50", resnet50, 128, args.cuda_steps, 5, args.cuda_workers),
+        ]
+        if args.speed:
+            runs.append(("cuda", "resnet50_speed", speed, 128, args.cuda_steps, 5, args.cuda_workers))
     with tempfile.TemporaryDirectory() as tmp:
         # Steps run over several epochs of this drive (as training does), so it can stay small.
         root = Path(tmp) / "synth"
         frames = max(args.frames, 2 * max(run[3] for run in runs))  # at least two batches per epoch
         generate_dataset(root, SynthOptions(town_seed=1, drives=1, frames=frames, size="small"), reuse=False)
         sequence = open_dataset(root, "auto").sequences()[0]
-        for device_type, label, base, batch, steps, warmup in runs:
+        for device_type, label, base, batch, steps, warmup, workers in runs:
             device = torch.device(device_type)
             work = Path(tempfile.mkdtemp(dir=tmp))
             config = bench_config(base, root, sequence, work, device)
             model_only = pairs_per_second(config, device, batch, steps, warmup)
-            rates = pipeline_rates(config, device, batch, steps, warmup, args.workers, work)
+            rates = pipeline_rates(config, device, batch, steps, warmup, workers, work)
             entry = {"model_only": round(model_only, 2), **{k: round(v, 2) for k, v in rates.items()}}
             entry["full_over_model_only"] = round(rates["full"] / model_only, 3)
             entry["train_step_over_model_only"] = round(rates["train_step"] / model_only, 3)
             entry["batch"] = batch
+            entry["workers"] = workers
+            entry["deterministic"] = base.train.deterministic
             results[f"{device_type}_{label}"] = entry
-            headline[label] = entry["model_only"]
             print(
                 f"{device_type} {label:8s} batch {batch:3d}: model-only {model_only:8.2f}, train step "
-                f"{rates['train_step']:8.2f}, full pipeline ({args.workers} workers, warm cache) "
+                f"{rates['train_step']:8.2f}, full pipeline ({workers} workers, warm cache) "
                 f"{rates['full']:8.2f} pairs/s = {entry['full_over_model_only']:.2f} of model-only "
                 f"(goal 0.9); loader alone {rates['loader_per_worker']:.1f} pairs/s per worker",
                 flush=True,
             )
+    first = {
+        label: results.get(f"cuda_{label}", results.get(f"cpu_{label}")) for label in ("tiny", "resnet50")
+    }
     print(
         json.dumps(
             {
-                "tiny_pairs_per_s": headline["tiny"],
-                "resnet50_pairs_per_s": headline["resnet50"],
-                "tiny_full_over_model_only": results.get("cuda_tiny", results["cpu_tiny"])[
-                    "full_over_model_only"
-                ],  # type: ignore[index,union-attr]
-                "resnet50_full_over_model_only": results.get("cuda_resnet50", results["cpu_resnet50"])[  # type: ignore[index,union-attr]
-                    "full_over_model_only"
-                ],
-                "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-                "workers": args.workers,
+                "tiny_pairs_per_s": first["tiny"]["model_only"],  # type: ignore[index]
+                "resnet50_pairs_per_s": first["resnet50"]["model_only"],  # type: ignore[index]
+                "tiny_full_over_model_only": first["tiny"]["full_over_model_only"],  # type: ignore[index]
+                "resnet50_full_over_model_only": first["resnet50"]["full_over_model_only"],  # type: ignore[index]
+                "device": torch.cuda.get_device_name()
+                if "cuda_tiny" in results
+                else f"cpu ({torch.get_num_threads()} threads)",
                 "load_average": round(os.getloadavg()[0], 1),
                 **results,
             }

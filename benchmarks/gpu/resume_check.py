@@ -1,0 +1,94 @@
+"""CUDA checks of ``liploc train`` that no CPU test can make (run by ``benchmarks/gpu/checks.sh``).
+
+Under ``torchrun --nproc_per_node=1`` (NCCL, DDP wrapping, SyncBatchNorm), on a small synthetic
+drive, with the tiny config on the GPU (channels-last, fused AdamW, bf16 autocast, deterministic):
+
+1. exact resume: a run stopped at step 5 and resumed to step 10 ends bit-identical to a run
+   straight to step 10 (model, temperature and AdamW moments);
+2. ``train.compile=true`` trains and its checkpoint loads strictly into an uncompiled model;
+3. ``train.deterministic=false`` (cuDNN benchmark) trains.
+
+Prints one line per check and, last, a JSON object. Exits 1 when a check fails.
+
+    torchrun --nproc_per_node=1 benchmarks/gpu/resume_check.py DATA_ROOT OUT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from liploc.config import Config, load_config
+from liploc.models import create_model
+from liploc.training import distributed
+from liploc.training.checkpoint import load_checkpoint
+from liploc.training.data import resolve_data_roots
+from liploc.training.train import train
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+COMMON = [
+    "train.device=cuda",
+    "train.epochs=4",
+    "train.max_steps=10",
+    "train.checkpoint_every_steps=5",
+    "train.log_every=1",
+    "train.sync_batchnorm=true",
+    "data.num_workers=2",
+]
+
+
+def config(data: Path, *overrides: str) -> Config:
+    return resolve_data_roots(load_config(TINY, [*COMMON, *overrides]), [data])
+
+
+def main(data: Path, out: Path) -> int:
+    distributed.init_from_env()
+    results: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    ok = True
+    try:
+        start = time.perf_counter()
+        straight = train(config(data), out / "straight", progress=False)
+        train(config(data, "train.max_steps=5"), out / "resumed", progress=False)
+        resumed = train(config(data), out / "resumed", resume=True, progress=False)
+        a, _ = load_checkpoint(straight.last_checkpoint)
+        b, _ = load_checkpoint(resumed.last_checkpoint)
+        different = sorted(k for k in a if not torch.equal(a[k], b[k]))
+        exact = a.keys() == b.keys() and not different and straight.step == resumed.step == 10
+        results["exact_resume"] = {
+            "ok": exact,
+            "different": different[:5],
+            "seconds": time.perf_counter() - start,
+        }
+        verdict = "ok" if exact else f"FAILED {different[:5]}"
+        print(f"exact resume on CUDA (DDP, SyncBatchNorm, bf16): {verdict}")
+        ok &= exact
+
+        start = time.perf_counter()
+        compiled = train(config(data, "train.compile=true"), out / "compiled", progress=False)
+        state, _ = load_checkpoint(compiled.last_checkpoint)
+        model = create_model(load_config(TINY).model)
+        model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(model_state, strict=False)
+        loads = compiled.step == 10 and not missing and not unexpected
+        results["compile"] = {"ok": loads, "seconds": time.perf_counter() - start}
+        print(f"train.compile=true: {compiled.step} steps, checkpoint loads strictly: {loads}")
+        ok &= loads
+
+        start = time.perf_counter()
+        fast = train(config(data, "train.deterministic=false"), out / "benchmark", progress=False)
+        results["deterministic_false"] = {"ok": fast.step == 10, "seconds": time.perf_counter() - start}
+        print(f"train.deterministic=false (cuDNN benchmark): {fast.step} steps")
+        ok &= fast.step == 10
+    finally:
+        distributed.destroy()
+    results["ok"] = ok
+    print(json.dumps(results, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
