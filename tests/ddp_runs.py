@@ -3,11 +3,14 @@
 ``python -m torch.distributed.run --nproc_per_node=2 tests/ddp_runs.py DATA OUT``:
 ``OUT/short``: a few steps (compared with one process on the concatenated batch);
 ``OUT/straight``: the plateau schedule run uninterrupted; ``OUT/resumed``: the same run stopped
-mid-way and resumed.
+mid-way and resumed; ``OUT/signalled``: Ctrl-C in rank 1 alone after step 3 (all processes must
+stop together and save).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +56,12 @@ def main(data: Path, out: Path) -> None:
         train(config(data, PLATEAU), out / "straight", progress=False)
         train(config(data, [*PLATEAU, "train.max_steps=10"]), out / "resumed", progress=False)
         train(config(data, PLATEAU), out / "resumed", resume=True, progress=False)
+
+        def interrupt_rank_1(step: int, row: dict[str, float]) -> None:
+            if step == 3 and distributed.get_rank() == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        train(config(data, PLATEAU), out / "signalled", progress=False, on_step=interrupt_rank_1)
     finally:
         distributed.destroy()
 

@@ -232,6 +232,26 @@ def test_epoch_sampler_shards_resumes_and_reshuffles() -> None:
     assert [i for _, i in sampler] != [i for _, i in full]
 
 
+def test_one_iteration_of_the_epoch_sampler_spans_epochs_as_separate_ones_would() -> None:
+    # The training loop iterates once for the rest of the run, so that its workers prepare the
+    # next epoch while this one ends: the keys must be those of the separate epochs (resumed
+    # mid-epoch at `start`, each epoch cut to the samples its steps take).
+    def separate(sampler: EpochSampler, epoch: int, start: int = 0) -> list[tuple[int, int]]:
+        sampler.set_epoch(epoch, start=start)
+        return list(sampler)[: 8 - start]
+
+    for rank in range(2):
+        sampler = EpochSampler(20, shuffle=True, seed=3, rank=rank, world_size=2, drop_last=True)
+        expected = separate(sampler, 1, start=2) + separate(sampler, 2) + separate(sampler, 3)
+        sampler.set_epoch(1, start=2, through=3, per_epoch=8)
+        assert list(sampler) == expected
+        assert [e for e, _ in expected] == [1] * 6 + [2] * 8 + [3] * 8
+    sampler.set_epoch(4, start=8, through=5, per_epoch=8)  # epoch 4's steps all done
+    assert {e for e, _ in sampler} == {5}
+    with pytest.raises(ValueError, match="per_epoch"):
+        sampler.set_epoch(0, through=2)
+
+
 def test_a_corrupt_image_is_named(odometry: Path) -> None:
     cfg = small_config(odometry, "data.datasets=[{train: ['00']}]")
     frames = split_frames(cfg.data, "train")

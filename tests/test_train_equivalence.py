@@ -114,3 +114,12 @@ def test_two_process_resume_with_the_plateau_schedule_is_exact(two_processes: Pa
     # 9 validation pairs on 2 processes: counted once each, not padded to 10.
     summary = json.loads((two_processes / "straight" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["metrics"]["val_pairs"] == 9
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_one_process_stops_all_after_the_same_step(two_processes: Path) -> None:
+    # Rank 1 alone was interrupted after step 3; the flag reaches the others one step later (the
+    # agreement is read a step late so that no step waits for it), and all save at step 4.
+    summary = json.loads((two_processes / "signalled" / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["step"] == 4
+    assert weights(two_processes / "signalled")[1]["step"] == 4

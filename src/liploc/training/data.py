@@ -784,6 +784,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     the one-replica case), so it depends only on the seed, the epoch and the number of processes.
     ``set_epoch(epoch, start)`` skips the first ``start`` samples of this process's share, which
     is how a resumed run continues mid-epoch exactly where the interrupted one stopped.
+
+    ``set_epoch(..., through=E, per_epoch=M)`` goes on with epochs ``epoch + 1 .. E`` (the first
+    ``M`` samples of each) in the same iteration: one loader iterator then spans epoch ends, so
+    persistent workers are already preparing the next epoch's first batches while this one ends
+    and validates (a new iterator per epoch leaves the device idle until a worker has built a
+    whole batch). The keys, and so the batches, are those of separate epochs.
     """
 
     def __init__(
@@ -805,17 +811,30 @@ class EpochSampler(Sampler[tuple[int, int]]):
         )
         self.epoch = 0
         self.start = 0
+        self.through: int | None = None
+        self.per_epoch: int | None = None
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Iterate epoch ``epoch`` next, beginning at its ``start``-th sample."""
-        self.epoch = epoch
-        self.start = start
+    def set_epoch(
+        self, epoch: int, start: int = 0, through: int | None = None, per_epoch: int | None = None
+    ) -> None:
+        """Iterate epoch ``epoch`` next, beginning at its ``start``-th sample; with ``through``,
+        go on with the following epochs up to ``through``, ``per_epoch`` samples of each."""
+        if through is not None and per_epoch is None:
+            raise ValueError("set_epoch(through=...) needs per_epoch: the samples each epoch gives")
+        self.epoch, self.start, self.through, self.per_epoch = epoch, start, through, per_epoch
 
     def __iter__(self):  # type: ignore[override]
-        self._order.set_epoch(self.epoch)
-        for position, index in enumerate(self._order):
-            if position >= self.start:
-                yield (self.epoch, int(index))
+        last = self.epoch if self.through is None else max(self.epoch, self.through)
+        for epoch in range(self.epoch, last + 1):
+            self._order.set_epoch(epoch)
+            start = self.start if epoch == self.epoch else 0
+            for position, index in enumerate(self._order):
+                if self.per_epoch is not None and position >= self.per_epoch:
+                    break
+                if position >= start:
+                    yield (epoch, int(index))
 
     def __len__(self) -> int:
+        """Samples of one epoch's share from ``start`` on (what ``set_epoch`` without ``through``
+        iterates)."""
         return max(0, len(self._order) - self.start)

@@ -244,6 +244,8 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._group: Any = None
+        self._pending: tuple[Any, torch.Tensor] | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -259,16 +261,33 @@ class _StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._pending is not None:
+            self._pending[0].wait()  # every process started it: none is left waiting
+            self._pending = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def agreed(self, device: torch.device) -> bool:
-        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        """Whether any process was asked to stop (all processes must stop at the same step).
+
+        Under DDP the answer is one step late: each call starts an asynchronous MAX of the
+        flags over a CPU (gloo) group and reads the one started at the previous call, which has
+        long finished. So no step waits for the device or for the other processes, and all of
+        them still stop after the same step.
+        """
         if not distributed.is_distributed():
             return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        if self._group is None:
+            # Collective, and every process calls agreed() at the same steps.
+            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        stop = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            stop = bool(flag.item() > 0)
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        return stop
 
 
 # --- logging -------------------------------------------------------------------------------------
@@ -945,14 +964,23 @@ class _Trainer:
         }
         stopped = "finished"
         self.net.train()
+        batches: Iterator[dict[str, torch.Tensor]] | None = None
         try:
             # An epoch whose steps are all done but whose end (validation, checkpoint) is not, as
             # after a stop at its last step, still gets its end.
             while position["step"] < self.total_steps or position["step_in_epoch"] >= self.steps_per_epoch:
                 epoch = position["epoch"]
-                start = position["step_in_epoch"] * tc.grad_accum * self.rank_batch
-                self.train_sampler.set_epoch(epoch, start=start)
-                batches = iter(self.train_loader)
+                if batches is None:
+                    # One iterator for the rest of the run: the workers prepare the next epoch's
+                    # first batches while this one ends (see EpochSampler).
+                    per_epoch = self.steps_per_epoch * tc.grad_accum * self.rank_batch
+                    self.train_sampler.set_epoch(
+                        epoch,
+                        start=position["step_in_epoch"] * tc.grad_accum * self.rank_batch,
+                        through=-(-self.total_steps // self.steps_per_epoch) - 1,
+                        per_epoch=per_epoch,
+                    )
+                    batches = iter(self.train_loader)
                 while (
                     position["step_in_epoch"] < self.steps_per_epoch and position["step"] < self.total_steps
                 ):
