@@ -231,12 +231,9 @@ def _hand_made_embeddings(model, frames, config, modality, **kwargs) -> np.ndarr
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-class _NoEmbeddingCache:
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def get_or_make(self, frames, modality, make):
-        return make(), False
+def _hand_made_sets(cache, model, sets, config, **kwargs) -> list[np.ndarray]:
+    """Evaluation's embedding step (nothing kept) with the hand-made embeddings."""
+    return [_hand_made_embeddings(model, frames, config, modality) for frames, modality in sets]
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +266,7 @@ def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def hand_made(monkeypatch: pytest.MonkeyPatch) -> None:
     import liploc.retrieval.evaluate as evaluate_module
 
-    monkeypatch.setattr(evaluate_module, "embed_frames", _hand_made_embeddings)
-    monkeypatch.setattr(evaluate_module, "EmbeddingCache", _NoEmbeddingCache)
+    monkeypatch.setattr(evaluate_module, "embed_with_cache", _hand_made_sets)
 
 
 @pytest.mark.parametrize(

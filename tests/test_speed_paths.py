@@ -15,12 +15,14 @@ from torch import nn
 from liploc.config import load_config
 from liploc.errors import LiplocError
 from liploc.models import ImageTower, create_model
+from liploc.retrieval import embedding
 from liploc.retrieval.embedding import embed_frames
 from liploc.retrieval.lidar_map import LidarMap
 from liploc.retrieval.localize import MODEL_DIR, Localizer
 from liploc.training.checkpoint import load_checkpoint
 from liploc.training.data import PairDataset, resolve_data_roots, split_frames
 from liploc.training.losses import ClipLoss, build_loss
+from liploc.training.preprocess_cache import preprocess_cache_dir
 from liploc.training.train import _needs_buffer_broadcast, _save_training_checkpoint, train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -72,6 +74,46 @@ def test_embedding_with_workers_equals_the_plain_path(drive: Path) -> None:
         plain = torch.cat([model.encode_lidar(b["lidar"]) for b in loader]).numpy()
     assert with_workers.shape == (len(frames), cfg.model.embed_dim)
     np.testing.assert_allclose(with_workers, plain, atol=1e-5)
+
+
+def test_image_and_scan_sets_embed_in_one_pass_as_they_do_apart(
+    drive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _config(drive)
+    queries, database = split_frames(cfg.data, "val"), split_frames(cfg.data, "train")
+    torch.manual_seed(0)
+    model = create_model(cfg.model).eval()
+    cpu = torch.device("cpu")
+    apart = [
+        embed_frames(model, queries, cfg, "image", device=cpu, batch_size=4, num_workers=0),
+        embed_frames(model, database, cfg, "lidar", device=cpu, batch_size=4, num_workers=0),
+    ]
+    # With 2 cores and a worker, the main process embeds on one torch thread (idle torch threads
+    # would spin on the worker's core), and has its threads back afterwards.
+    threads_seen: list[int] = []
+    real_embed_batch = embedding.embed_batch
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads_seen.append(torch.get_num_threads())
+        return real_embed_batch(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "embed_batch", recording)
+    monkeypatch.setattr(embedding, "loader_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = embedding.embed_frame_sets(
+            model, [(queries, "image"), (database, "lidar")], cfg, device=cpu, batch_size=4, num_workers=1
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert set(threads_seen) == {1}
+    for a, b in zip(apart, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # one torch thread vs several: sums reorder
+    # Evaluation-style embedding fills the shared preprocessing cache (training's) by default.
+    cache = Path(preprocess_cache_dir(cfg.data))
+    assert any(cache.rglob("*.npy"))
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError, DataError
 from liploc.lidar import RangeProjector
 from liploc.models import TwoTowerModel
-from liploc.retrieval.embedding import EmbeddingCache, embed_frames, pick_device
+from liploc.retrieval.embedding import EmbeddingCache, embed_with_cache, pick_device
 from liploc.retrieval.metrics import (
     DEFAULT_CURVE_K,
     RetrievalResult,
@@ -255,19 +255,14 @@ def evaluate(
     cache = EmbeddingCache(run_dir_of(checkpoint) / "embeddings", fingerprint)
     progress = progress_bar(console)
     with progress if progress is not None else nullcontext():
-        q_emb, _ = cache.get_or_make(
-            queries,
-            "image",
-            lambda: embed_frames(
-                model, queries, config, "image", device=dev, batch_size=batch_size, progress=progress
-            ),
-        )
-        db_emb, _ = cache.get_or_make(
-            database,
-            "lidar",
-            lambda: embed_frames(
-                model, database, config, "lidar", device=dev, batch_size=batch_size, progress=progress
-            ),
+        q_emb, db_emb = embed_with_cache(
+            cache,
+            model,
+            [(queries, "image"), (database, "lidar")],
+            config,
+            device=dev,
+            batch_size=batch_size,
+            progress=progress,
         )
 
     q_xy = np.stack([f.position_xy for f in queries])
