@@ -132,7 +132,9 @@ def test_unknown_sequence_and_protocol(world: dict[str, Path]) -> None:
 
 def test_map_build_localize_and_refuse_other_model(world: dict[str, Path], tmp_path: Path) -> None:
     map_dir = tmp_path / "map02"
-    lidar_map = build_map(world["run"], world["root"], ["2"], map_dir)  # typed as "2": KITTI's "02"
+    lidar_map = build_map(
+        world["run"], world["root"], ["2"], map_dir, onnx=False
+    )  # typed as "2": KITTI's "02"
     assert len(lidar_map) == 40
     assert (map_dir / "model" / "model.safetensors").is_file()
     image = world["root"] / "sequences" / "02" / "image_2" / "000007.png"
@@ -442,7 +444,7 @@ def test_cli_evaluate_seq_len_and_localize_sequence(world: dict[str, Path], tmp_
     assert res.exit_code == 1 and "--seq-len" in res.output
 
     map_dir = tmp_path / "m"
-    build_map(world["run"], world["root"], ["03"], map_dir)
+    build_map(world["run"], world["root"], ["03"], map_dir, onnx=False)
     images = [world["root"] / "sequences" / "03" / "image_2" / f"{i:06d}.png" for i in range(10, 16)]
     loc = Localizer.open(map_dir)
     result = loc.localize_sequence(images, k=3, travelled_m=[1.0] * 5)

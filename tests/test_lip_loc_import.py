@@ -337,7 +337,7 @@ def test_map_build_and_localize_use_the_imported_run(
 ) -> None:
     from liploc.retrieval.localize import Localizer, build_map
 
-    build_map(imported, POSED, [DRIVE], tmp_path / "map", device="cpu")
+    build_map(imported, POSED, [DRIVE], tmp_path / "map", device="cpu", onnx=False)
     localizer = Localizer.open(tmp_path / "map", device="cpu")
     queries = [4, 10, 23]  # queries whose top-1 is another frame's scan
     matches = localizer.localize([frames[i].image_path for i in queries], k=1)

@@ -27,6 +27,48 @@ from liploc.training.run_folder import load_model_from_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_a_built_map_localizes_without_torch_by_default(map_world) -> None:  # noqa: F811
+    # `map build` keeps an ONNX export of the camera tower in the map, and `liploc localize`
+    # (--backend auto) answers from it with torch unimportable: a cold start without torch and
+    # timm, with the poses torch gives.
+    assert (map_world["map"] / "model" / "onnx" / "preprocessing.json").is_file()
+    images = [str(query_image(map_world["root"], f)) for f in (2, 17)]
+    args = ["localize", str(map_world["map"]), *images, "--json", "-k", "5"]
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from liploc.cli import app\n"
+        f"app({args!r}, standalone_mode=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    torch_out = _localize_json([str(map_world["map"]), *images, "--backend", "torch", "--device", "cpu"])
+    for a, b in zip(json.loads(res.stdout), torch_out, strict=True):
+        assert [m["frame"] for m in a["matches"]] == [m["frame"] for m in b["matches"]]
+        np.testing.assert_allclose(
+            [m["score"] for m in a["matches"]], [m["score"] for m in b["matches"]], atol=1e-4
+        )
+
+
+def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path) -> None:
+    from liploc.cli import _localize_backend
+
+    map_dir = tmp_path / "map"
+    (map_dir / "model" / "onnx").mkdir(parents=True)
+    (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "fp32"}))
+    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"  # no export yet
+    (map_dir / "model" / "onnx" / "preprocessing.json").write_text("{}")
+    assert _localize_backend(map_dir, None, None, "auto", False) == "onnx"
+    assert _localize_backend(map_dir, None, None, "cpu", False) == "onnx"
+    assert _localize_backend(map_dir, None, None, "cuda", False) == "torch"
+    assert _localize_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
+    assert _localize_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
+    assert _localize_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
+    # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
+    (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
+    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+
+
 @pytest.fixture(scope="module")
 def exported(map_world: dict[str, Path]) -> dict[str, Path]:  # noqa: F811
     """The map's model exported into MAP/model/onnx by the CLI, and the other run's export."""
@@ -96,7 +138,7 @@ def _localize_json(args: list[str]) -> list[dict]:
 
 def test_localize_backend_onnx_gives_the_torch_results(exported, map_world) -> None:  # noqa: F811
     images = [str(query_image(map_world["root"], f)) for f in (0, 9, 21, 29)]
-    torch_out = _localize_json([str(map_world["map"]), *images, "--device", "cpu"])
+    torch_out = _localize_json([str(map_world["map"]), *images, "--backend", "torch", "--device", "cpu"])
     onnx_out = _localize_json([str(map_world["map"]), *images, "--backend", "onnx"])
     for a, b in zip(torch_out, onnx_out, strict=True):
         assert [m["frame"] for m in a["matches"]] == [m["frame"] for m in b["matches"]]

@@ -505,12 +505,30 @@ def map_build(
     layout: Annotated[str, typer.Option(help=LAYOUT_HELP, callback=_check_layout)] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing map at --out.")] = False,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx/--no-onnx",
+            help="Keep an ONNX export of the camera tower in the map: `liploc localize` then starts "
+            "without torch (a fraction of the time).",
+        ),
+    ] = True,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
     from liploc.retrieval.localize import build_map
 
     try:
-        build_map(run, data_root, sequence, out, layout=layout, device=device, console=console, force=force)
+        build_map(
+            run,
+            data_root,
+            sequence,
+            out,
+            layout=layout,
+            device=device,
+            console=console,
+            force=force,
+            onnx=onnx,
+        )
     except LiplocError as err:
         _fail(err)
     except OSError as err:
@@ -548,9 +566,14 @@ def localize(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=_check_device)] = "auto",
     backend: Annotated[
-        Literal["torch", "onnx"],
-        typer.Option(metavar="BACKEND", help="torch, or onnx: onnxruntime on an ONNX export (no torch)."),
-    ] = "torch",
+        Literal["auto", "torch", "onnx"],
+        typer.Option(
+            metavar="BACKEND",
+            help="onnx: onnxruntime on an ONNX export (no torch); torch; auto: onnx on the CPU when "
+            "the map holds an export (map build makes one) and neither --checkpoint, --sequence nor "
+            "a CUDA --device asks for torch, else torch.",
+        ),
+    ] = "auto",
     onnx_dir: Annotated[
         Path | None, typer.Option("--onnx", help="ONNX export folder (default MAP/model/onnx).")
     ] = None,
@@ -576,7 +599,7 @@ def localize(
 
     if travelled is not None and not sequence:
         _fail(ConfigError("--travelled needs --sequence"))
-    if sequence and backend != "torch":
+    if sequence and backend == "onnx":
         _fail(ConfigError("--sequence runs on the torch backend only"))
     try:
         # Checked from their headers before the model loads: a wrong image is refused at once.
@@ -591,6 +614,8 @@ def localize(
     if sequence:
         _localize_sequence(map_dir, paths, k, checkpoint, as_json, device, travelled)
         return
+    if backend == "auto":
+        backend = _localize_backend(map_dir, onnx_dir, checkpoint, device, sequence)
 
     try:
         if backend == "onnx":
@@ -630,6 +655,32 @@ def localize(
         return
     for img, matches in zip(paths, results, strict=True):
         print_table(console, matches_table(str(img), matches))
+
+
+def _localize_backend(
+    map_dir: Path, onnx_dir: Path | None, checkpoint: Path | None, device: str, sequence: bool
+) -> Literal["torch", "onnx"]:
+    """``--backend auto``: onnx where it gives the poses torch gives without loading torch (on a
+    CPU, with the map's own model, single images, a map embedded in fp32 as the export runs),
+    else torch."""
+    import json
+
+    from liploc.interop.onnx_encoder import SPEC_FILE
+    from liploc.interop.onnx_localizer import MAP_ONNX_DIR
+
+    export = onnx_dir if onnx_dir is not None else map_dir / MAP_ONNX_DIR
+    if (
+        checkpoint is not None
+        or sequence
+        or device not in ("auto", "cpu")
+        or not (export / SPEC_FILE).is_file()
+    ):
+        return "torch"
+    try:
+        precision = json.loads((map_dir / "manifest.json").read_text()).get("embedding_precision", "fp32")
+    except (OSError, ValueError, AttributeError):
+        return "torch"  # which reports what is wrong with the map
+    return "onnx" if precision == "fp32" else "torch"
 
 
 def matches_table(title: str, matches: list) -> Table:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liploc.atomic import dir_mode
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, LiplocError
 from liploc.models import TwoTowerModel
@@ -49,8 +51,15 @@ class OnnxExport:
     max_abs_diff: dict[str, float]
 
 
-def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -> OnnxExport:
-    """Export the image and LiDAR towers of a run folder or checkpoint to ``out``.
+def export_onnx(
+    run: str | Path,
+    out: str | Path,
+    *,
+    towers: Sequence[str] = ("image", "lidar"),
+    batch_for_check: int = 3,
+) -> OnnxExport:
+    """Export the image and LiDAR towers (or those of ``towers``) of a run folder or checkpoint
+    to ``out``.
 
     Raises:
         LiplocError: the export does not match torch within ``PARITY_TOLERANCE``.
@@ -69,15 +78,20 @@ def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -
     h, w = config.data.image_size
     lidar_channels = config.model.lidar_in_chans
     transforms = build_transforms(config.data, train=False, model=config.model)
-    towers: dict[str, tuple[torch.nn.Module, tuple[int, int, int]]] = {
+    unknown = sorted(set(towers) - set(TOWER_FILES))
+    if unknown or not towers:
+        raise ValueError(f"towers: {unknown or 'none'}; choose from {sorted(TOWER_FILES)}")
+    modules: dict[str, tuple[torch.nn.Module, tuple[int, int, int]]] = {
         "image": (Tower(model, "image").eval(), (3, h, w)),
         "lidar": (Tower(model, "lidar").eval(), (lidar_channels, h, w)),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(dir_mode())  # mkdtemp's 0700 would outlive the rename: a folder as mkdir makes it
     try:
         diffs: dict[str, float] = {}
-        for name, (tower, chw) in towers.items():
+        for name in towers:
+            tower, chw = modules[name]
             path = tmp / TOWER_FILES[name]
             _export_tower(tower, chw, name, path)
             diffs[name] = _parity(tower, path, chw, name, batch_for_check)
@@ -95,7 +109,9 @@ def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -
             "opset": OPSET,
             "torch_version": torch.__version__,
             "parity": {"tolerance": PARITY_TOLERANCE, "max_abs_diff": diffs},
-            "image": {
+        }
+        if "image" in towers:
+            spec["image"] = {
                 **_tower_spec(tmp, "image", (3, h, w)),
                 "source": "camera image file, decoded to RGB (8 bits per channel)",
                 "resize": {
@@ -109,8 +125,9 @@ def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -
                 "mean": _list(transforms.image.mean),
                 "std": _list(transforms.image.std),
                 "order": "decode -> resize -> round to uint8 -> x / 255 -> (x - mean) / std -> NCHW",
-            },
-            "lidar": {
+            }
+        if "lidar" in towers:
+            spec["lidar"] = {
                 **_tower_spec(tmp, "lidar", (lidar_channels, h, w)),
                 "source": "LiDAR scan (KITTI .bin float32 x, y, z, intensity)",
                 "lidar_input": config.data.lidar_input,
@@ -121,11 +138,10 @@ def export_onnx(run: str | Path, out: str | Path, *, batch_for_check: int = 3) -
                 "std": _list(transforms.lidar.std),
                 "order": "scan -> liploc.lidar projection (see projection) -> resize -> x / 255 -> "
                 "(x - mean[i % 3]) / std[i % 3] per channel i",
-            },
-            "config": config.model_dump(mode="json"),
-        }
+            }
+        spec["config"] = config.model_dump(mode="json")
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        for name in (*TOWER_FILES.values(), SPEC_FILE):
+        for name in (*(TOWER_FILES[t] for t in towers), SPEC_FILE):
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
         _replace_folder(tmp, out)
