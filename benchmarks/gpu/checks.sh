@@ -7,7 +7,7 @@
 #
 # Runs with the python3 on the PATH (its torch must see the GPU) and the package from src/. Each
 # check writes OUT_DIR/<check>.log; a failed check does not stop the others; the last line
-# says which failed.
+# says which failed. ONLY="name ..." runs only those checks.
 set -u
 out=${1:?usage: checks.sh OUT_DIR}
 mkdir -p "$out"
@@ -22,6 +22,7 @@ tmp=$(mktemp -d)
 check() {  # check NAME SECONDS COMMAND...: run with a time limit, log, show the tail
     local name=$1 limit=$2 start rc
     shift 2
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     start=$(date +%s)
     echo "== $name"
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -42,7 +43,7 @@ TAIL=4 check embed_throughput 100 $py benchmarks/embed_throughput.py --device cu
     --workers 8 --batch-size 32
 TAIL=12 check localize_latency 90 $py benchmarks/localize_latency.py --device cuda --cold-starts 0 \
     --repeats 100
-check synth_small 120 $py -m liploc synth --out "$tmp/data" --drives 1 --frames 96 --size small
+check synth_small 120 $py -m liploc synth --out "$tmp/data" --drives 2 --frames 96 --size small
 TAIL=6 check ddp_resume 200 $py -m torch.distributed.run --nproc_per_node=1 benchmarks/gpu/resume_check.py \
     "$tmp/data" "$tmp/runs"
 rm -rf "$tmp"
