@@ -746,8 +746,12 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 3.0,
     max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 100,
     max_images_per_request: Annotated[int, typer.Option(help="Most images per /localize/batch.")] = 32,
+    max_sequence_images: Annotated[
+        int, typer.Option(help="Most images per /localize/sequence (its window).")
+    ] = 64,
 ) -> None:
-    """HTTP localization service and map page: POST /localize, /localize/batch; GET /, /map, /docs."""
+    """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
+    GET /, /map, /docs."""
     from pydantic import ValidationError
 
     from liploc.serving.engine import MapService
@@ -764,6 +768,7 @@ def serve(
                 max_wait_ms=max_wait_ms,
                 max_k=max_k,
                 max_images_per_request=max_images_per_request,
+                max_sequence_images=max_sequence_images,
             )
         except ValidationError as err:
             raise ConfigError(

@@ -18,11 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from liploc.retrieval.lidar_map import Match
 
+T = TypeVar("T")
 RunBatch = Callable[[Sequence[np.ndarray], int], list[list[Match]]]
 
 
@@ -105,6 +107,11 @@ class MicroBatcher:
         future: asyncio.Future[list[list[Match]]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(images, k, future))
         return await future
+
+    async def run_alone(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the batch thread, between two batches: work that runs the network
+        outside of a batch (sequence localization) never runs it at the same time as a batch."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _work(self) -> None:
         assert self._queue is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -23,7 +25,12 @@ class ServeSettings(BaseModel):
     max_k: int = Field(100, ge=1)
     max_images_per_request: int = Field(32, ge=1)
     """Most images one ``/localize/batch`` request may carry."""
+    max_sequence_images: int = Field(64, ge=1)
+    """Most images one ``/localize/sequence`` request may carry (its window)."""
     max_batch: int = Field(16, ge=1)
     """Most images embedded in one forward pass when requests are batched together."""
+    decode_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1)
+    """Threads decoding uploads (and resizing them for the network) in parallel; default: the
+    machine's cores, at most 8."""
     max_wait_ms: float = Field(3.0, ge=0.0, le=1000.0)
     """Longest wait of a batch for requests still uploading/decoding (a lone request never waits)."""
