@@ -80,6 +80,9 @@ class OnnxImageEncoder:
             raise DataError(graph, f"onnxruntime cannot load the graph ({err})") from None
         self.device = "onnxruntime (CPU)"
 
+    def init_thread(self) -> None:
+        """Nothing to do: onnxruntime's threads are the session's own."""
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """The graph's (3, H, W) float32 input of one RGB image."""
         return self.preprocess(image)

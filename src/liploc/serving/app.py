@@ -118,10 +118,17 @@ def match_json(m: Match) -> dict[str, Any]:
 def create_app(service: MapService, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` with ``settings``' limits and batching."""
     settings = settings or ServeSettings()
-    batcher = MicroBatcher(service.localize_prepared, settings.max_batch, settings.max_wait_ms / 1000.0)
+    batcher = MicroBatcher(
+        service.localize_prepared,
+        settings.max_batch,
+        settings.max_wait_ms / 1000.0,
+        thread_init=service.encoder.init_thread,
+    )
     # Uploads are decoded (and resized for the network) in these threads, in parallel with each
     # other and with the batch on the device; the event loop only moves bytes.
-    decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="liploc-decode")
+    decoders = ThreadPoolExecutor(
+        settings.decode_threads, thread_name_prefix="liploc-decode", initializer=service.encoder.init_thread
+    )
     identity = {
         "map": service.name,
         "model_fingerprint": service.encoder.fingerprint,

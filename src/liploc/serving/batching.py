@@ -60,7 +60,14 @@ class BatchStats:
 class MicroBatcher:
     """Batches concurrent ``submit`` calls into one ``run_batch(images, k)`` call at a time."""
 
-    def __init__(self, run_batch: RunBatch, max_batch: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int,
+        max_wait_s: float,
+        thread_init: Callable[[], None] | None = None,
+    ) -> None:
+        """``thread_init``: run once in the batch thread before its first batch."""
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -70,7 +77,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         # One thread: the model runs one batch at a time, in order, off the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liploc-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="liploc-batch", initializer=thread_init
+        )
 
     async def start(self) -> None:
         """Start the worker on the running event loop."""

@@ -44,6 +44,10 @@ class QueryEncoder(Protocol):
     fingerprint: str
     device: Any
 
+    def init_thread(self) -> None:
+        """Prepare the calling thread (a worker of the service) to run this encoder's code."""
+        ...
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """The network input of one (H, W, 3) uint8 RGB image (thread-safe, no network)."""
         ...
@@ -67,6 +71,18 @@ class TorchImageEncoder:
         self.localizer = localizer
         self.device = localizer.device
         self.fingerprint: str = localizer.fingerprint  # computed once, when the Localizer opened
+
+    def init_thread(self) -> None:
+        # OpenMP's thread count is per thread, and faiss has an OpenMP runtime of its own: in a
+        # new thread both default to every core whatever torch.set_num_threads said in the main
+        # thread, and faiss's team then spins in its barrier after every search (a third of the
+        # server's CPU on 2 cores). Give this thread the process's torch setting, for both.
+        import faiss
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return self.localizer.preprocess(image)
@@ -117,10 +133,12 @@ class MapService:
         onnx_dir: str | Path | None = None,
         data_root: str | Path | None = None,
         layout: str = "auto",
+        threads: int | None = None,
     ) -> MapService:
         """Load the map and its query encoder (``torch``: the map's model copy or ``checkpoint``;
         ``onnx``: an ONNX export, default ``MAP/model/onnx``). ``data_root``: the dataset the map
-        was built from, for the range images of its scans (optional)."""
+        was built from, for the range images of its scans (optional). ``threads``: CPU threads
+        of the onnx backend's forward pass (torch's are the process's, set by ``serve``)."""
         from liploc.config import config_from_dict
 
         map_dir = Path(map_dir)
@@ -129,7 +147,7 @@ class MapService:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
             from liploc.interop.onnx_localizer import OnnxLocalizer
 
-            loc = OnnxLocalizer.open(map_dir, onnx_dir)
+            loc = OnnxLocalizer.open(map_dir, onnx_dir, threads=threads)
             spec = json.loads((loc.encoder.folder / "preprocessing.json").read_text(encoding="utf-8"))
             config = config_from_dict(spec["config"], source=str(loc.encoder.folder))
             lidar_map, encoder = loc.lidar_map, loc.encoder
