@@ -20,6 +20,14 @@ interleaved so that a burst of other load does not fall on one row only.
 Goal: with 8 clients, at least 2x the sequential Localizer throughput, and p99 latency at most 3x
 the one-client p50.
 
+What bounds it on 2 cores (figures of a quiet run): a request costs the server ~2.6 ms of CPU
+(PNG decode ~0.9, HTTP/multipart/JSON in the event loop ~0.7, the forward pass ~0.45 per image in
+batches of 8, resize, search) and the clients ~0.15, so two cores serve at most ~730 req/s with
+no idle moment: 2x a ~365 req/s baseline needs every cycle of both. With 8 clients in a closed
+loop the mean latency is 8 / throughput, so a p99 within 3x of the one-client p50 (4.2 ms), with
+p99 ~1.3x the mean, needs ~825 req/s: above that ceiling. Only the forward pass gets cheaper per
+image in a batch; a larger model or a GPU moves both goals within reach, more cores too.
+
     python benchmarks/serve_load.py [--requests N] [--rounds R] [--keep DIR]
 
 Last line: {"sequential_localizer": {...}, "clients_1": {...}, "clients_8": {...},
