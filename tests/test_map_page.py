@@ -131,3 +131,30 @@ def test_page_draws_the_map_and_the_poses_of_an_uploaded_image(page, server, map
     page.set_input_files("#image-input", str(bad))
     page.wait_for_selector("#status.error", timeout=20000)
     assert "not a PNG or JPEG" in page.locator("#status").inner_text()
+
+
+def test_page_localizes_several_images_as_a_sequence_and_draws_the_path(page, server, map_world) -> None:  # noqa: F811
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=20000)
+    frames = [15, 12, 14, 13]  # chosen out of order: the page sends them in file-name order
+    paths = [query_image(map_world["root"], f) for f in frames]
+    page.fill("#travelled-input", "1,1,1")
+    page.set_input_files("#image-input", [str(p) for p in paths])
+    page.wait_for_selector("#sequence-path circle.path-step", timeout=20000)
+    files = [("image", (p.name, p.read_bytes())) for p in sorted(paths)]
+    expected = httpx.post(server + "/localize/sequence?k=5", files=files, data={"travelled": "1,1,1"}).json()
+    rows = page.locator("#matches tbody tr")
+    assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())] == [
+        m["frame_id"] for m in expected["matches"]
+    ]
+    steps = page.locator("#sequence-path circle.path-step").evaluate_all("cs => cs.map(c => c.dataset.frame)")
+    assert steps == [p["frame_id"] for p in expected["path"] if p["frame_id"] is not None]
+    assert page.locator("#sequence-path polyline").count() == 1
+    assert "the last of 4 images" in page.locator("#status").inner_text()
+    assert "000015.png" in page.locator("#status").inner_text()
+
+    # A bad distance shows the service's message (other files: choosing the same fires no change).
+    page.fill("#travelled-input", "1,far")
+    page.set_input_files("#image-input", [str(query_image(map_world["root"], f)) for f in (20, 21, 22)])
+    page.wait_for_selector("#status.error", timeout=20000)
+    assert "not a number" in page.locator("#status").inner_text()

@@ -161,6 +161,29 @@ def test_serve_backend_onnx_answers_like_torch(exported, map_world) -> None:  # 
     np.testing.assert_allclose([m["score"] for m in answers[0]], [m["score"] for m in answers[1]], atol=1e-4)
 
 
+def test_serve_backend_onnx_localizes_sequences_like_torch(exported, map_world) -> None:  # noqa: F811
+    files = [
+        ("image", (f"{f}.png", query_image(map_world["root"], f).read_bytes())) for f in (20, 21, 22, 23)
+    ]
+    answers = []
+    for backend in ("torch", "onnx"):
+        service = MapService.open(map_world["map"], backend=backend, device="cpu")
+        with TestClient(create_app(service)) as c:
+            res = c.post("/localize/sequence?k=3", files=files, data={"travelled": "1,1,1"})
+        assert res.status_code == 200, res.text
+        assert res.json()["backend"] == backend
+        answers.append(res.json())
+    torch_body, onnx_body = answers
+    assert [m["frame_id"] for m in torch_body["matches"]] == [m["frame_id"] for m in onnx_body["matches"]]
+    assert [p["frame_id"] for p in torch_body["path"]] == [p["frame_id"] for p in onnx_body["path"]]
+    np.testing.assert_allclose(
+        [m["score"] for m in torch_body["matches"]], [m["score"] for m in onnx_body["matches"]], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        [p["similarity"] for p in torch_body["path"]], [p["similarity"] for p in onnx_body["path"]], atol=1e-4
+    )
+
+
 def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # noqa: F811
     # torch made unimportable: the ONNX path must not need it.
     script = (

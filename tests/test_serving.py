@@ -125,7 +125,9 @@ def test_health_map_frames_and_docs(client, service) -> None:
     assert Image.open(io.BytesIO(png.content)).size[0] > 0
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/localize", "/localize/batch", "/health", "/map"} <= set(paths)
+    assert {"/localize", "/localize/batch", "/localize/sequence", "/health", "/map"} <= set(paths)
+    form = paths["/localize/sequence"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(form["schema"]["properties"]) == {"image", "travelled"}
     page = client.get("/")
     assert page.status_code == 200 and "/static/map.js" in page.text
     assert client.get("/static/map.js").status_code == 200
@@ -180,6 +182,100 @@ def test_bad_localize_requests_get_a_json_4xx(client, request_kwargs, status, co
     assert "Traceback" not in res.text
 
 
+SEQUENCE_FRAMES = [12, 13, 14, 15, 16, 17]
+
+
+def sequence_form(map_world: dict[str, Path], frames: list[int]) -> list[tuple[str, tuple[str, bytes]]]:  # noqa: F811
+    """Multipart files of ``frames``' camera images, in this order, each as field ``image``."""
+    return [("image", (f"{f}.png", query_image(map_world["root"], f).read_bytes())) for f in frames]
+
+
+@pytest.mark.parametrize(
+    ("frames", "travelled"),
+    [
+        (SEQUENCE_FRAMES, None),
+        (SEQUENCE_FRAMES, [1.0, 1.0, 1.0, 1.0, 1.0]),
+        (SEQUENCE_FRAMES[::-1], [0.5, 4.0, 0.0, 2.5, 1.0]),
+        ([9], None),
+    ],
+)
+def test_sequence_endpoint_answers_like_the_localizer(client, map_world, frames, travelled) -> None:  # noqa: F811
+    data = {} if travelled is None else {"travelled": ",".join(str(d) for d in travelled)}
+    res = client.post("/localize/sequence?k=4", files=sequence_form(map_world, frames), data=data)
+    assert res.status_code == 200, res.text
+    body = res.json()
+    loc = Localizer.open(map_world["map"], device="cpu")
+    paths = [query_image(map_world["root"], f) for f in frames]
+    expected = loc.localize_sequence(paths, 4, travelled_m=travelled)
+    assert body["k"] == 4 and body["travelled_m"] == travelled
+    assert body["image"]["name"] == f"image {len(frames)} ({frames[-1]}.png)"
+    assert [i["name"] for i in body["images"]] == [f"image {n} ({f}.png)" for n, f in enumerate(frames, 1)]
+    # The last image's poses: the /localize shape, the Localizer's places and path scores.
+    assert [m["frame_id"] for m in body["matches"]] == [m.frame_id for m in expected.matches]
+    np.testing.assert_allclose(
+        [m["score"] for m in body["matches"]], [m.score for m in expected.matches], atol=1e-5
+    )
+    assert [m["rank"] for m in body["matches"]] == [1, 2, 3, 4] and len(body["matches"][0]["pose"]) == 4
+    # The path: one place per image, oldest first, with the image's own similarity to it.
+    assert len(body["path"]) == len(frames)
+    for step, image, m in zip(body["path"], body["images"], expected.path, strict=True):
+        assert step["image"] == image["name"]
+        if m is None:
+            assert step["frame_id"] is None and step["similarity"] is None
+            continue
+        assert step["frame_id"] == m.frame_id and step["similarity"] == pytest.approx(m.score, abs=1e-5)
+        assert (step["x"], step["y"]) == pytest.approx((m.pose[0, 3], m.pose[1, 3]))
+        assert step["yaw_rad"] == pytest.approx(m.yaw)
+
+
+@pytest.mark.parametrize(
+    ("frames", "data", "status", "code", "words"),
+    [
+        (
+            [1, 2, 3],
+            {"travelled": "1.0"},
+            422,
+            "wrong_number_of_distances",
+            "need 2 travelled distances",
+        ),
+        ([1, 2, 3], {"travelled": "1,1,1"}, 422, "wrong_number_of_distances", "got 3"),
+        ([1, 2, 3], {"travelled": ""}, 422, "wrong_number_of_distances", "got 0"),
+        ([1, 2, 3], {"travelled": "1.0,far"}, 422, "invalid_distance", "value 2 'far' is not a number"),
+        ([1, 2, 3], {"travelled": "1.0,-2"}, 422, "invalid_distance", "finite and >= 0"),
+        ([1, 2, 3], {"travelled": "nan,1"}, 422, "invalid_distance", "value 1"),
+        ([1, 2], {"travel": "1.0"}, 400, "unknown_field", "'travel'"),
+        ([], {"travelled": "1.0"}, 400, "no_image", "no image"),
+        ([1, 2], {"k": "0"}, 422, "invalid_parameter", "k"),
+    ],
+)
+def test_bad_sequence_requests_get_a_json_4xx(client, map_world, frames, data, status, code, words) -> None:  # noqa: F811
+    data = dict(data)
+    params = {"k": data.pop("k")} if "k" in data else {}
+    files = sequence_form(map_world, frames) if frames else None
+    if files is None:  # a multipart form with the text field alone
+        res = client.post(
+            "/localize/sequence",
+            content=b'--b\r\nContent-Disposition: form-data; name="travelled"\r\n\r\n1.0\r\n--b--\r\n',
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+    else:
+        res = client.post("/localize/sequence", files=files, data=data, params=params)
+    assert res.status_code == status, res.text
+    body = res.json()
+    assert body["error"] == code and words in body["detail"], body
+    assert "Traceback" not in res.text
+
+
+def test_a_bad_image_of_a_sequence_is_named_by_its_place(client, map_world) -> None:  # noqa: F811
+    files = sequence_form(map_world, [1, 2, 3])
+    files[1] = ("image", ("b.png", GOOD_PNG[: len(GOOD_PNG) // 2]))
+    res = client.post("/localize/sequence", files=files)
+    assert res.status_code == 400 and res.json()["error"] == "corrupt_image"
+    assert res.json()["detail"].startswith("image 2 (b.png)")
+    raw = client.post("/localize/sequence", content=GOOD_PNG, headers={"content-type": "image/png"})
+    assert raw.status_code == 415 and raw.json()["error"] == "multipart_required"
+
+
 def test_limits_are_settings(service, map_world) -> None:  # noqa: F811
     settings = ServeSettings(max_upload_bytes=4000, max_image_pixels=50 * 50, max_images_per_request=2)
     image = query_image(map_world["root"], 3).read_bytes()  # 128 x 40 = 5120 pixels, > 4000 bytes
@@ -202,6 +298,11 @@ def test_limits_are_settings(service, map_world) -> None:  # noqa: F811
         tiny = png_bytes(np.zeros((20, 20, 3), dtype=np.uint8))
         res = c.post("/localize/batch", files=[("images", tiny)] * 3)
         assert res.status_code == 413 and res.json()["error"] == "too_many_images"
+    with TestClient(create_app(service, ServeSettings(max_sequence_images=3))) as c:
+        res = c.post("/localize/sequence", files=sequence_form(map_world, [1, 2, 3, 4]))
+        assert res.status_code == 413 and res.json()["error"] == "too_many_images"
+        assert "4 images" in res.json()["detail"] and "limit is 3" in res.json()["detail"]
+        assert c.post("/localize/sequence", files=sequence_form(map_world, [1, 2, 3])).status_code == 200
 
 
 def test_unknown_frames_and_missing_scans_are_404_json(client, service) -> None:
@@ -222,7 +323,7 @@ def test_internal_failure_is_a_500_json_without_traceback(service, monkeypatch) 
     def broken(images, k):
         raise RuntimeError("simulated device failure")
 
-    monkeypatch.setattr(service, "localize", broken)
+    monkeypatch.setattr(service, "localize_prepared", broken)
     app = create_app(service)
     with TestClient(app, raise_server_exceptions=False) as c:
         res = c.post("/localize", files={"image": GOOD_PNG})

@@ -794,11 +794,22 @@ def serve(
     layout: Annotated[str, typer.Option(help="Dataset layout of --data-root, or auto.")] = "auto",
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB.")] = 20.0,
     max_batch: Annotated[int, typer.Option(help="Most images per forward pass.")] = 16,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 3.0,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 10.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads of the network's forward pass (default: half the cores).", min=1),
+    ] = None,
+    decode_threads: Annotated[
+        int | None, typer.Option(help="Threads decoding uploads (default: the cores, at most 8).", min=1)
+    ] = None,
     max_k: Annotated[int, typer.Option(help="Largest k a request may ask for.")] = 100,
     max_images_per_request: Annotated[int, typer.Option(help="Most images per /localize/batch.")] = 32,
+    max_sequence_images: Annotated[
+        int, typer.Option(help="Most images per /localize/sequence (its window).")
+    ] = 64,
 ) -> None:
-    """HTTP localization service and map page: POST /localize, /localize/batch; GET /, /map, /docs."""
+    """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
+    GET /, /map, /docs."""
     from pydantic import ValidationError
 
     from liploc.serving.engine import MapService
@@ -815,6 +826,9 @@ def serve(
                 max_wait_ms=max_wait_ms,
                 max_k=max_k,
                 max_images_per_request=max_images_per_request,
+                max_sequence_images=max_sequence_images,
+                **({"network_threads": threads} if threads is not None else {}),
+                **({"decode_threads": decode_threads} if decode_threads is not None else {}),
             )
         except ValidationError as err:
             raise ConfigError(
@@ -828,6 +842,7 @@ def serve(
             onnx_dir=onnx_dir,
             data_root=data_root,
             layout=layout,
+            threads=settings.network_threads,
         )
         run_server(service, settings, console)
     except LiplocError as err:

@@ -80,11 +80,22 @@ class OnnxImageEncoder:
             raise DataError(graph, f"onnxruntime cannot load the graph ({err})") from None
         self.device = "onnxruntime (CPU)"
 
+    def init_thread(self) -> None:
+        """Nothing to do: onnxruntime's threads are the session's own."""
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The graph's (3, H, W) float32 input of one RGB image."""
+        return self.preprocess(image)
+
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) float32 embeddings of RGB ``images``, re-normalised to unit length."""
-        if not images:
+        return self.embed_prepared([self.preprocess(image) for image in images])
+
+    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 unit-norm embeddings of inputs made by :meth:`prepare`."""
+        if not len(inputs):
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        batch = self.preprocess.batch(images)
+        batch = np.stack(inputs)
         emb = self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norm, np.float32(1e-12))

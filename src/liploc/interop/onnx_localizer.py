@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from liploc.datasets import load_image
 from liploc.errors import DataError
 from liploc.interop.onnx_encoder import OnnxImageEncoder
 from liploc.retrieval.lidar_map import LidarMap, Match
+
+if TYPE_CHECKING:
+    from liploc.config import Config
+    from liploc.retrieval.localize import Localizer
 
 MAP_ONNX_DIR = Path("model") / "onnx"
 """Where in a map folder ``--backend onnx`` looks for the export by default."""
@@ -57,3 +62,40 @@ class OnnxLocalizer:
     def localize(self, images: Sequence[str | Path], k: int = 5) -> list[list[Match]]:
         """Top-``k`` map entries (poses and scores) for each camera image file."""
         return self.localize_images([load_image(Path(p)) for p in images], k)
+
+
+class OnnxImageEmbedder:
+    """The :class:`liploc.retrieval.localize.ImageEmbedder` seam on onnxruntime: lets a
+    ``Localizer`` (its sequence localization) run the camera tower of an ONNX export.
+
+    The Localizer hands over images already resized to the network's input (uint8 scale), so the
+    export's own resize is the identity here and only its normalisation applies.
+    """
+
+    def __init__(self, encoder: OnnxImageEncoder) -> None:
+        self.encoder = encoder
+        self.fingerprint = encoder.fingerprint
+
+    def embed(self, images: Any) -> np.ndarray:
+        """(B, 3, H, W) torch tensor in the 0..255 scale -> (B, D) float32 unit-norm."""
+        batch = np.asarray(images.cpu().numpy())
+        return self.encoder.embed_prepared([self.encoder.prepare(x.transpose(1, 2, 0)) for x in batch])
+
+
+def onnx_sequence_localizer(lidar_map: LidarMap, encoder: OnnxImageEncoder, config: Config) -> Localizer:
+    """A ``Localizer`` of ``lidar_map`` whose network is ``encoder`` (for ``localize_sequence``).
+
+    ``config`` is the export's training configuration (``preprocessing.json``): the Localizer
+    resizes with it. The Localizer's preprocessing and sequence matching import torch; the
+    network runs on onnxruntime.
+    """
+    from liploc.retrieval.localize import Localizer
+
+    return Localizer(
+        lidar_map,
+        None,
+        config,
+        "cpu",
+        fingerprint=encoder.fingerprint,
+        embedder=OnnxImageEmbedder(encoder),
+    )

@@ -203,8 +203,9 @@ class Localizer:
     """
 
     lidar_map: LidarMap
-    model: nn.Module
-    """The camera tower (anything with ``encode_image``; :meth:`open` loads an ImageTower)."""
+    model: nn.Module | None
+    """The camera tower (anything with ``encode_image``; :meth:`open` loads an ImageTower); None
+    when ``embedder`` runs the network elsewhere (ONNX Runtime) and ``fingerprint`` is given."""
     config: Config
     device: Any
     fingerprint: str = ""
@@ -217,10 +218,13 @@ class Localizer:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.model is None and (self.embedder is None or not self.fingerprint):
+            raise ValueError("a Localizer needs the model, or an embedder and the model's fingerprint")
         if not self.fingerprint:
-            self.fingerprint = self.model.fingerprint()  # type: ignore[operator]
+            self.fingerprint = self.model.fingerprint()  # type: ignore[operator,union-attr]
         self.device = torch.device(self.device)
         if self.embedder is None:
+            assert self.model is not None
             self.embedder = TorchImageEmbedder(
                 self.model, self.config, self.device, self.fingerprint, self.lidar_map.embedding_precision
             )

@@ -10,6 +10,9 @@ Endpoints (OpenAPI docs at ``/docs``)::
     GET  /map/frames/{sequence}/{frame}/range.png   its scan's range image (needs --data-root)
     POST /localize?k=5                      one PNG/JPEG (multipart field ``image`` or raw body)
     POST /localize/batch?k=5                several images (multipart, one field per image)
+    POST /localize/sequence?k=5             consecutive images (multipart ``image`` fields in
+                                            driving order, optional ``travelled`` metres):
+                                            the last one's poses by sequence matching, and the path
 
 Every error is a JSON object ``{"error": code, "detail": what is wrong}`` with a 4xx status for a
 bad request; an unexpected failure is a 500 with the same shape and no traceback (it goes to the
@@ -18,9 +21,12 @@ server's log).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
@@ -34,11 +40,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from liploc.errors import DataError
+from liploc.errors import ConfigError, DataError
 from liploc.retrieval.lidar_map import Match
 from liploc.serving.batching import MicroBatcher
 from liploc.serving.engine import MapService, UnknownFrame
-from liploc.serving.images import BadRequest, decode_image
+from liploc.serving.images import BadRequest, DecodedQuery, decode_query
 from liploc.serving.settings import ServeSettings
 
 log = logging.getLogger("liploc.serve")
@@ -112,14 +118,39 @@ def match_json(m: Match) -> dict[str, Any]:
 def create_app(service: MapService, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` with ``settings``' limits and batching."""
     settings = settings or ServeSettings()
-    batcher = MicroBatcher(service.localize, settings.max_batch, settings.max_wait_ms / 1000.0)
+    batcher = MicroBatcher(
+        service.localize_prepared,
+        settings.max_batch,
+        settings.max_wait_ms / 1000.0,
+        thread_init=service.encoder.init_thread,
+    )
+    # Uploads are decoded (and resized for the network) in these threads, in parallel with each
+    # other and with the batch on the device; the event loop only moves bytes.
+    decoders = ThreadPoolExecutor(
+        settings.decode_threads, thread_name_prefix="liploc-decode", initializer=service.encoder.init_thread
+    )
+    identity = {
+        "map": service.name,
+        "model_fingerprint": service.encoder.fingerprint,
+        "backend": service.encoder.backend,
+    }
     started = time.time()
+
+    async def decode(uploads: list[tuple[str, bytes]], *, for_network: bool = True) -> list[DecodedQuery]:
+        loop = asyncio.get_running_loop()
+        prepare = service.encoder.prepare if for_network else None
+        jobs = [
+            loop.run_in_executor(decoders, decode_query, data, settings, name, prepare)
+            for name, data in uploads
+        ]
+        return list(await asyncio.gather(*jobs))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         yield
         await batcher.stop()
+        decoders.shutdown(wait=True)
 
     app = FastAPI(
         title="liploc",
@@ -228,60 +259,123 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         summary="Top-k map poses of one camera image (PNG or JPEG)",
         openapi_extra=_image_body(many=False),
     )
-    async def localize(request: Request, k: int | None = k_query) -> dict[str, Any]:
+    async def localize(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
         with batcher.announce():
             uploads = await _read_uploads(request, settings, many=False)
-            name, data = uploads[0]
-            image = await run_in_threadpool(decode_image, data, settings, name)
+            (query,) = await decode(uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
-        matches = (await batcher.submit([image], kk))[0]
+        matches = (await batcher.submit([query.input], kk))[0]
         t2 = time.perf_counter()
-        return {
-            **_identity(service),
-            "k": kk,
-            "image": {"name": name, "width": int(image.shape[1]), "height": int(image.shape[0])},
-            "matches": [match_json(m) for m in matches],
-            "time_ms": _times(t0, t1, t2),
-        }
+        # A Response, not a dict: FastAPI's encoder would walk every number of the 4 x 4 poses.
+        return JSONResponse(
+            {
+                **identity,
+                "k": kk,
+                "image": _image_json(query),
+                "matches": [match_json(m) for m in matches],
+                "time_ms": _times(t0, t1, t2),
+            }
+        )
 
     @app.post(
         "/localize/batch",
         summary="Top-k map poses of several camera images",
         openapi_extra=_image_body(many=True),
     )
-    async def localize_batch(request: Request, k: int | None = k_query) -> dict[str, Any]:
+    async def localize_batch(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
         with batcher.announce():
             uploads = await _read_uploads(request, settings, many=True)
-            images = [await run_in_threadpool(decode_image, data, settings, name) for name, data in uploads]
+            queries = await decode(uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
-        results = await batcher.submit(images, kk)
+        results = await batcher.submit([q.input for q in queries], kk)
         t2 = time.perf_counter()
-        return {
-            **_identity(service),
-            "k": kk,
-            "results": [
-                {
-                    "image": {"name": name, "width": int(img.shape[1]), "height": int(img.shape[0])},
-                    "matches": [match_json(m) for m in matches],
-                }
-                for (name, _), img, matches in zip(uploads, images, results, strict=True)
-            ],
-            "time_ms": _times(t0, t1, t2),
-        }
+        return JSONResponse(
+            {
+                **identity,
+                "k": kk,
+                "results": [
+                    {"image": _image_json(q), "matches": [match_json(m) for m in matches]}
+                    for q, matches in zip(queries, results, strict=True)
+                ],
+                "time_ms": _times(t0, t1, t2),
+            }
+        )
+
+    @app.post(
+        "/localize/sequence",
+        summary="Pose of the last of several consecutive camera images, by sequence matching",
+        description=(
+            "Several images in driving order (multipart, one file field `image` per image, oldest "
+            "first) and, optionally, the metres travelled between consecutive images (text field "
+            "`travelled`: comma-separated, one value fewer than images; the semantics of "
+            "`liploc localize --sequence --travelled`). Returns the last image's top-k poses "
+            "(the /localize shape; `score` is the path's mean normalised similarity, z-score "
+            "units) and the best path: each image's map place with its cosine similarity."
+        ),
+        openapi_extra=_sequence_body(),
+    )
+    async def localize_sequence(request: Request, k: int | None = k_query) -> Response:
+        t0 = time.perf_counter()
+        uploads, travelled = await _read_sequence_form(request, settings)
+        queries = await decode(uploads, for_network=False)
+        t1 = time.perf_counter()
+        kk = k or settings.default_k
+        try:
+            result = await batcher.run_alone(
+                service.localize_sequence, [q.input for q in queries], kk, travelled
+            )
+        except ConfigError as err:  # the Localizer's own checks of the window
+            raise BadRequest(422, "invalid_sequence", str(err)) from None
+        t2 = time.perf_counter()
+        return JSONResponse(
+            {
+                **identity,
+                "k": kk,
+                "image": _image_json(queries[-1]),
+                "images": [_image_json(q) for q in queries],
+                "travelled_m": travelled,
+                "matches": [match_json(m) for m in result.matches],
+                "path": [_path_json(q, m) for q, m in zip(queries, result.path, strict=True)],
+                "time_ms": _times(t0, t1, t2),
+            }
+        )
 
     return app
 
 
-def _identity(service: MapService) -> dict[str, Any]:
+def _path_json(query: DecodedQuery, m: Match | None) -> dict[str, Any]:
+    """One image's place on the best path: frame id, x, y, yaw and its similarity (None off the map)."""
+    if m is None:
+        return {
+            "image": query.name,
+            "frame_id": None,
+            "sequence": None,
+            "frame": None,
+            "x": None,
+            "y": None,
+            "yaw_rad": None,
+            "yaw_deg": None,
+            "similarity": None,
+        }
     return {
-        "map": service.name,
-        "model_fingerprint": service.encoder.fingerprint,
-        "backend": service.encoder.backend,
+        "image": query.name,
+        "frame_id": m.frame_id,
+        "sequence": m.sequence,
+        "frame": m.frame_index,
+        "x": float(m.pose[0, 3]),
+        "y": float(m.pose[1, 3]),
+        "yaw_rad": m.yaw,
+        "yaw_deg": m.yaw * 57.29577951308232,
+        "similarity": round(float(m.score), 6),
     }
+
+
+def _image_json(query: DecodedQuery) -> dict[str, Any]:
+    return {"name": query.name, "width": query.width, "height": query.height}
 
 
 def _times(t0: float, t1: float, t2: float) -> dict[str, float]:
@@ -330,6 +424,99 @@ async def _read_uploads(request: Request, settings: ServeSettings, *, many: bool
         f"Content-Type {media} is not accepted; send multipart/form-data with file field 'image', "
         "or the PNG/JPEG bytes as the body with Content-Type image/png or image/jpeg",
     )
+
+
+TRAVELLED_FIELD = "travelled"
+
+
+async def _read_sequence_form(
+    request: Request, settings: ServeSettings
+) -> tuple[list[tuple[str, bytes]], list[float] | None]:
+    """The images (in order) and travelled distances of a /localize/sequence form, checked."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        raise BadRequest(
+            415,
+            "multipart_required",
+            "/localize/sequence takes multipart/form-data: one file field 'image' per image, in "
+            f"driving order, and optionally a text field '{TRAVELLED_FIELD}'",
+        )
+    limit = settings.max_sequence_images
+    form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+    try:
+        uploads: list[tuple[str, bytes]] = []
+        texts: list[str] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                uploads.append((f"image {len(uploads) + 1} ({value.filename or key})", await value.read()))
+            elif key == TRAVELLED_FIELD:
+                texts.append(value)
+            else:
+                raise BadRequest(
+                    400,
+                    "unknown_field",
+                    f"unknown form field '{key}'; /localize/sequence takes file fields 'image' and "
+                    f"the text field '{TRAVELLED_FIELD}'",
+                )
+    finally:
+        await form.close()
+    if not uploads:
+        raise BadRequest(400, "no_image", "the form has no image; send each image as file field 'image'")
+    if len(uploads) > limit:
+        raise BadRequest(
+            413,
+            "too_many_images",
+            f"{len(uploads)} images in one sequence; the limit is {limit} (--max-sequence-images)",
+        )
+    if not texts:
+        return uploads, None
+    travelled = _parse_travelled(",".join(texts))
+    if len(travelled) != len(uploads) - 1:
+        raise BadRequest(
+            422,
+            "wrong_number_of_distances",
+            f"{len(uploads)} images need {len(uploads) - 1} travelled distances (one between each "
+            f"pair of consecutive images), got {len(travelled)}",
+        )
+    return uploads, travelled
+
+
+def _parse_travelled(text: str) -> list[float]:
+    """Comma-separated metres -> floats; 422 naming the value that is not a finite distance >= 0."""
+    values = []
+    for i, part in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
+        try:
+            value = float(part)
+        except ValueError:
+            raise BadRequest(
+                422,
+                "invalid_distance",
+                f"{TRAVELLED_FIELD}: value {i} '{part[:40]}' is not a number (metres)",
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise BadRequest(
+                422,
+                "invalid_distance",
+                f"{TRAVELLED_FIELD}: value {i} is {part[:40]}; distances must be finite and >= 0 metres",
+            )
+        values.append(value)
+    return values
+
+
+def _sequence_body() -> dict[str, Any]:
+    """OpenAPI description of the /localize/sequence form."""
+    binary = {"type": "string", "format": "binary"}
+    fields = {
+        "image": {"type": "array", "items": binary, "description": "The images, oldest first."},
+        TRAVELLED_FIELD: {
+            "type": "string",
+            "description": "Metres travelled between consecutive images, comma-separated "
+            "(one value fewer than images); leave out when unknown.",
+            "example": "1.0,1.1,0.9",
+        },
+    }
+    schema = {"type": "object", "properties": fields, "required": ["image"]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 def _image_body(*, many: bool) -> dict[str, Any]:

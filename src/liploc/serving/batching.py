@@ -18,11 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from liploc.retrieval.lidar_map import Match
 
+T = TypeVar("T")
 RunBatch = Callable[[Sequence[np.ndarray], int], list[list[Match]]]
 
 
@@ -58,7 +60,14 @@ class BatchStats:
 class MicroBatcher:
     """Batches concurrent ``submit`` calls into one ``run_batch(images, k)`` call at a time."""
 
-    def __init__(self, run_batch: RunBatch, max_batch: int, max_wait_s: float) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int,
+        max_wait_s: float,
+        thread_init: Callable[[], None] | None = None,
+    ) -> None:
+        """``thread_init``: run once in the batch thread before its first batch."""
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -68,7 +77,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         # One thread: the model runs one batch at a time, in order, off the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liploc-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="liploc-batch", initializer=thread_init
+        )
 
     async def start(self) -> None:
         """Start the worker on the running event loop."""
@@ -105,6 +116,11 @@ class MicroBatcher:
         future: asyncio.Future[list[list[Match]]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(images, k, future))
         return await future
+
+    async def run_alone(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the batch thread, between two batches: work that runs the network
+        outside of a batch (sequence localization) never runs it at the same time as a batch."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _work(self) -> None:
         assert self._queue is not None

@@ -16,13 +16,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from liploc.config import ProjectionConfig
+from liploc.config import Config, ProjectionConfig
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.retrieval.lidar_map import MANIFEST, LidarMap, Match
+
+if TYPE_CHECKING:
+    from liploc.retrieval.localize import SequenceLocalization
 
 Backend = Literal["torch", "onnx"]
 RANGE_CACHE_SIZE = 256
@@ -30,11 +33,28 @@ RANGE_CACHE_SIZE = 256
 
 
 class QueryEncoder(Protocol):
-    """RGB images -> unit-norm embeddings of the map's model."""
+    """RGB images -> unit-norm embeddings of the map's model.
+
+    ``embed`` is ``embed_prepared`` of each image's ``prepare``; the service splits them so that
+    the per-image work (resizing to the network's input) runs in the request's decode thread, in
+    parallel, and a batch only runs the network.
+    """
 
     backend: str
     fingerprint: str
     device: Any
+
+    def init_thread(self) -> None:
+        """Prepare the calling thread (a worker of the service) to run this encoder's code."""
+        ...
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The network input of one (H, W, 3) uint8 RGB image (thread-safe, no network)."""
+        ...
+
+    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 unit-norm embeddings of inputs made by :meth:`prepare`."""
+        ...
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) float32 embeddings of (H, W, 3) uint8 RGB images."""
@@ -51,6 +71,31 @@ class TorchImageEncoder:
         self.localizer = localizer
         self.device = localizer.device
         self.fingerprint: str = localizer.fingerprint  # computed once, when the Localizer opened
+
+    def init_thread(self) -> None:
+        # OpenMP's thread count is per thread, and faiss has an OpenMP runtime of its own: in a
+        # new thread both default to every core whatever torch.set_num_threads said in the main
+        # thread, and faiss's team then spins in its barrier after every search (a third of the
+        # server's CPU on 2 cores). Give this thread the process's torch setting, for both.
+        import faiss
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return self.localizer.preprocess(image)
+
+    def embed_prepared(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        loc = self.localizer
+        parts = [
+            loc.embedder.embed(torch.from_numpy(np.stack(inputs[start : start + loc.max_batch])))
+            for start in range(0, len(inputs), loc.max_batch)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, loc.lidar_map.dim), dtype=np.float32)
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return self.localizer.embed(list(images))
@@ -70,6 +115,9 @@ class MapService:
     projection: ProjectionConfig
     data_root: Path | None = None
     layout: str = "auto"
+    config: Config | None = None
+    """The model's training configuration (its preprocessing), for sequence localization."""
+    _sequencer: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _range_cache: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False)
     _dataset: Any = field(default=None, repr=False)
@@ -85,10 +133,12 @@ class MapService:
         onnx_dir: str | Path | None = None,
         data_root: str | Path | None = None,
         layout: str = "auto",
+        threads: int | None = None,
     ) -> MapService:
         """Load the map and its query encoder (``torch``: the map's model copy or ``checkpoint``;
         ``onnx``: an ONNX export, default ``MAP/model/onnx``). ``data_root``: the dataset the map
-        was built from, for the range images of its scans (optional)."""
+        was built from, for the range images of its scans (optional). ``threads``: CPU threads
+        of the onnx backend's forward pass (torch's are the process's, set by ``serve``)."""
         from liploc.config import config_from_dict
 
         map_dir = Path(map_dir)
@@ -97,7 +147,7 @@ class MapService:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
             from liploc.interop.onnx_localizer import OnnxLocalizer
 
-            loc = OnnxLocalizer.open(map_dir, onnx_dir)
+            loc = OnnxLocalizer.open(map_dir, onnx_dir, threads=threads)
             spec = json.loads((loc.encoder.folder / "preprocessing.json").read_text(encoding="utf-8"))
             config = config_from_dict(spec["config"], source=str(loc.encoder.folder))
             lidar_map, encoder = loc.lidar_map, loc.encoder
@@ -122,6 +172,7 @@ class MapService:
             config.projection,
             Path(data_root) if data_root is not None else None,
             layout,
+            config,
         )
 
     @property
@@ -130,9 +181,31 @@ class MapService:
         return self.map_dir.resolve().name
 
     def localize(self, images: Sequence[np.ndarray], k: int) -> list[list[Match]]:
-        """Top-``k`` matches of each image (one forward pass for all of them)."""
-        emb = self.encoder.embed(images)
+        """Top-``k`` matches of each RGB image (one forward pass for all of them)."""
+        return self.localize_prepared([self.encoder.prepare(image) for image in images], k)
+
+    def localize_prepared(self, inputs: Sequence[np.ndarray], k: int) -> list[list[Match]]:
+        """Top-``k`` matches of each network input made by ``encoder.prepare`` (one forward pass)."""
+        emb = self.encoder.embed_prepared(inputs)
         return self.lidar_map.localize(emb, k, query_fingerprint=self.encoder.fingerprint)
+
+    def localize_sequence(
+        self, images: Sequence[np.ndarray], k: int, travelled_m: Sequence[float] | None = None
+    ) -> SequenceLocalization:
+        """The last of ``images`` (RGB, in driving order) localized by sequence matching over all
+        of them, with the best path (:meth:`Localizer.localize_sequence`; ``travelled_m``: metres
+        between consecutive images, or None). Not thread-safe: the service runs it on its batch
+        thread, between batches."""
+        if self._sequencer is None:
+            if isinstance(self.encoder, TorchImageEncoder):
+                self._sequencer = self.encoder.localizer
+            else:
+                if self.config is None:
+                    raise ConfigError("sequence localization needs the model's configuration")
+                from liploc.interop.onnx_localizer import onnx_sequence_localizer
+
+                self._sequencer = onnx_sequence_localizer(self.lidar_map, self.encoder, self.config)
+        return self._sequencer.localize_sequence(list(images), k, travelled_m=travelled_m)
 
     # --- the map itself ----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

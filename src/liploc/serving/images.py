@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -73,3 +75,32 @@ def decode_image(data: bytes, settings: ServeSettings, name: str = "image") -> n
                 400, "corrupt_image", f"{name}: corrupt or truncated {image.format} ({err})"
             ) from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedQuery:
+    """An uploaded image, decoded and made into the network's input."""
+
+    name: str
+    width: int
+    height: int
+    input: np.ndarray
+    """What the encoder's ``prepare`` made of the RGB pixels (resized to the network's input), or
+    the (H, W, 3) RGB pixels themselves."""
+
+
+def decode_query(
+    data: bytes,
+    settings: ServeSettings,
+    name: str,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> DecodedQuery:
+    """Decode an upload and ``prepare`` it for the network (None: keep the RGB pixels), in one
+    call for a worker thread (PIL's decoder and the resize run mostly without the GIL, so uploads
+    decode in parallel).
+
+    Raises:
+        BadRequest: as :func:`decode_image`.
+    """
+    rgb = decode_image(data, settings, name)
+    return DecodedQuery(name, int(rgb.shape[1]), int(rgb.shape[0]), rgb if prepare is None else prepare(rgb))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -19,11 +20,22 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def serve(service: MapService, settings: ServeSettings, console: Console, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes requests in flight, then the batcher stops."""
+    if service.encoder.backend == "torch":
+        import torch
+
+        # The process is the server's: its forward pass gets the threads the settings give it.
+        torch.set_num_threads(settings.network_threads)
     app = create_app(service, settings)
+    # Everything loaded so far (torch, the model, the app) lives as long as the process: keep it
+    # out of the garbage collector's full passes, which otherwise walk it all and stall every
+    # request in flight for a fifth of a second now and then (the p99 of serve_load.py).
+    gc.collect()
+    gc.freeze()
     m = service.lidar_map
     console.print(
         f"map [bold]{service.name}[/]: {len(m)} scans, model {m.model_fingerprint[:12]}, "
-        f"backend {service.encoder.backend} on {service.encoder.device}"
+        f"backend {service.encoder.backend} on {service.encoder.device}, "
+        f"{settings.network_threads} network thread(s), {settings.decode_threads} decode thread(s)"
     )
     where = f"http://{settings.host}:{settings.port}"
     if settings.host in LOCAL_HOSTS:

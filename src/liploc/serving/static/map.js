@@ -84,6 +84,23 @@ function drawMatches(matches) {
   }
 }
 
+function drawPath(path) {
+  // The best path of a sequence: each image's map place, oldest first (none off the map).
+  const layer = document.getElementById("matches-layer");
+  const v = state.view;
+  const steps = path.filter((p) => p.frame_id !== null);
+  const g = el("g", { id: "sequence-path" }, null);
+  layer.insertBefore(g, layer.firstChild);  // under the poses
+  el("polyline", {
+    points: steps.map((p) => `${v.sx(p.x)},${v.sy(p.y)}`).join(" "), "stroke-width": v.r * 0.9,
+  }, g);
+  for (const p of steps) {
+    const c = el("circle", { class: "path-step", cx: v.sx(p.x), cy: v.sy(p.y), r: v.r * 1.4,
+      "stroke-width": v.r * 0.3, "data-frame": p.frame_id }, g);
+    el("title", {}, c).textContent = `${p.image}: ${p.frame_id} (similarity ${p.similarity.toFixed(3)})`;
+  }
+}
+
 function listMatches(matches) {
   const table = document.getElementById("matches");
   const body = table.querySelector("tbody");
@@ -147,6 +164,46 @@ async function localize(file) {
   setStatus(`${file.name}: ${body.matches.length} poses in ${body.time_ms.total.toFixed(1)} ms (${body.backend})`, false);
 }
 
+async function localizeSequence(files) {
+  const last = files[files.length - 1];
+  const query = document.getElementById("query-image");
+  query.src = URL.createObjectURL(last);
+  document.getElementById("query-figure").hidden = false;
+  const k = document.getElementById("k-input").value || "5";
+  const travelled = document.getElementById("travelled-input").value.trim();
+  const form = new FormData();
+  for (const file of files) form.append("image", file, file.name);
+  if (travelled) form.append("travelled", travelled);
+  setStatus(`localizing a sequence of ${files.length} images...`, false);
+  let body;
+  try {
+    const response = await fetch(`/localize/sequence?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
+    body = await response.json();
+    if (!response.ok) {
+      setStatus(`${response.status}: ${body.detail || body.error}`, true);
+      return;
+    }
+  } catch (err) {
+    setStatus(`request failed: ${err}`, true);
+    return;
+  }
+  drawMatches(body.matches);
+  drawPath(body.path);
+  listMatches(body.matches);
+  showRangeImages(body.matches);
+  setStatus(
+    `${last.name}, the last of ${files.length} images: ${body.matches.length} poses by sequence matching ` +
+    `(score: the path's mean normalised similarity) in ${body.time_ms.total.toFixed(1)} ms (${body.backend})`,
+    false,
+  );
+}
+
+function localizeFiles(fileList) {
+  const files = [...fileList].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+  if (files.length > 1) localizeSequence(files);
+  else if (files.length === 1) localize(files[0]);
+}
+
 async function start() {
   try {
     const [meta, traj] = await Promise.all(["/map", "/map/trajectory"].map((u) => fetch(u).then((r) => r.json())));
@@ -163,14 +220,14 @@ async function start() {
     setStatus(`cannot load the map: ${err}`, true);
   }
   const input = document.getElementById("image-input");
-  input.addEventListener("change", () => input.files.length && localize(input.files[0]));
+  input.addEventListener("change", () => localizeFiles(input.files));
   const zone = document.getElementById("drop-zone");
   zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (ev) => {
     ev.preventDefault();
     zone.classList.remove("over");
-    if (ev.dataTransfer.files.length) localize(ev.dataTransfer.files[0]);
+    localizeFiles(ev.dataTransfer.files);
   });
 }
 
