@@ -190,7 +190,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40, help="frames of the small synthetic drive")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the full pipeline")
     parser.add_argument(
-        "--device", choices=("all", "cpu", "cuda"), default="all", help="cpu, cuda, or both (all)"
+        "--device",
+        choices=("all", "cpu", "cuda"),
+        default="all",
+        help="cpu, cuda, or all (cpu, and cuda where torch sees a device)",
     )
     parser.add_argument("--cuda-workers", type=int, default=min(12, os.cpu_count() or 1))
     parser.add_argument("--cuda-steps", type=int, default=30, help="timed steps of each CUDA config")
@@ -212,9 +215,9 @@ def main() -> None:
             ("cpu", "tiny", tiny, tiny.train.batch_size, args.steps, 2, args.workers),
             ("cpu", "resnet50", resnet50, 4, args.resnet50_steps, 1, args.workers),
         ]
-    if args.device in ("all", "cuda"):
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: torch sees no CUDA device")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
         speed = resnet50.model_copy(deep=True)
         speed.train.deterministic = False
         runs += [
