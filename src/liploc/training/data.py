@@ -287,6 +287,9 @@ class PreprocessCache:
 
         self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
         self._write_failure_reported = False
+        # resolve() walks every component of the path (a tenth of a millisecond per entry read);
+        # what a path resolves to is fixed for a run, its size and time are checked on each read.
+        self._resolved: dict[Path, str] = {}
 
     def path_for(self, source: Path, modality: Modality) -> Path:
         """Cache file of ``source`` (raises DataError when the source is missing)."""
@@ -294,7 +297,10 @@ class PreprocessCache:
             st = source.stat()
         except OSError as err:
             raise DataError(source, f"cannot read file ({err.strerror or err})") from None
-        ident = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        resolved = self._resolved.get(source)
+        if resolved is None:
+            resolved = self._resolved[source] = str(source.resolve())
+        ident = f"{resolved}|{st.st_size}|{st.st_mtime_ns}"
         return self.folder / modality / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
 
     def get(self, source: Path, modality: Modality, make: Callable[[], np.ndarray]) -> np.ndarray:
