@@ -90,6 +90,7 @@ def build_tiny_map(root: Path, out: Path) -> Path:
         [(f.sequence, f.index) for f in frames],
         model.fingerprint(),
         {},
+        embedding_precision="fp32",  # as `liploc map build` records on a CPU
     ).save(out)
     (out / MODEL_DIR).mkdir()
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0}

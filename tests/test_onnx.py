@@ -67,6 +67,14 @@ def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path
     # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
     assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    # A map that did not record its precision: the model's train.precision decides, as it does
+    # for torch's queries (auto and fp32 are fp32 on a CPU); no model file to tell: torch.
+    (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": None}))
+    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    for precision, backend in (("auto", "onnx"), ("fp32", "onnx"), ("bf16", "torch"), ("fp16", "torch")):
+        config = {"train": {"precision": precision}}
+        (map_dir / "model" / "model.json").write_text(json.dumps({"metadata": {"config": config}}))
+        assert _localize_backend(map_dir, None, None, "auto", False) == backend, precision
 
 
 @pytest.fixture(scope="module")

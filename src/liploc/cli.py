@@ -677,8 +677,14 @@ def _localize_backend(
     ):
         return "torch"
     try:
-        precision = json.loads((map_dir / "manifest.json").read_text()).get("embedding_precision", "fp32")
-    except (OSError, ValueError, AttributeError):
+        precision = json.loads((map_dir / "manifest.json").read_text()).get("embedding_precision")
+        if precision is None:
+            # A map that did not record it: torch embeds its queries with the model's
+            # train.precision, which on a CPU is fp32 unless it names bf16 or fp16.
+            model_json = json.loads((map_dir / MAP_ONNX_DIR.parent / "model.json").read_text())
+            train = model_json["metadata"]["config"].get("train", {})
+            precision = "fp32" if train.get("precision", "auto") in ("auto", "fp32") else train["precision"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return "torch"  # which reports what is wrong with the map
     return "onnx" if precision == "fp32" else "torch"
 
