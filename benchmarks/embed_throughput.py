@@ -5,7 +5,8 @@ scans), the tiny model (configs/tiny.yaml), both towers embedded as evaluation d
 by side in one run:
 
 - ``baseline``: the code path before issue 11 (copied below): float32 samples normalised in the
-  main process, no loader workers, no pinned memory.
+  main process, no loader workers, no pinned memory, PNGs decoded by Pillow and scans checked for
+  non-finite values row by row.
 - ``cold``: :func:`liploc.retrieval.embedding.embed_frame_sets` as evaluation calls it (images
   and scans through one loader of ``--workers`` workers, uint8 through shared memory,
   normalisation on the device, the main process leaving the workers their cores) and an empty
@@ -24,13 +25,15 @@ Last line: {"baseline_frames_per_s": ..., "cold_frames_per_s": ..., "warm_frames
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -38,6 +41,8 @@ from torch.utils.data import DataLoader
 
 from liploc.config import Config, load_config
 from liploc.datasets import Frame, open_dataset
+from liploc.datasets import scan as scan_module
+from liploc.errors import DataError
 from liploc.models import TwoTowerModel, create_model
 from liploc.retrieval.embedding import embed_frame_sets
 from liploc.synth import SynthOptions, generate_dataset
@@ -65,6 +70,32 @@ def baseline_embed(
         emb = encode(batch[modality].to(device))
         out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def read_scan_before(path: str | Path) -> scan_module.LoadedScan:
+    """``read_scan`` as it was before issue 11: the finite check row by row on every scan."""
+    path = Path(path)
+    scan_module.check_scan_size(path)
+    try:
+        raw = np.fromfile(path, dtype="<f4")
+    except OSError as err:
+        raise DataError(path, f"cannot read scan file ({err.strerror or err})") from None
+    points = raw.reshape(-1, 4)
+    finite = np.isfinite(points).all(axis=1)
+    n_dropped = int(len(points) - np.count_nonzero(finite))
+    if n_dropped:
+        points = points[finite]
+    return scan_module.LoadedScan(path=path, points=np.ascontiguousarray(points), n_dropped=n_dropped)
+
+
+@contextlib.contextmanager
+def decoders_before_issue_11() -> Iterator[None]:
+    """Every PNG through Pillow and the old scan check, as the baseline's code had them."""
+    with (
+        mock.patch.object(scan_module, "_decode_rgb8_png", lambda data: None),
+        mock.patch.object(scan_module, "read_scan", read_scan_before),
+    ):
+        yield
 
 
 def cpu_seconds() -> float:
@@ -107,9 +138,11 @@ def main() -> None:
         )
 
         def baseline() -> list[np.ndarray]:
-            return [
-                baseline_embed(model, frames, config, m, args.batch_size, device) for m in ("image", "lidar")
-            ]
+            with decoders_before_issue_11():
+                return [
+                    baseline_embed(model, frames, config, m, args.batch_size, device)
+                    for m in ("image", "lidar")
+                ]
 
         def new(cache: Path) -> list[np.ndarray]:
             # As `liploc evaluate` does: the queries' images and the map's scans in one pass.
