@@ -73,7 +73,7 @@ def top1_errors(
     return np.linalg.norm(db_xy[top[:, 0]] - q_xy, axis=1)
 
 
-def run(demo: Path, noise: float) -> dict[str, Any]:
+def run(demo: Path, noise: float, windows: tuple[int, ...] = WINDOWS) -> dict[str, Any]:
     """The figures of one demo folder (see the module docstring)."""
     metrics = json.loads((demo / "metrics.json").read_text())
     reader = open_dataset(demo / "data")
@@ -90,7 +90,7 @@ def run(demo: Path, noise: float) -> dict[str, Any]:
         spacing = float(np.median(np.linalg.norm(np.diff([f.position_xy for f in database], axis=0), axis=1)))
         other_lane = np.abs(sideways_offsets(queries, database)) > OTHER_LANE_M
         rows = []
-        for seq_len in WINDOWS:
+        for seq_len in windows:
             err = top1_errors(q_emb, db_emb, queries, database, seq_len, noise)
             row: dict[str, Any] = {"seq_len": seq_len, "window_m": round(seq_len * spacing)}
             for t in THRESHOLDS_M:
@@ -139,13 +139,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished liploc demo folder")
     parser.add_argument("--noise", type=float, default=0.1, help="relative odometry noise (1 sigma)")
+    parser.add_argument(
+        "--seq-lens",
+        default=",".join(map(str, WINDOWS)),
+        help="images per window, comma-separated (the demo's frames are 3 m apart)",
+    )
     args = parser.parse_args()
+    windows = tuple(int(v) for v in args.seq_lens.split(","))
+    if not windows or min(windows) < 1:
+        parser.error(f"--seq-lens: positive image counts, got {args.seq_lens!r}")
     if not (args.demo / "metrics.json").is_file():
         # `make bench` runs every benchmark; this one only reads a finished demo.
         print(f"skipped: no finished demo in {args.demo} (run `make demo` first)")
         print(json.dumps({"demo": str(args.demo), "skipped": "no finished demo"}))
         return
-    figures = run(args.demo, args.noise)
+    figures = run(args.demo, args.noise, windows)
     print_table(Console(), figures)
     print(json.dumps(figures))
 
