@@ -92,7 +92,7 @@ def read_scan_before(path: str | Path) -> scan_module.LoadedScan:
 def decoders_before_issue_11() -> Iterator[None]:
     """Every PNG through Pillow and the old scan check, as the baseline's code had them."""
     with (
-        mock.patch.object(scan_module, "decode_rgb8_png", lambda data: None),
+        mock.patch.object(scan_module, "_decode_rgb8_png", lambda data: None),
         mock.patch.object(scan_module, "read_scan", read_scan_before),
     ):
         yield

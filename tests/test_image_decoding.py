@@ -14,7 +14,7 @@ from conftest import KITTI_RAW_SAMPLE, require_shared_data
 from PIL import Image
 
 from liploc.datasets import load_image
-from liploc.datasets.scan import decode_rgb8_png
+from liploc.datasets.scan import _decode_rgb8_png
 from liploc.errors import DataError
 
 
@@ -35,7 +35,7 @@ def test_real_kitti_frames_decode_as_pillow_decodes_them() -> None:
     frames = sorted(KITTI_RAW_SAMPLE.rglob("image_02/data/*.png"))[:3]
     assert frames, f"no camera frames under {KITTI_RAW_SAMPLE}"
     for path in frames:
-        assert decode_rgb8_png(path.read_bytes()) is not None, f"{path}: not on the libspng path"
+        assert _decode_rgb8_png(path.read_bytes()) is not None, f"{path}: not on the libspng path"
         np.testing.assert_array_equal(load_image(path), _pillow_rgb(path), err_msg=str(path))
 
 
@@ -63,7 +63,7 @@ def test_every_kind_of_png_decodes_as_pillow_decodes_it(tmp_path: Path) -> None:
     for name, (data, fast) in cases.items():
         path = tmp_path / f"{name}.png"
         path.write_bytes(data)
-        assert (decode_rgb8_png(data) is not None) == fast, name
+        assert (_decode_rgb8_png(data) is not None) == fast, name
         np.testing.assert_array_equal(load_image(path), _pillow_rgb(path), err_msg=name)
 
 
@@ -78,15 +78,3 @@ def test_a_damaged_rgb_png_is_an_error_naming_it(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(DataError, match="cannot read image file"):
         load_image(folder)
-
-
-def test_uploads_to_the_service_decode_as_files_do(tmp_path: Path) -> None:
-    from liploc.serving.images import decode_image
-    from liploc.serving.settings import ServeSettings
-
-    rng = np.random.default_rng(2)
-    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    for name, data in (("rgb", _png(rgb)), ("rgba", _png(np.dstack([rgb, rgb[..., 0]])))):
-        path = tmp_path / f"{name}.png"
-        path.write_bytes(data)
-        np.testing.assert_array_equal(decode_image(data, ServeSettings()), _pillow_rgb(path), err_msg=name)

@@ -103,7 +103,7 @@ def load_scan(path: str | Path) -> np.ndarray:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def decode_rgb8_png(data: bytes) -> np.ndarray | None:
+def _decode_rgb8_png(data: bytes) -> np.ndarray | None:
     """Pixels of an 8-bit RGB PNG decoded by libspng, 1.3-1.9x faster than PIL on KITTI frames
     (PNG decoding is most of a cold frame's preprocessing); None for any other PNG, or data
     libspng cannot decode (PIL then decodes it or says what is wrong)."""
@@ -132,7 +132,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise DataError(path, "image file not found") from None
     except OSError as err:
         raise DataError(path, f"cannot read image file ({err.strerror or err})") from None
-    rgb8 = decode_rgb8_png(data)
+    rgb8 = _decode_rgb8_png(data)
     if rgb8 is not None:
         return rgb8
     try:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from liploc.datasets.scan import decode_rgb8_png
 from liploc.serving.settings import ServeSettings
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")
@@ -68,8 +67,6 @@ def decode_image(data: bytes, settings: ServeSettings, name: str = "image") -> n
                 f"{name}: image is {width}x{height} = {width * height} pixels; the limit is "
                 f"{settings.max_image_pixels}",
             )
-        if image.format == "PNG" and (rgb8 := decode_rgb8_png(data)) is not None:
-            return rgb8  # libspng: the same pixels, faster (see decode_rgb8_png)
         try:
             image.load()
             rgb = image.convert("RGB")
