@@ -192,6 +192,31 @@ def test_serve_backend_onnx_localizes_sequences_like_torch(exported, map_world) 
     )
 
 
+def test_localize_sequence_on_the_onnx_backend_gives_torchs_path(exported, map_world) -> None:  # noqa: F811
+    images = [str(query_image(map_world["root"], f)) for f in (20, 21, 22, 23)]
+    runner = CliRunner()
+    answers = {}
+    for backend in ("torch", "onnx"):
+        cmd = ["localize", str(map_world["map"]), *images, "--sequence", "--travelled", "1,1,1"]
+        res = runner.invoke(app, [*cmd, "--json", "-k", "3", "--backend", backend])
+        assert res.exit_code == 0, res.output
+        answers[backend] = json.loads(res.output)
+    torch_body, onnx_body = answers["torch"], answers["onnx"]
+    assert [(m["sequence"], m["frame"]) for m in onnx_body["matches"]] == [
+        (m["sequence"], m["frame"]) for m in torch_body["matches"]
+    ]
+    assert [p.get("frame") for p in onnx_body["path"]] == [p.get("frame") for p in torch_body["path"]]
+    np.testing.assert_allclose(
+        [p["similarity"] for p in onnx_body["path"]], [p["similarity"] for p in torch_body["path"]], atol=1e-4
+    )
+    # Another model's checkpoint is torch's business: refused, not silently ignored.
+    other = ["--checkpoint", str(map_world["other_run"])]
+    res = runner.invoke(
+        app, ["localize", str(map_world["map"]), *images, "--sequence", "--backend", "onnx", *other]
+    )
+    assert res.exit_code == 1 and "--checkpoint is for the torch backend" in res.output
+
+
 def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # noqa: F811
     # torch made unimportable: the ONNX path must not need it.
     script = (

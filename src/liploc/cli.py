@@ -599,8 +599,6 @@ def localize(
 
     if travelled is not None and not sequence:
         _fail(ConfigError("--travelled needs --sequence"))
-    if sequence and backend == "onnx":
-        _fail(ConfigError("--sequence runs on the torch backend only"))
     try:
         # Checked from their headers before the model loads: a wrong image is refused at once.
         checked = [check_query_image(path) for path in expand_query_paths(images)]
@@ -612,7 +610,7 @@ def localize(
             print_line(err_console, f"[yellow]warning:[/] {query.warning}")
     paths = [query.path for query in checked]
     if sequence:
-        _localize_sequence(map_dir, paths, k, checkpoint, as_json, device, travelled)
+        _localize_sequence(map_dir, paths, k, checkpoint, as_json, device, travelled, backend, onnx_dir)
         return
     if backend == "auto":
         backend = _localize_backend(map_dir, onnx_dir, checkpoint, device, sequence)
@@ -863,12 +861,12 @@ def _localize_sequence(
     as_json: bool,
     device: str,
     travelled: str | None,
+    backend: str = "auto",
+    onnx_dir: Path | None = None,
 ) -> None:
     import json
 
     from rich.table import Table
-
-    from liploc.retrieval.localize import Localizer
 
     try:
         distances = None
@@ -878,9 +876,19 @@ def _localize_sequence(
             except ValueError:
                 msg = f"--travelled: expected comma-separated metres, got '{travelled}'"
                 raise ConfigError(msg) from None
-        result = Localizer.open(map_dir, checkpoint, device).localize_sequence(
-            images, k, travelled_m=distances
-        )
+        if backend == "onnx":
+            # Only when asked: auto stays on torch here, whose poses the onnx network matches
+            # within 1e-4 but not bit for bit, and sequence matching imports torch anyway.
+            if checkpoint is not None:
+                raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
+            from liploc.interop.onnx_localizer import OnnxLocalizer
+
+            localizer = OnnxLocalizer.open(map_dir, onnx_dir).sequence_localizer()
+        else:
+            from liploc.retrieval.localize import Localizer
+
+            localizer = Localizer.open(map_dir, checkpoint, device)
+        result = localizer.localize_sequence(images, k, travelled_m=distances)
     except LiplocError as err:
         _fail(err)
         return

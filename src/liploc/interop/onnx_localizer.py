@@ -63,6 +63,11 @@ class OnnxLocalizer:
         """Top-``k`` map entries (poses and scores) for each camera image file."""
         return self.localize_images([load_image(Path(p)) for p in images], k)
 
+    def sequence_localizer(self) -> Localizer:
+        """A ``Localizer`` whose ``localize_sequence`` runs this export's network (its
+        preprocessing and the sequence matching import torch; timm and the towers are not loaded)."""
+        return onnx_sequence_localizer(self.lidar_map, self.encoder, export_config(self.encoder.folder))
+
 
 class OnnxImageEmbedder:
     """The :class:`liploc.retrieval.localize.ImageEmbedder` seam on onnxruntime: lets a
@@ -80,6 +85,17 @@ class OnnxImageEmbedder:
         """(B, 3, H, W) torch tensor in the 0..255 scale -> (B, D) float32 unit-norm."""
         batch = np.asarray(images.cpu().numpy())
         return self.encoder.embed_prepared([self.encoder.prepare(x.transpose(1, 2, 0)) for x in batch])
+
+
+def export_config(folder: str | Path) -> Config:
+    """The training configuration an ONNX export records (its preprocessing settings)."""
+    from liploc.config import config_from_dict
+    from liploc.interop.onnx_encoder import SPEC_FILE, read_export_spec
+
+    spec = read_export_spec(folder)
+    if not isinstance(spec.get("config"), dict):
+        raise DataError(Path(folder) / SPEC_FILE, "export description lacks the model's configuration")
+    return config_from_dict(spec["config"], source=str(folder))
 
 
 def onnx_sequence_localizer(lidar_map: LidarMap, encoder: OnnxImageEncoder, config: Config) -> Localizer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,17 +138,15 @@ class MapService:
         ``onnx``: an ONNX export, default ``MAP/model/onnx``). ``data_root``: the dataset the map
         was built from, for the range images of its scans (optional). ``threads``: CPU threads
         of the onnx backend's forward pass (torch's are the process's, set by ``serve``)."""
-        from liploc.config import config_from_dict
 
         map_dir = Path(map_dir)
         if backend == "onnx":
             if checkpoint is not None:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
-            from liploc.interop.onnx_localizer import OnnxLocalizer
+            from liploc.interop.onnx_localizer import OnnxLocalizer, export_config
 
             loc = OnnxLocalizer.open(map_dir, onnx_dir, threads=threads)
-            spec = json.loads((loc.encoder.folder / "preprocessing.json").read_text(encoding="utf-8"))
-            config = config_from_dict(spec["config"], source=str(loc.encoder.folder))
+            config = export_config(loc.encoder.folder)
             lidar_map, encoder = loc.lidar_map, loc.encoder
         elif backend == "torch":
             if onnx_dir is not None:
