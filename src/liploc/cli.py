@@ -663,6 +663,7 @@ def _localize_backend(
     else torch."""
     import json
 
+    from liploc.config import resolved_precision
     from liploc.interop.onnx_encoder import SPEC_FILE
     from liploc.interop.onnx_localizer import MAP_ONNX_DIR
 
@@ -678,10 +679,10 @@ def _localize_backend(
         precision = json.loads((map_dir / "manifest.json").read_text()).get("embedding_precision")
         if precision is None:
             # A map that did not record it: torch embeds its queries with the model's
-            # train.precision, which on a CPU is fp32 unless it names bf16 or fp16.
+            # train.precision as it resolves on a CPU (auto backend only runs there).
             model_json = json.loads((map_dir / MAP_ONNX_DIR.parent / "model.json").read_text())
             train = model_json["metadata"]["config"].get("train", {})
-            precision = "fp32" if train.get("precision", "auto") in ("auto", "fp32") else train["precision"]
+            precision = resolved_precision(train.get("precision", "auto"), cuda_bf16=False)
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return "torch"  # which reports what is wrong with the map
     return "onnx" if precision == "fp32" else "torch"

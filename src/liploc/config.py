@@ -253,6 +253,15 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(None, gt=0)
 
 
+def resolved_precision(precision: str, *, cuda_bf16: bool) -> str:
+    """What ``train.precision`` means where the model runs: ``fp32``, ``bf16`` or ``fp16``
+    (``auto``: bf16 on a CUDA device that supports it, else fp32). ``cuda_bf16``: the model runs
+    on such a device. Torch-free, so that a decision can be made before torch is imported."""
+    if precision == "auto":
+        return "bf16" if cuda_bf16 else "fp32"
+    return precision
+
+
 class EvalConfig(_Section):
     preset: Literal["lip-loc", "kitti-b", "kitti-a"] | None = None
     """The literature's protocol this config trains for (``liploc.retrieval.protocols``);

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from liploc.atomic import append_text, atomic_write_text
-from liploc.config import Config, TrainConfig, config_from_dict, load_config, save_config
+from liploc.config import Config, TrainConfig, config_from_dict, load_config, resolved_precision, save_config
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.training import distributed
 from liploc.training.checkpoint import (
@@ -103,11 +103,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """dtype of autocast for ``train.precision`` on ``device`` (None: full fp32)."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    cuda_bf16 = precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
+        resolved_precision(precision, cuda_bf16=cuda_bf16)
+    ]
 
 
 def capped_num_workers(requested: int, cores: int | None = None) -> tuple[int, str | None]:
