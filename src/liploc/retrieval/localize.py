@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 MODEL_DIR = "model"
-MAP_ONNX_NAME = "onnx"
-"""``MAP/model/onnx``: the camera tower's ONNX export (``interop.onnx_localizer.MAP_ONNX_DIR``)."""
 
 
 def build_map(
@@ -111,7 +109,7 @@ def build_map(
     def add_model(folder: Path) -> None:
         copy_checkpoint(ckpt, folder / MODEL_DIR / "model.safetensors")
         if onnx:
-            _export_camera_tower(folder / MODEL_DIR, console)
+            _export_camera_tower(folder, console)
 
     out = lidar_map.save(out, add_files=add_model)
     if console is not None:
@@ -119,12 +117,13 @@ def build_map(
     return lidar_map
 
 
-def _export_camera_tower(model_dir: Path, console: Console | None) -> None:
+def _export_camera_tower(map_dir: Path, console: Console | None) -> None:
     """The map's ONNX export of its camera tower (``model/onnx``), or a warning why there is none."""
     from liploc.interop.onnx_export import export_onnx
+    from liploc.interop.onnx_localizer import MAP_ONNX_DIR
 
     try:
-        export_onnx(model_dir / "model.safetensors", model_dir / MAP_ONNX_NAME, towers=("image",))
+        export_onnx(map_dir / MODEL_DIR / "model.safetensors", map_dir / MAP_ONNX_DIR, towers=("image",))
     except OSError:
         raise  # a full disk is the map's failure, not the export's
     except Exception as err:  # the exporter's many failure types; the map works without
