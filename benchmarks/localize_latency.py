@@ -40,11 +40,8 @@ import torch
 
 from liploc.config import load_config
 from liploc.datasets import load_image, open_dataset
-from liploc.interop.onnx_export import export_onnx
 from liploc.models import create_model
-from liploc.retrieval.embedding import embed_frames
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.localize import MODEL_DIR, Localizer
+from liploc.retrieval.localize import Localizer, build_map
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.losses import build_loss
 from liploc.training.train import _save_training_checkpoint
@@ -78,27 +75,17 @@ def new_process(command: list[str]) -> tuple[float, float]:
 
 
 def build_tiny_map(root: Path, out: Path) -> Path:
+    """A map of the drive's scans made as `liploc map build` makes it (with the camera tower's
+    ONNX export, which `liploc localize` uses) from an untrained tiny model; returns a query."""
     config = load_config(CONFIGS / "tiny.yaml")
     torch.manual_seed(0)
     model = create_model(config.model).eval()
-    reader = open_dataset(root, "auto")
-    frames = reader.frames(reader.sequences()[0])
-    emb = embed_frames(model, frames, config, "lidar", device=torch.device("cpu"), num_workers=0)
-    LidarMap.build(
-        emb,
-        np.stack([f.pose for f in frames]),
-        [(f.sequence, f.index) for f in frames],
-        model.fingerprint(),
-        {},
-        embedding_precision="fp32",  # as `liploc map build` records on a CPU
-    ).save(out)
-    (out / MODEL_DIR).mkdir()
+    checkpoint = out.parent / "tiny.safetensors"
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
-    _save_training_checkpoint(
-        out / MODEL_DIR / "model.safetensors", config, model, build_loss(config.loss), position, {}
-    )
-    # As `liploc map build` does: the camera tower's ONNX export, which `liploc localize` uses.
-    export_onnx(out / MODEL_DIR / "model.safetensors", out / MODEL_DIR / "onnx", towers=("image",))
+    _save_training_checkpoint(checkpoint, config, model, build_loss(config.loss), position, {})
+    sequence = open_dataset(root, "auto").sequences()[0]
+    build_map(checkpoint, root, [sequence], out, device="cpu")
+    frames = open_dataset(root, "auto").frames(sequence)
     return frames[len(frames) // 2].image_path
 
 
