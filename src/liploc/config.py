@@ -66,6 +66,13 @@ class DataConfig(_Section):
     with 0, i.e. the ImageNet mean colour)."""
     augment_lidar: bool = True
     """Apply the coarse dropout to the LiDAR input too (the reference code uses one transform for both)."""
+    lidar_sideways_m: float = Field(0.0, ge=0, le=10)
+    """Training: pair some images with their scan as a LiDAR up to this many metres to the left or
+    right would have taken it (the points moved, gaps closed; 0: off, the paper). A vehicle in the
+    next lane sees the map's places about 3 m sideways; pairs of one viewpoint do not teach the
+    towers to match across that. Either LiDAR input; evaluation always uses the scan as taken."""
+    lidar_sideways_p: float = Field(0.5, ge=0, le=1)
+    """Probability that a training pair's scan is moved sideways (when ``lidar_sideways_m`` > 0)."""
     coarse_dropout_p: float = Field(0.9, ge=0, le=1)
     """Probability that a sample gets holes at all (reference: 0.9)."""
     coarse_dropout_holes: int = Field(5, ge=0)

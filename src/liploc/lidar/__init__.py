@@ -1,4 +1,5 @@
-"""LiDAR projections: the spherical range image (the paper's input) and the camera depth image."""
+"""LiDAR projections: the spherical range image (the paper's input) and the camera depth image, from
+the scan's own viewpoint or one moved sideways (a training augmentation)."""
 
 from liploc.lidar.camera_depth import (
     camera_depth_image,
@@ -21,6 +22,7 @@ from liploc.lidar.range_image import (
     range_image_to_input,
     spherical_coordinates,
 )
+from liploc.lidar.viewpoint_shift import fill_small_gaps, shift_points_sideways
 
 __all__ = [
     "CropWindow",
@@ -31,6 +33,7 @@ __all__ = [
     "camera_depth_input",
     "crop_range_image",
     "crop_window",
+    "fill_small_gaps",
     "lidar_input_channels",
     "lidar_range_input",
     "nearest_point_per_pixel",
@@ -39,5 +42,6 @@ __all__ = [
     "project_to_range_image",
     "range_image_to_input",
     "scale_calibration",
+    "shift_points_sideways",
     "spherical_coordinates",
 ]

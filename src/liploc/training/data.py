@@ -5,7 +5,9 @@ Files on disk become model inputs in two stages:
 1. **Preprocessing** (deterministic, cacheable): the camera image is decoded and resized to
    ``data.image_size``; the scan is read, turned into the LiDAR input of ``data.lidar_input``
    (cropped range image, or depth image in the camera plane) and resized. Both are kept in the
-   0..255 scale, as the reference code's 8-bit images are.
+   0..255 scale, as the reference code's 8-bit images are. In training, with
+   ``data.lidar_sideways_m``, some scans are seen from a LiDAR moved sideways instead (drawn per
+   sample like the transform's randomness, and not cached).
 2. **Transform** (per sample): scale to 0..1, ImageNet normalisation and, in training, coarse
    dropout. Its randomness comes from a generator seeded by ``(seed, epoch, index)`` so that a
    sample looks the same whatever the worker, the number of processes, or a resume in between.
@@ -245,22 +247,40 @@ def camera_image_input(image: np.ndarray, config: Config) -> np.ndarray:
     return _to_uint8(resize_input(image.transpose(2, 0, 1), config.data.image_size, config.data.resize))
 
 
-def lidar_input(frame: Frame, config: Config, projector: RangeProjector | None = None) -> np.ndarray:
+def lidar_input(
+    frame: Frame, config: Config, projector: RangeProjector | None = None, sideways_m: float = 0.0
+) -> np.ndarray:
     """(C, H, W) LiDAR input of ``frame`` in the 0..255 scale at ``data.image_size``.
 
     ``range``: the cropped range image, resized. ``camera_depth``: the sparse depth image in the
     camera, projected directly at the network size (scaled intrinsics) instead of blurred by a
     resize. uint8 when the projection quantises to 8-bit levels (paper), float32 otherwise.
-    ``projector`` (optional) reuses its work memory across scans.
+    ``projector`` (optional) reuses its work memory across scans. ``sideways_m`` (non-zero): the
+    input of a LiDAR that many metres to the left (negative: right), see
+    :mod:`liploc.lidar.viewpoint_shift`.
     """
-    from liploc.lidar import RangeProjector, camera_depth_input
+    from liploc.lidar import (
+        RangeProjector,
+        camera_depth_input,
+        fill_small_gaps,
+        range_image_to_input,
+        shift_points_sideways,
+    )
 
     points = load_scan(frame.scan_path)
+    if sideways_m:
+        points = shift_points_sideways(points, sideways_m)
     h, w = config.data.image_size
     try:
         if config.data.lidar_input == "range":
             projector = projector or RangeProjector(config.projection)
-            values = resize_input(projector.model_input(points, frame.calib), (h, w), config.data.resize)
+            if sideways_m:
+                window = projector.crop_window(frame.calib)
+                image = fill_small_gaps(projector.project(points), window=window)
+                values = range_image_to_input(image, config.projection, window=window)
+            else:
+                values = projector.model_input(points, frame.calib)
+            values = resize_input(values, (h, w), config.data.resize)
         else:
             if frame.calib.image_size is None:
                 raise DataError(
@@ -369,7 +389,8 @@ class PairDataset(Dataset):
             the device. Equal results to the default path, which does it all here.
 
     An item is looked up by index, or by ``(epoch, index)`` as :class:`EpochSampler` yields: the
-    augmentation of a sample is a function of ``(seed, epoch, index)`` alone.
+    augmentation of a sample (and, with ``data.lidar_sideways_m``, the sideways move of its scan)
+    is a function of ``(seed, epoch, index)`` alone.
 
     ``position_xy`` is the float64 ground-plane position (NaN for frames without a pose);
     ``world`` the int64 code of the world frame it is in (positions of different worlds are not
@@ -435,19 +456,24 @@ class PairDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = int(index)
         frame = self.frames[index]
-        # Independent streams per modality, fixed by (seed, epoch, index).
-        streams = np.random.SeedSequence([self.seed, int(epoch), index]).spawn(2)
+        # Independent streams per modality and for the sideways move, fixed by (seed, epoch,
+        # index); the first two are what they were before the third existed.
+        streams = np.random.SeedSequence([self.seed, int(epoch), index]).spawn(3)
         sample: dict[str, torch.Tensor] = {
             "index": torch.tensor(index, dtype=torch.long),
             "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
             "world": torch.tensor(world_code(frame.world_id), dtype=torch.long),
         }
-        for modality, stream in zip(("image", "lidar"), streams, strict=True):
+        for modality, stream in zip(("image", "lidar"), streams[:2], strict=True):
             if modality not in self.modalities:
                 continue
             rng = np.random.default_rng(stream) if self.train else None
             transform: InputTransform = getattr(self.transforms, modality)
-            array = self.preprocessed(index, modality)  # type: ignore[arg-type]
+            sideways = self.sideways_m(streams[2]) if modality == "lidar" else 0.0
+            if sideways:
+                array = lidar_input(frame, self.config, self._range_projector(), sideways)
+            else:
+                array = self.preprocessed(index, modality)  # type: ignore[arg-type]
             if not self.raw:
                 sample[modality] = transform(array, rng)
                 continue
@@ -456,6 +482,18 @@ class PairDataset(Dataset):
                 holes = transform.dropout.draw(array.shape[-2], array.shape[-1], rng)
                 sample[f"{modality}_holes"] = torch.from_numpy(holes)
         return sample
+
+    def sideways_m(self, stream: np.random.SeedSequence) -> float:
+        """Metres to the left (negative: right) that a training sample's scan is seen from, drawn
+        from the sample's own ``stream``: 0 outside training, without ``data.lidar_sideways_m``,
+        or with probability ``1 - data.lidar_sideways_p``."""
+        data = self.config.data
+        if not self.train or data.lidar_sideways_m <= 0:
+            return 0.0
+        rng = np.random.default_rng(stream)
+        if rng.random() >= data.lidar_sideways_p:
+            return 0.0
+        return float(rng.uniform(-data.lidar_sideways_m, data.lidar_sideways_m))
 
     def device_inputs(
         self,
