@@ -66,9 +66,9 @@ def test_untrained_loss_is_near_log_n(corridor: Path) -> None:
 
 
 def test_tiny_config_learns_the_corridor(corridor: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(corridor, "train.max_steps=40", "train.epochs=100", "train.log_every=1")
+    cfg = tiny_config(corridor, "train.max_steps=60", "train.epochs=100", "train.log_every=1")
     result = train(cfg, tmp_path / "run", progress=False)
-    assert result.step == 40 and result.stopped == "finished"
+    assert result.step == 60 and result.stopped == "finished"
 
     losses = [row["loss"] for row in read_csv_rows(tmp_path / "run" / "metrics.csv")]
     assert abs(losses[0] - math.log(16)) < 0.15 * math.log(16)  # about log N at the start
@@ -96,7 +96,7 @@ def test_tiny_config_learns_the_corridor(corridor: Path, tmp_path: Path) -> None
     assert top1(meta["metrics"]) == pytest.approx(max(top1(row) for row in epochs), rel=1e-5)
     last_model, _ = load_model_from_checkpoint(result.last_checkpoint)
     summary = (tmp_path / "run" / "summary.json").read_text()
-    assert '"step": 40' in summary and last_model.embed_dim == cfg.model.embed_dim
+    assert '"step": 60' in summary and last_model.embed_dim == cfg.model.embed_dim
 
 
 @pytest.mark.parametrize(("metric", "best_epoch"), [("val_top1", 2), ("val_loss", 1)])
