@@ -17,9 +17,10 @@ import numpy as np
 from liploc.lidar.range_image import CropWindow, RangeImage
 
 GAP_NEIGHBOURS = 3
-"""An empty pixel is a gap (closed) when at least this many of its 8 neighbours are filled; with 3,
-the empty pixels of a moved scan match those of a real scan from there about as well as the
-scan's own do (measured on the demo's held-out drives, 3 m sideways)."""
+"""An empty pixel is a gap (closed) when at least this many of its 8 neighbours are filled. On the
+demo's held-out drives, a scan moved 3 m to the partner drive's lane is empty where that drive's
+real scan is not, or the reverse, on 19 % of the crop's pixels with 3 (25 % with no closing; the
+scan as taken, not moved: 13 %)."""
 
 
 def shift_points_sideways(points: np.ndarray, offset_m: float) -> np.ndarray:
