@@ -964,26 +964,28 @@ def demo(
         typer.Option(help="CPU threads of torch, the same on every machine so that results repeat.", min=1),
     ] = 2,
     sequence_window: Annotated[
-        float,
+        list[float] | None,
         typer.Option(
             "--sequence-window",
             min=0.0,
-            help="Metres of driving for sequence matching (0: single images only).",
+            help="Metres of driving for sequence matching, a row each; repeat for more "
+            "(default 20 and 60; 0: single images only).",
         ),
-    ] = 20.0,
+    ] = None,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
     from liploc.demo import DemoOptions, run_demo
 
     try:
-        extra = {"config": config} if config is not None else {}
+        extra: dict[str, Any] = {"config": config} if config is not None else {}
+        if sequence_window is not None:
+            extra["sequence_windows_m"] = tuple(sequence_window)
         options = DemoOptions(
             town_seed=town_seed,
             drives=drives,
             frames=frames,
             epochs=epochs,
             torch_threads=threads,
-            sequence_window_m=sequence_window,
             **extra,
         )
         run_demo(out, options, console=console)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -76,14 +76,21 @@ class DemoOptions(BaseModel):
     a kernel splits its sums by thread count, so other counts round differently and, over 25
     epochs, train a measurably different model (R@1 0.575 vs 0.66 on two machines)."""
     config: Path = DEFAULT_CONFIG
-    sequence_window_m: float = Field(20.0, ge=0)
+    sequence_windows_m: tuple[float, ...] = (20.0, 60.0)
     """Also localize each query with the images of the last this many metres driven (sequence
-    matching with odometry); 0: single images only."""
+    matching with odometry), one row per window; empty (or zeros): single images only. The first
+    window's trajectories go into the reports."""
 
-    @property
-    def seq_len(self) -> int:
-        """Images in the sequence window: the window's metres over the frame spacing."""
-        return max(1, round(self.sequence_window_m / self.spacing_m))
+    @field_validator("sequence_windows_m")
+    @classmethod
+    def _positive_windows(cls, windows: tuple[float, ...]) -> tuple[float, ...]:
+        if any(w < 0 for w in windows):
+            raise ValueError(f"sequence windows must be >= 0 m, got {windows}")
+        return tuple(w for w in windows if w > 0)
+
+    def seq_len(self, window_m: float) -> int:
+        """Images in a sequence window: the window's metres over the frame spacing."""
+        return max(1, round(window_m / self.spacing_m))
 
 
 @dataclass
@@ -194,10 +201,26 @@ def run_demo(
         "cross-drive": dict(sequence=partner, protocol="cross-drive", map_sequence=test_seq),
     }
     reports = {}
-    seq = {"seq_len": options.seq_len, "odometry": True} if options.sequence_window_m > 0 else {}
+    windows = options.sequence_windows_m
     for name, kwargs in runs.items():
-        with pinned_torch_threads(options.torch_threads):
-            ev = evaluate(run_dir, out / "data", out_dir=out / "eval" / name, console=None, **kwargs, **seq)  # type: ignore[arg-type]
+        # The first window's evaluation writes the report with example queries; each further
+        # window gets its own folder beside it, without examples (the embeddings are cached, so
+        # it costs little more than the matching).
+        sequences = []
+        for k, window_m in enumerate(windows or (0.0,)):
+            seq = {"seq_len": options.seq_len(window_m), "odometry": True} if window_m > 0 else {}
+            eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
+            with pinned_torch_threads(options.torch_threads):
+                output = evaluate(
+                    run_dir, out / "data", out_dir=eval_dir, console=None, num_examples=3 if k == 0 else 0,
+                    **kwargs, **seq,  # type: ignore[arg-type]
+                )  # fmt: skip
+            if k == 0:
+                ev = output
+            if output.sequence_result is not None:
+                sequences.append(
+                    _sequence_metrics(output.sequence_result, window_m, options.seq_len(window_m))
+                )
         main = ev.result.main
         metrics[name] = {
             "recall_at_1": main.recall[1],
@@ -215,20 +238,8 @@ def run_demo(
             "map_sequence": kwargs.get("map_sequence", kwargs["sequence"]),
             "recall_at_1_10m": _recall_at(ev.result, 10.0),
         }
-        if ev.sequence_result is not None:
-            sm = ev.sequence_result
-            metrics[name]["sequence"] = {
-                "seq_len": options.seq_len,
-                "window_m": options.sequence_window_m,
-                "odometry": True,
-                "odometry_noise": sm.info["sequence_matching"]["odometry_noise"],
-                "recall_at_1": sm.main.recall[1],
-                "recall_at_5": sm.main.recall[5],
-                "recall_at_10": sm.main.recall[10],
-                "recall_at_1_percent": sm.main.recall_one_percent,
-                "median_error_m": sm.main.median_error_m,
-                "recall_at_1_10m": _recall_at(sm, 10.0),
-            }
+        if sequences:
+            metrics[name]["sequences"] = sequences
         reports[name] = ev.files["html"]
     seconds = time.perf_counter() - started
     payload = {
@@ -244,6 +255,21 @@ def run_demo(
         console.print(f"report ({name}): {path}")
     console.print(f"metrics: {out / 'metrics.json'}  |  total {seconds / 60:.1f} min")
     return DemoResult(out, metrics, seconds)
+
+
+def _sequence_metrics(result: Any, window_m: float, seq_len: int) -> dict[str, Any]:
+    return {
+        "seq_len": seq_len,
+        "window_m": window_m,
+        "odometry": True,
+        "odometry_noise": result.info["sequence_matching"]["odometry_noise"],
+        "recall_at_1": result.main.recall[1],
+        "recall_at_5": result.main.recall[5],
+        "recall_at_10": result.main.recall[10],
+        "recall_at_1_percent": result.main.recall_one_percent,
+        "median_error_m": result.main.median_error_m,
+        "recall_at_1_10m": _recall_at(result, 10.0),
+    }
 
 
 def _recall_at(result: Any, threshold_m: float) -> float | None:
@@ -266,8 +292,7 @@ def _print_table(console: Console, metrics: dict[str, dict[str, Any]]) -> None:
 
     for name, m in metrics.items():
         rows = [("single", m)]
-        if "sequence" in m:
-            s = m["sequence"]
+        for s in m.get("sequences", []):
             rows.append((f"{s['window_m']:g} m seq", {**m, **s}))
         for label, r in rows:
             table.add_row(
@@ -281,12 +306,13 @@ def _print_table(console: Console, metrics: dict[str, dict[str, Any]]) -> None:
             )
     sizes = "; ".join(f"{n}: {m['queries']} queries, {m['database']} scans" for n, m in metrics.items())
     caption = sizes
-    if any("sequence" in m for m in metrics.values()):
-        s = next(m["sequence"] for m in metrics.values() if "sequence" in m)
+    sequences = next((m["sequences"] for m in metrics.values() if m.get("sequences")), [])
+    if sequences:
+        images = " / ".join(f"{s['seq_len']} ({s['window_m']:g} m)" for s in sequences)
         caption += (
-            f". seq: sequence matching over the last {s['seq_len']} images with odometry "
-            f"({100 * s['odometry_noise']:.0f}% noise). Own scan in the database (same-sequence); "
-            "map from the partner drive (cross-drive)"
+            f". seq: sequence matching over the last {images} images with odometry "
+            f"({100 * sequences[0]['odometry_noise']:.0f}% noise). Own scan in the database "
+            "(same-sequence); map from the partner drive (cross-drive)"
         )
     table.caption = caption
     console.print(table)

@@ -1,0 +1,42 @@
+"""`liploc demo` end to end on a very small town: the recall table has single-image and sequence
+rows for every window, for both protocols, and metrics.json says the same."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from liploc.demo import DemoOptions, run_demo
+
+
+def test_the_demo_prints_single_and_sequence_rows_for_each_window(tmp_path: Path) -> None:
+    options = DemoOptions(drives=4, frames=30, epochs=1, sequence_windows_m=(6.0, 0.0, 15.0))
+    assert options.sequence_windows_m == (6.0, 15.0)  # a 0 m window is no window
+    console = Console(record=True, width=100)
+    result = run_demo(tmp_path / "demo", options, console=console)
+    text = console.export_text()
+
+    saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    for protocol in ("same-sequence", "cross-drive"):
+        windows = result.metrics[protocol]["sequences"]
+        assert [(w["window_m"], w["seq_len"]) for w in windows] == [(6.0, 2), (15.0, 5)]  # 3 m spacing
+        assert saved[protocol]["sequences"] == windows
+        rows = [line for line in text.splitlines() if line.startswith(f"│ {protocol}")]
+        assert [row.split("│")[2].strip() for row in rows] == ["single", "6 m seq", "15 m seq"]
+        for row, figures in zip(rows, [result.metrics[protocol], *windows], strict=True):
+            assert row.split("│")[3].strip() == f"{figures['recall_at_1']:.3f}"
+    assert "last 2 (6 m) / 5 (15 m) images with odometry" in " ".join(text.split())
+    # The first window's evaluation holds the report; further windows write their figures beside.
+    assert (tmp_path / "demo" / "eval" / "cross-drive" / "report" / "index.html").is_file()
+    further = json.loads(
+        (tmp_path / "demo" / "eval" / "cross-drive-15m-window" / "sequence_metrics.json").read_text()
+    )
+    assert further["info"]["sequence_matching"]["seq_len"] == 5
+
+
+def test_demo_windows_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="sequence windows must be >= 0 m"):
+        DemoOptions(sequence_windows_m=(20.0, -5.0))
