@@ -18,18 +18,23 @@ from liploc.synth.streets import LANE_WIDTH_M, StreetNetwork
 _SLOT_PITCH_M = 5.8
 _CAR_COLOURS = np.array(
     [
-        [0.8, 0.8, 0.8],  # white
-        [0.45, 0.46, 0.48],  # silver
-        [0.2, 0.2, 0.21],  # grey
-        [0.025, 0.025, 0.03],  # black
-        [0.02, 0.04, 0.15],  # dark blue
-        [0.35, 0.03, 0.03],  # red
-        [0.05, 0.12, 0.06],  # dark green
-        [0.5, 0.4, 0.25],  # beige
+        [0.62, 0.62, 0.6],  # white
+        [0.36, 0.37, 0.38],  # silver
+        [0.15, 0.15, 0.16],  # grey
+        [0.02, 0.02, 0.025],  # black
+        [0.02, 0.05, 0.16],  # dark blue
+        [0.08, 0.16, 0.4],  # blue
+        [0.4, 0.03, 0.02],  # red
+        [0.16, 0.02, 0.03],  # dark red
+        [0.04, 0.12, 0.06],  # dark green
+        [0.42, 0.33, 0.18],  # beige
+        [0.55, 0.35, 0.03],  # yellow / orange
+        [0.12, 0.08, 0.05],  # brown
     ],
     dtype=np.float32,
 )
-_CAR_COLOUR_WEIGHTS = np.array([0.22, 0.2, 0.16, 0.16, 0.09, 0.07, 0.04, 0.06])
+_CAR_COLOUR_WEIGHTS = np.array([0.13, 0.2, 0.16, 0.19, 0.07, 0.05, 0.06, 0.03, 0.03, 0.03, 0.02, 0.03])
+_CAR_COLOUR_WEIGHTS = _CAR_COLOUR_WEIGHTS / _CAR_COLOUR_WEIGHTS.sum()
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,6 +176,15 @@ class _PathRaster:
         return bool(0 <= i < self.shape[0] and 0 <= j < self.shape[1] and self.mask[i, j])
 
 
+def _wheel_template() -> tuple[np.ndarray, np.ndarray]:
+    """A wheel in the car's frame (x forward, y left, z up) centred on its hub: the same cylinder
+    ``cylinder_between`` makes for an axle along y, so that placing it is one rotation."""
+    return cylinder_between(np.array([0.0, -0.12, 0.0]), np.array([0.0, 0.12, 0.0]), 0.33, sides=8)
+
+
+_WHEEL_V, _WHEEL_F = _wheel_template()
+
+
 def _add_car(builder: MeshBuilder, xy: np.ndarray, yaw: float, rng: np.random.Generator) -> None:
     van = rng.random() < 0.12
     length = rng.uniform(4.8, 5.6) if van else rng.uniform(3.8, 4.9)
@@ -179,26 +193,39 @@ def _add_car(builder: MeshBuilder, xy: np.ndarray, yaw: float, rng: np.random.Ge
     colour = _CAR_COLOURS[rng.choice(len(_CAR_COLOURS), p=_CAR_COLOUR_WEIGHTS)] * rng.uniform(0.85, 1.1)
     obj = builder.new_object()
     luminance = float(colour.mean())
-    paint = builder.add_part(Material.CAR_PAINT, colour, obj, reflectivity=0.1 + 0.45 * luminance)
+    body_top = rng.uniform(0.95, 1.1)
+    cabin_len = length * (0.85 if van else rng.uniform(0.45, 0.55))
+    roof = rng.uniform(1.9, 2.3) if van else rng.uniform(1.38, 1.55)
+    forward2 = np.array([np.cos(yaw), np.sin(yaw)])
+    # The paint's texture frame: centre, heading and size (the camera draws lights and plates).
+    paint = builder.add_part(
+        Material.CAR_PAINT,
+        colour,
+        obj,
+        reflectivity=0.1 + 0.45 * luminance,
+        origin=(xy[0], xy[1], 0.0),
+        tangent=forward2,
+        tex=(length, width, body_top, roof, float(van), 0.0, 0.0, 0.0),
+    )
     glass = builder.add_part(Material.CAR_GLASS, (0.03, 0.035, 0.04), obj)
     tyre = builder.add_part(Material.TYRE, (0.02, 0.02, 0.02), obj)
-    body_top = rng.uniform(0.95, 1.1)
     # Body, then the cabin (glass all round, painted roof) set back from the bonnet.
     v, f = box(rectangle_corners(xy[0], xy[1], yaw, length, width), 0.3, body_top)
     builder.add(v, f, paint)
-    cabin_len = length * (0.85 if van else rng.uniform(0.45, 0.55))
     shift = 0.0 if van else -0.08 * length
-    cx, cy = xy + shift * np.array([np.cos(yaw), np.sin(yaw)])
-    roof = rng.uniform(1.9, 2.3) if van else rng.uniform(1.38, 1.55)
-    v, f = box(rectangle_corners(cx, cy, yaw, cabin_len, width * 0.92), body_top, roof - 0.05)
+    cx, cy = xy + shift * forward2
+    cabin = rectangle_corners(cx, cy, yaw, cabin_len, width * 0.92)
+    v, f = box(cabin, body_top, roof - 0.05)
     builder.add(v, f, glass)
-    v, f = box(rectangle_corners(cx, cy, yaw, cabin_len, width * 0.92), roof - 0.05, roof)
+    v, f = box(cabin, roof - 0.05, roof)
     builder.add(v, f, paint)
-    forward = np.array([np.cos(yaw), np.sin(yaw), 0.0])
-    left = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
-    centre = np.array([xy[0], xy[1], 0.33])
-    for along in (0.32 * length, -0.32 * length):
-        for across in (0.5 * width, -0.5 * width):
-            hub = centre + along * forward + across * left
-            v, f = cylinder_between(hub - 0.12 * left, hub + 0.12 * left, 0.33, sides=8)
-            builder.add(v, f, tyre)
+    # Four wheels: the template moved to each hub and turned by the heading, added at once.
+    hubs = np.array([[a, c] for a in (0.32 * length, -0.32 * length) for c in (0.5 * width, -0.5 * width)])
+    c, s = np.cos(yaw), np.sin(yaw)
+    local = _WHEEL_V[None, :, :2] + hubs[:, None, :]
+    wheels = np.empty((4, len(_WHEEL_V), 3))
+    wheels[..., 0] = xy[0] + c * local[..., 0] - s * local[..., 1]
+    wheels[..., 1] = xy[1] + s * local[..., 0] + c * local[..., 1]
+    wheels[..., 2] = 0.33 + _WHEEL_V[None, :, 2]
+    faces = (_WHEEL_F[None] + (np.arange(4) * len(_WHEEL_V))[:, None, None]).reshape(-1, 3)
+    builder.add(wheels.reshape(-1, 3), faces, tyre)
