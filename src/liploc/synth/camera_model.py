@@ -1,31 +1,50 @@
 """The left colour camera (KITTI ``image_2``): one ray per pixel (or per sub-pixel) into the scene.
 
-Shading: per-material colours with procedural texture, sunlight with cast shadows, sky light,
-sky reflections on glass and paint, haze with distance, then exposure, gamma and sensor noise.
-Nothing depends on the frame index; only the scene and the drive's lighting.
+Shading: per-material colours with procedural surface detail (asphalt grain and repairs, paving
+slabs, grass blades and dry patches, leaves with gaps, bark, brick courses and stained plaster,
+window frames and curtains, car lights, bumpers and number plates), sunlight with cast shadows that
+foliage dapples, sky light dimmed where something overhangs, sky reflections and sun glints on glass
+and paint, haze with distance. Then the sensor: exposure and white balance of the drive,
+vignetting, a filmic tone curve, sRGB gamma and noise.
+Nothing depends on the frame index; only the scene, the pose and the drive's lighting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from liploc.synth.lighting import Lighting, sky_colour
 from liploc.synth.materials import N_MATERIALS, SPECULAR, TEXTURE_NOISE, Material
 from liploc.synth.rig import SensorRig
-from liploc.synth.scene import Scene
-from liploc.synth.textures import surface_coordinates, value_noise
+from liploc.synth.scene import Scene, SurfaceHits
+from liploc.synth.textures import (
+    cell_noise,
+    facade_windows,
+    hash3,
+    hash_uniform,
+    surface_coordinates,
+    value_noise,
+)
 from liploc.synth.vec3 import dot, rotate
 
 _GROUND_COLOURS = {
-    Material.ROAD: (0.085, 0.085, 0.09),
-    Material.MARKING: (0.72, 0.72, 0.68),
-    Material.SIDEWALK: (0.3, 0.285, 0.26),
-    Material.CURB: (0.4, 0.4, 0.38),
-    Material.GRASS: (0.08, 0.15, 0.035),
-    Material.PAVED: (0.22, 0.21, 0.2),
+    Material.ROAD: (0.075, 0.075, 0.08),
+    Material.MARKING: (0.7, 0.7, 0.66),
+    Material.SIDEWALK: (0.27, 0.255, 0.235),
+    Material.CURB: (0.36, 0.36, 0.34),
+    Material.GRASS: (0.065, 0.13, 0.03),
+    Material.PAVED: (0.2, 0.19, 0.18),
 }
+_DRY_GRASS = np.array([0.19, 0.16, 0.07], dtype=np.float32)
+_MORTAR = np.array([0.4, 0.38, 0.34], dtype=np.float32)
+_WINDOW_FRAMES = np.array([[0.7, 0.7, 0.68], [0.1, 0.1, 0.1], [0.25, 0.16, 0.1]], dtype=np.float32)
+_TAIL_LIGHT = np.array([0.45, 0.02, 0.02], dtype=np.float32)
+_HEAD_LIGHT = np.array([0.6, 0.6, 0.58], dtype=np.float32)
+_PLATE = np.array([0.7, 0.7, 0.66], dtype=np.float32)
+_TRIM = np.array([0.03, 0.03, 0.03], dtype=np.float32)
 
 
 def _ground_albedo_table() -> np.ndarray:
@@ -40,12 +59,43 @@ _GROUND_ALBEDO = _ground_albedo_table()
 """Base colour of each ground material (rows of other materials are replaced by their part's)."""
 
 _LUT_SIZE = 8192
-_LUT_MAX = 6.0
+_LUT_MAX = 8.0
 """The tone table covers linear values up to ``_LUT_MAX``, finely near black (square-root spacing)."""
-_TONE_LUT = (
-    np.power(1.0 - np.exp(-1.1 * _LUT_MAX * (np.arange(_LUT_SIZE) / _LUT_SIZE) ** 2), 1.0 / 2.2) * 255.0
-).astype(np.float32)
+
+
+def _tone_curve(x: np.ndarray) -> np.ndarray:
+    """Filmic curve (a fit of ACES's): a toe that deepens shadows, a shoulder that rolls off
+    highlights; then sRGB-like gamma. Linear exposure in, display value in [0, 1] out."""
+    mapped = x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14)
+    return np.power(np.clip(mapped, 0.0, 1.0), 1.0 / 2.2)
+
+
+_TONE_LUT = (_tone_curve(_LUT_MAX * (np.arange(_LUT_SIZE) / _LUT_SIZE) ** 2) * 255.0).astype(np.float32)
 _TONE_LUT.setflags(write=False)
+
+_KEY = 0.13
+"""Mean linear brightness that auto exposure aims for (times the drive's exposure)."""
+
+_SATURATION = 1.35
+"""Colour matrix of the camera: chroma scaled by this around the luminance (Rec. 709 weights)."""
+
+
+def _saturation_matrix(k: float) -> np.ndarray:
+    luma = np.array([0.2126, 0.7152, 0.0722])
+    return (np.outer(np.ones(3), luma) * (1.0 - k) + np.eye(3) * k).astype(np.float32)
+
+
+_COLOUR_MATRIX = _saturation_matrix(_SATURATION)
+
+_SHARPEN = 0.6
+_SHARPEN_SIGMA = 1.2
+"""Unsharp mask after the tone curve: amount and Gaussian sigma (pixels at KITTI's full size)."""
+
+_NOISE_SIGMA = 1.6
+"""Sensor noise, 8-bit levels (standard deviation)."""
+
+_VIGNETTING = 0.45
+"""Vignetting: relative illumination ``1 / (1 + k r^2)`` at ``r``, the tangent of the angle off axis."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +121,12 @@ class CameraModel:
         self.seed = seed
         self._dirs_lidar = rig.pixel_directions_lidar(supersample).reshape(-1, 3)
         self._centre_lidar = rig.camera_centre_lidar().astype(np.float32)
+        width, height = rig.image_size
+        K = rig.P2[:, :3]
+        u = (np.arange(width) - K[0, 2]) / K[0, 0]
+        v = (np.arange(height) - K[1, 2]) / K[1, 1]
+        r2 = u[None, :] ** 2 + v[:, None] ** 2
+        self._vignette = (1.0 / (1.0 + _VIGNETTING * r2)).astype(np.float32)[..., None]
 
     def render(
         self, scene: Scene, T_world_lidar: np.ndarray, light: Lighting, rng: np.random.Generator
@@ -81,91 +137,416 @@ class CameraModel:
         dirs = rotate(self._dirs_lidar, R)
         origin = rotate(self._centre_lidar[None], R)[0] + t
         hits = scene.cast(np.broadcast_to(origin, dirs.shape), dirs)
+        _see_through_leaves(scene, hits, dirs, self.seed)
         colour = self._shade(scene, hits, dirs, light)
 
         width, height = self.rig.image_size
         s = self.supersample
         linear = colour.reshape(height, s, width, s, 3)
         linear = linear[:, 0, :, 0] if s == 1 else linear.mean(axis=(1, 3))
-        image = self._to_srgb8(linear * np.float32(light.exposure), rng)
+        linear = linear * np.asarray(light.white_balance, dtype=np.float32) * self._vignette
+        image = self._to_srgb8(linear * np.float32(self._exposure(linear, light)), rng)
         object_id = hits.object_id.reshape(height, s, width, s)[:, 0, :, 0]
         return CameraRender(image=image, object_id=object_id)
 
+    @staticmethod
+    def _exposure(linear: np.ndarray, light: Lighting) -> float:
+        """Auto exposure: the gain that brings the mean brightness of the lower two thirds of the
+        image (the road and what stands on it; the sky is left to clip, as on KITTI's camera) to
+        the drive's key, within limits."""
+        height = linear.shape[0]
+        sample = linear[height // 3 :: 4, ::4]
+        metered = float(np.mean(sample[..., 0] * 0.2126 + sample[..., 1] * 0.7152 + sample[..., 2] * 0.0722))
+        gain = _KEY * light.exposure / max(metered, 1e-4)
+        return float(np.clip(gain, 0.35, 3.0))
+
     def _to_srgb8(self, linear: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Exposure curve ``1 - exp(-k x)``, sRGB gamma and sensor noise, through a lookup table."""
+        """The camera's processing: colour matrix (saturation), tone curve and sRGB gamma through a
+        lookup table, sharpening (unsharp mask), sensor noise."""
+        linear = cv2.transform(linear, _COLOUR_MATRIX)
         index = np.sqrt(np.maximum(linear, 0.0) * np.float32(1.0 / _LUT_MAX)) * np.float32(_LUT_SIZE)
         srgb = _TONE_LUT[np.minimum(index, _LUT_SIZE - 1).astype(np.int32)]
-        srgb += rng.standard_normal(srgb.shape, dtype=np.float32) * np.float32(1.5)
+        if _SHARPEN > 0:
+            blurred = cv2.GaussianBlur(srgb, (0, 0), _SHARPEN_SIGMA)
+            srgb = cv2.addWeighted(srgb, 1.0 + _SHARPEN, blurred, -_SHARPEN, 0.0)
+        srgb += rng.standard_normal(srgb.shape, dtype=np.float32) * np.float32(_NOISE_SIGMA)
         return np.clip(srgb + 0.5, 0, 255).astype(np.uint8)
 
-    def _shade(self, scene: Scene, hits, dirs: np.ndarray, light: Lighting) -> np.ndarray:
-        n = len(dirs)
-        colour = np.empty((n, 3), dtype=np.float32)
-        hit = np.flatnonzero(hits.hit)
-        sky = np.flatnonzero(~hits.hit)
-        colour[sky] = sky_colour(dirs[sky], light)
-        if hit.size == 0:
-            return colour
+    def _shade(self, scene: Scene, hits: SurfaceHits, dirs: np.ndarray, light: Lighting) -> np.ndarray:
+        # Shaded on the whole ray arrays (the sky is a small share of the pixels: cheaper than
+        # gathering the hit rays first), the sky's colour put in at the end.
+        hit = hits.hit
+        material, point, normal = hits.material, hits.point, hits.normal
+        surface = _Surface(scene, material, hits.part, point, normal, self.seed)
+        albedo = surface.albedo
 
-        material = hits.material[hit]
-        point = hits.point[hit]
-        normal = hits.normal[hit]
-        part = hits.part[hit]
-        albedo = self._albedo(scene, material, part, point, normal)
-
-        cos_sun = dot(normal, light.sun_direction)
-        lit = cos_sun > 0
-        if self.shadows and lit.any():
+        sun = light.sun_direction
+        cos_sun = np.maximum(dot(surface.normal, sun), 0.0) * surface.sunlit
+        lit = (dot(normal, sun) > 0) & (cos_sun > 0)
+        if self.shadows:
             sunny = np.flatnonzero(lit)
-            lit[sunny[scene.shadowed(point[sunny], normal[sunny], light.sun_direction)]] = False
-        direct = np.where(lit, cos_sun, 0.0).astype(np.float32)[:, None] * light.sun_colour
-        sky_light = light.ambient * (0.55 + 0.45 * normal[:, 2:3])
-        shaded = albedo * (direct + sky_light)
+            cos_sun[sunny] *= _sun_transmission(scene, point[sunny], normal[sunny], sun, self.seed)
+        cos_sun *= lit
+        # Sky light from above, less where something overhangs; light bounced off the sunny ground.
+        access = surface.sky_access
+        if self.shadows:
+            # Out of the sun, near the ground: the dark ground under cars and crowns, in corners.
+            shade = np.flatnonzero((cos_sun < 0.2) & hit & (point[:, 2] < 0.6))
+            access[shade] *= _sky_openness(scene, point[shade], normal[shade])
+        sky_weight = (0.55 + 0.45 * normal[:, 2]) * access
+        bounce = np.float32(0.08 * max(float(sun[2]), 0.0)) * (0.5 - 0.5 * normal[:, 2]) * access
+        irradiance = light.ambient * sky_weight[:, None]
+        irradiance += light.sun_colour * (cos_sun + bounce)[:, None]
+        shaded = albedo * irradiance
 
         specular = SPECULAR[material]
         shiny = np.flatnonzero(specular > 0)
         if shiny.size:
-            d = dirs[hit[shiny]]
-            nn = normal[shiny]
-            reflected = d - 2.0 * dot(d, nn)[:, None] * nn
-            k = specular[shiny][:, None]
-            shaded[shiny] = shaded[shiny] * (1 - k) + k * sky_colour(reflected, light)
+            d = dirs[shiny]
+            nn = surface.normal[shiny]
+            cos_view = np.abs(dot(d, nn))
+            reflected = d + (2.0 * cos_view)[:, None] * nn
+            f0 = specular[shiny]
+            k = np.minimum(f0 + (1.0 - f0) * (1.0 - cos_view) ** 5, 0.5)[:, None]
+            glint = np.clip(dot(reflected, sun), 0.0, 1.0) ** 200 * (cos_sun[shiny] > 0)
+            mirror = _environment(reflected, light) + light.sun_colour * (2.0 * glint)[:, None]
+            shaded[shiny] = shaded[shiny] * (1 - k) + k * mirror
 
-        fade = np.exp(-hits.t[hit] / light.haze_distance).astype(np.float32)[:, None]
-        colour[hit] = shaded * fade + light.horizon * (1 - fade)
+        fade = np.exp(hits.t * np.float32(-1.0 / light.haze_distance))[:, None]
+        colour = shaded * fade + (0.6 * light.horizon).astype(np.float32) * (1 - fade)
+        sky = np.flatnonzero(~hit)
+        colour[sky] = sky_colour(dirs[sky], light)
         return colour
 
-    def _albedo(
-        self, scene: Scene, material: np.ndarray, part: np.ndarray, point: np.ndarray, normal: np.ndarray
-    ) -> np.ndarray:
+
+def _environment(dirs: np.ndarray, light: Lighting) -> np.ndarray:
+    """(N, 3) what a mirror sees in the unit directions ``dirs``: the sky above, fading near the
+    horizon into the darker street around (facades, trees, the road), which also fills the lower
+    half."""
+    around = 0.12 * (float(max(light.sun_direction[2], 0.0)) * light.sun_colour + light.ambient)
+    # The street around, as a blurred panorama of lighter and darker things (direction only).
+    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0]) * np.float32(7.0)
+    things = value_noise(azimuth, dirs[:, 2] * np.float32(9.0), light.cloud_seed + 7)
+    open_sky = np.clip(dirs[:, 2] * 4.0 - things + 0.5, 0.0, 1.0)[:, None]
+    surroundings = around * (0.3 + 1.4 * things)[:, None]
+    return sky_colour(dirs, light) * open_sky + surroundings * (1.0 - open_sky)
+
+
+def _bay_start(tex: np.ndarray) -> np.ndarray:
+    """Where the first window bay of a facade starts (metres along the wall), as ``facade_windows``."""
+    length, spacing, margin = tex[:, 0], tex[:, 2], tex[:, 7]
+    usable = np.maximum(length - 2 * margin, 0.0)
+    return margin + 0.5 * (usable - np.floor(usable / spacing) * spacing)
+
+
+def _see_through_leaves(scene: Scene, hits: SurfaceHits, dirs: np.ndarray, seed: int) -> None:
+    """Let the camera see through the gaps of tree crowns, in place in ``hits``.
+
+    A ray that enters a crown goes on to where it leaves it; the shorter its way through the
+    leaves, the likelier it passes (a gap at every leaf cell whose noise is under
+    ``exp(-path / 0.7 m)``), and then it sees what lies behind: the sky or another surface. So
+    crowns get lacy edges with the sky showing through, and stay solid in the middle.
+    """
+    leafy = np.flatnonzero(hits.material == Material.FOLIAGE)
+    if leafy.size == 0:
+        return
+    entry = hits.point[leafy] + dirs[leafy] * np.float32(0.02)
+    t_inside, face = scene.first_hit(entry, dirs[leafy])
+    leaving = face >= 0
+    # The far side of a crown: the ray leaves through foliage (a trunk inside stops it).
+    leaving[leaving] = scene.parts.material[scene.mesh.face_part[face[leaving]]] == Material.FOLIAGE
+    path = np.where(leaving, t_inside, np.float32(np.inf))
+    chance = np.exp(-path / np.float32(0.7))
+    gap = cell_noise(hits.point[leafy], 0.09, seed + 45) < chance
+    through = leafy[gap]
+    if through.size == 0:
+        return
+    exit_point = entry[gap] + dirs[through] * (t_inside[gap] + np.float32(0.02))[:, None]
+    behind = scene.cast(exit_point, dirs[through])
+    hits.t[through] = np.where(
+        np.isfinite(behind.t), hits.t[through] + 0.04 + t_inside[gap] + behind.t, np.inf
+    )
+    hits.point[through] = behind.point
+    hits.normal[through] = behind.normal
+    hits.material[through] = behind.material
+    hits.part[through] = behind.part
+    hits.object_id[through] = behind.object_id
+
+
+def _sun_transmission(
+    scene: Scene, points: np.ndarray, normals: np.ndarray, sun: np.ndarray, seed: int
+) -> np.ndarray:
+    """(N,) share of the sun that reaches each point: 0 behind solid things, sunflecks through the
+    gaps between leaves where a crown or hedge is in the way, 1 in the open."""
+    origins = points + normals * np.float32(0.03)
+    dirs = np.broadcast_to(sun.astype(np.float32), points.shape)
+    blocked = np.flatnonzero(scene.occluded(origins, dirs))
+    transmitted = np.ones(len(points), dtype=np.float32)
+    transmitted[blocked] = 0.0
+    if blocked.size:
+        t, face = scene.first_hit(origins[blocked], dirs[blocked])
+        material = scene.parts.material[scene.mesh.face_part[np.maximum(face, 0)]]
+        leaves = (face >= 0) & ((material == Material.FOLIAGE) | (material == Material.HEDGE))
+        leafy = blocked[leaves]
+        if leafy.size:
+            where = origins[leafy] + dirs[leafy] * t[leaves, None]
+            gaps = cell_noise(where, 0.3, seed + 61)
+            transmitted[leafy] = np.clip((gaps - 0.72) * 6.0, 0.0, 1.0)
+    return transmitted
+
+
+def _sky_openness(scene: Scene, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(N,) 1 where the sky above a point (towards its normal, tilted up) is open, 0.4 where an
+    overhang, a crown or a car hides it: the darker ground under trees and cars, in corners."""
+    up = normals + np.array([0.0, 0.0, 1.02], dtype=np.float32)
+    up /= np.sqrt(dot(up, up))[:, None]
+    origins = points + normals * np.float32(0.03)
+    return np.where(scene.occluded(origins, up), np.float32(0.4), np.float32(1.0))
+
+
+class _Surface:
+    """Albedo and shading normal of hit points with their procedural detail.
+
+    Attributes:
+        albedo: (M, 3) float32 colour.
+        normal: (M, 3) float32 shading normal (leaves turn every way).
+        sunlit: (M,) float32 share of the direct sun not hidden inside the surface (leaf gaps).
+        sky_access: (M,) float32 share of the sky light that reaches in.
+    """
+
+    def __init__(
+        self,
+        scene: Scene,
+        material: np.ndarray,
+        part: np.ndarray,
+        point: np.ndarray,
+        normal: np.ndarray,
+        seed: int,
+    ) -> None:
+        self.scene = scene
+        self.material = material
+        self.part = part
+        self.point = point
+        self.seed = seed
+        m = len(material)
         albedo = _GROUND_ALBEDO[material]
         on_mesh = np.flatnonzero(part >= 0)
         albedo[on_mesh] = scene.parts.albedo[part[on_mesh]]
         glass = on_mesh[material[on_mesh] == Material.GLASS]
         albedo[glass] = scene.parts.albedo2[part[glass]]
+        self.albedo = albedo
+        self._geometric = normal
+        self.normal = normal
+        self.sunlit = np.ones(m, dtype=np.float32)
+        self.sky_access = np.ones(m, dtype=np.float32)
 
-        # Value noise at two scales breaks up flat colours (patches, then grain).
-        u, v = surface_coordinates(point, normal)
-        seed = self.seed
-        amplitude = TEXTURE_NOISE[material]
-        textured = np.flatnonzero(amplitude > 0.05)
-        u, v = u[textured], v[textured]
-        coarse = value_noise(u * np.float32(1 / 3.0), v * np.float32(1 / 3.0), seed + 11)
-        fine = value_noise(u * np.float32(1 / 0.22), v * np.float32(1 / 0.22), seed + 12)
-        albedo[textured] *= (1.0 + amplitude[textured] * (1.2 * (coarse - 0.5) + 0.8 * (fine - 0.5)))[:, None]
+        # Which points get which detail: one pass to group them by material.
+        order = np.argsort(material, kind="stable")
+        bounds = np.searchsorted(material[order], np.arange(N_MATERIALS + 1))
+        groups = {
+            k: order[bounds[k] : bounds[k + 1]] for k in range(N_MATERIALS) if bounds[k + 1] > bounds[k]
+        }
 
-        sidewalk = material == Material.SIDEWALK
-        if sidewalk.any():
-            # Paving slabs: thin darker joints on a 0.6 m grid.
-            x, y = point[sidewalk, 0], point[sidewalk, 1]
-            joint = ((x / 0.6) % 1.0 < 0.05) | ((y / 0.6) % 1.0 < 0.05)
-            albedo[sidewalk] *= np.where(joint, 0.75, 1.0)[:, None]
-        facade = material == Material.FACADE
-        if facade.any():
-            # A darker band at each floor slab.
-            p = part[facade]
-            height = point[facade, 2] - scene.parts.origin[p, 2]
-            floor_h = scene.parts.tex[p, 3]
-            band = (height / floor_h) % 1.0 < 0.05
-            albedo[facade] *= np.where(band, 0.82, 1.0)[:, None]
-        return albedo
+        def get(*materials: Material) -> np.ndarray:
+            found = [groups[int(x)] for x in materials if int(x) in groups]
+            return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+        self._asphalt(get(Material.ROAD, Material.PAVED))
+        self._markings(get(Material.MARKING))
+        self._sidewalk(get(Material.SIDEWALK, Material.CURB))
+        self._grass(get(Material.GRASS))
+        self._leaves(get(Material.FOLIAGE), 0.09)
+        self._leaves(get(Material.HEDGE), 0.06)
+        self._facade(get(Material.FACADE))
+        self._windows(get(Material.GLASS))
+        self._car_paint(get(Material.CAR_PAINT))
+        self._roof(get(Material.ROOF))
+        self._generic(get(Material.TRUNK, Material.WALL, Material.POLE, Material.SIGN, Material.LAMP))
+
+    def _scale(self, idx: np.ndarray, factor: np.ndarray) -> None:
+        self.albedo[idx] *= factor[:, None]
+
+    def _asphalt(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        p = self.point[idx]
+        x, y = p[:, 0], p[:, 1]
+        grain = cell_noise(p, 0.04, self.seed + 21)
+        patches = value_noise(x * np.float32(1 / 1.3), y * np.float32(1 / 1.3), self.seed + 22)
+        repairs = value_noise(x * np.float32(1 / 6.0), y * np.float32(1 / 6.0), self.seed + 23)
+        factor = (0.88 + 0.24 * grain) * (0.85 + 0.3 * patches)
+        factor *= np.where(repairs > 0.7, np.float32(0.72), np.float32(1.0))
+        self._scale(idx, factor)
+
+    def _markings(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        p = self.point[idx]
+        wear = value_noise(p[:, 0] * np.float32(1 / 0.35), p[:, 1] * np.float32(1 / 0.35), self.seed + 24)
+        self._scale(idx, 0.7 + 0.35 * wear)
+
+    def _sidewalk(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        p = self.point[idx]
+        x, y = p[:, 0], p[:, 1]
+        # Paving slabs: thin darker joints on a 0.6 m grid, each slab a little different.
+        joint = ((x / 0.6) % 1.0 < 0.05) | ((y / 0.6) % 1.0 < 0.05)
+        slab = hash_uniform(np.floor(x / 0.6), np.floor(y / 0.6), self.seed + 25)
+        grain = cell_noise(p, 0.03, self.seed + 26)
+        stains = value_noise(x * np.float32(1 / 2.5), y * np.float32(1 / 2.5), self.seed + 27)
+        factor = (
+            np.where(joint, 0.7, 1.0) * (0.9 + 0.2 * slab) * (0.92 + 0.16 * grain) * (0.85 + 0.3 * stains)
+        )
+        self._scale(idx, factor.astype(np.float32))
+
+    def _grass(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        p = self.point[idx]
+        x, y = p[:, 0], p[:, 1]
+        # Dry, yellowish patches in the lawn; clumps; single blades.
+        dry = np.clip(
+            (value_noise(x * np.float32(1 / 4.0), y * np.float32(1 / 4.0), self.seed + 31) - 0.4) * 2.2, 0, 1
+        )
+        self.albedo[idx] = self.albedo[idx] * (1 - dry[:, None]) + _DRY_GRASS * dry[:, None]
+        clumps = value_noise(x * np.float32(1 / 0.45), y * np.float32(1 / 0.45), self.seed + 32)
+        blades = cell_noise(p, 0.05, self.seed + 33)
+        self._scale(idx, (0.7 + 0.6 * clumps) * (0.5 + 1.0 * blades))
+
+    def _leaves(self, idx: np.ndarray, size: float) -> None:
+        """Leaves: cells of ``size`` metres, each turned its own way and a little differently coloured,
+        in clumps with dark gaps between them (the shaded inside of the crown)."""
+        if not idx.size:
+            return
+        p = self.point[idx]
+        n = self.normal[idx]
+        a = cell_noise(p, size, self.seed + 41)
+        b = cell_noise(p, size, self.seed + 42)
+        c = cell_noise(p, size, self.seed + 43)
+        u, v = surface_coordinates(p, n)
+        clumps = value_noise(u * np.float32(1 / 0.7), v * np.float32(1 / 0.7), self.seed + 44)
+        tilted = n + np.float32(1.3) * np.column_stack([a - 0.5, b - 0.5, c - 0.35])
+        tilted /= np.sqrt(dot(tilted, tilted))[:, None]
+        if self.normal is self._geometric:
+            self.normal = self.normal.copy()  # the geometric normal stays for shadows and sky light
+        self.normal[idx] = tilted
+        # Each leaf is either on the outside of its clump (in the light) or deeper inside (shaded):
+        # more outside leaves in the middle of a clump, more shade between clumps.
+        outside = (c < 0.15 + 0.75 * clumps).astype(np.float32)
+        self.sunlit[idx] = outside
+        self.sky_access[idx] = 0.15 + 0.85 * outside
+        tint = np.column_stack([1.0 + 0.6 * (a - 0.5), 1.0 + 0.25 * (b - 0.5), np.ones_like(a)])
+        self.albedo[idx] *= tint * (0.6 + 0.8 * b)[:, None]
+
+    def _facade_coordinates(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = self.scene.parts
+        p = self.part[idx]
+        rel = self.point[idx, :2] - parts.origin[p, :2]
+        along = np.einsum("nc,nc->n", rel, parts.tangent[p])
+        height = self.point[idx, 2] - parts.origin[p, 2]
+        return p, along, height
+
+    def _facade(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        parts = self.scene.parts
+        p, along, height = self._facade_coordinates(idx)
+        tex = parts.tex[p]
+        floor_h = tex[:, 3]
+        albedo = self.albedo[idx]
+        # Brick walls (reddish colours): courses of 7.5 cm, staggered bricks, mortar joints.
+        brick = albedo[:, 0] > 1.8 * albedo[:, 1]
+        row = np.floor(height / 0.075)
+        shifted = along + 0.12 * (row % 2)
+        joint = ((height / 0.075) % 1.0 < 0.16) | ((shifted / 0.24) % 1.0 < 0.05)
+        tone = hash3(row, np.floor(shifted / 0.24), p, self.seed + 51)
+        albedo *= np.where(brick, 0.85 + 0.3 * tone, 1.0)[:, None]
+        mortar = brick & joint
+        albedo[mortar] = _MORTAR
+        # Plaster: weather stains running down, a darker plinth, a band at each floor slab.
+        stains = value_noise(along * np.float32(1 / 1.5), height * np.float32(1 / 5.0), self.seed + 52)
+        dirt = value_noise(along * np.float32(1 / 0.35), height * np.float32(1 / 0.6), self.seed + 56)
+        grain = cell_noise(self.point[idx], 0.03, self.seed + 57)
+        band = (height / floor_h) % 1.0 < 0.05
+        factor = (0.8 + 0.4 * stains) * (0.88 + 0.24 * dirt) * (0.92 + 0.16 * grain)
+        factor *= np.where(band, 0.8, 1.0) * np.where(height < 0.45, 0.6, 1.0)
+        albedo *= factor[:, None].astype(np.float32)
+        # Window frames around the glass, in one colour per building.
+        frame = facade_windows(along, height, tex, grow=0.07)
+        if frame.any():
+            kind = (
+                hash_uniform(parts.object_id[p[frame]], np.zeros(frame.sum()), self.seed + 53) * 3
+            ).astype(int)
+            albedo[frame] = _WINDOW_FRAMES[np.minimum(kind, 2)]
+        self.albedo[idx] = albedo
+
+    def _windows(self, idx: np.ndarray) -> None:
+        """Window glass: some dark, some with curtains or blinds, a bar across the middle of some."""
+        idx = idx[self.part[idx] >= 0]
+        if not idx.size:
+            return
+        parts = self.scene.parts
+        p, along, height = self._facade_coordinates(idx)
+        tex = parts.tex[p]
+        column = np.floor(along / tex[:, 2])
+        floor = np.floor(height / tex[:, 3])
+        h = hash3(column, floor, p, self.seed + 54)
+        curtains = np.where(h > 0.75, 2.0 + 10.0 * (h - 0.75), 0.5 + 0.8 * h)
+        self._scale(idx, curtains.astype(np.float32))
+        # Glazing bars: a cross in the middle of every upper-floor window, in the frame's colour.
+        fu = np.abs(((along - _bay_start(tex)) / tex[:, 2]) % 1.0 - 0.5)  # 0 in the middle of a bay
+        fv = (height / tex[:, 3]) % 1.0 - (0.3 + 0.5 * tex[:, 5])
+        bars = ((fu < 0.025) | (np.abs(fv) < 0.03)) & (floor >= np.where(tex[:, 6] > 0, 1.0, 0.0))
+        if bars.any():
+            kind = hash_uniform(parts.object_id[p[bars]], np.zeros(bars.sum()), self.seed + 53) * 3
+            self.albedo[idx[bars]] = _WINDOW_FRAMES[np.minimum(kind.astype(int), 2)]
+
+    def _car_paint(self, idx: np.ndarray) -> None:
+        """Lights, number plates, bumpers and the dark sill of a car body (its frame is in the part)."""
+        if not idx.size:
+            return
+        parts = self.scene.parts
+        p = self.part[idx]
+        tangent = parts.tangent[p]
+        rel = self.point[idx, :2] - parts.origin[p, :2]
+        along = rel[:, 0] * tangent[:, 0] + rel[:, 1] * tangent[:, 1]
+        across = np.abs(rel[:, 1] * tangent[:, 0] - rel[:, 0] * tangent[:, 1])
+        z = self.point[idx, 2]
+        length, width, body_top = parts.tex[p, 0], parts.tex[p, 1], parts.tex[p, 2]
+        if not np.any(length > 0):
+            return
+        front = along > 0.5 * length - 0.03
+        back = along < -0.5 * length + 0.03
+        ends = front | back
+        lamps = (z > body_top - 0.32) & (z < body_top - 0.1) & (across > 0.5 * width - 0.42)
+        plate = ends & (across < 0.26) & (z > 0.42) & (z < 0.55)
+        bumper = ends & (z < 0.5) & ~plate
+        sill = ~ends & (z < 0.42)
+        albedo = self.albedo[idx]
+        albedo[sill | bumper] = _TRIM
+        albedo[plate] = _PLATE
+        albedo[back & lamps] = _TAIL_LIGHT
+        albedo[front & lamps] = _HEAD_LIGHT
+        self.albedo[idx] = albedo
+
+    def _roof(self, idx: np.ndarray) -> None:
+        if not idx.size:
+            return
+        p = self.point[idx]
+        rows = (p[:, 2] / 0.3) % 1.0 < 0.15
+        self._scale(
+            idx,
+            np.where(rows, 0.75, 1.0).astype(np.float32) * (0.85 + 0.3 * cell_noise(p, 0.3, self.seed + 55)),
+        )
+
+    def _generic(self, idx: np.ndarray) -> None:
+        """Value noise at two scales (patches, then grain) for the other materials."""
+        if not idx.size:
+            return
+        amplitude = TEXTURE_NOISE[self.material[idx]]
+        u, v = surface_coordinates(self.point[idx], self.normal[idx])
+        coarse = value_noise(u * np.float32(1 / 3.0), v * np.float32(1 / 3.0), self.seed + 11)
+        fine = value_noise(u * np.float32(1 / 0.22), v * np.float32(1 / 0.22), self.seed + 12)
+        grain = cell_noise(self.point[idx], 0.04, self.seed + 13)
+        self._scale(idx, 1.0 + amplitude * (1.2 * (coarse - 0.5) + 0.8 * (fine - 0.5) + 0.8 * (grain - 0.5)))

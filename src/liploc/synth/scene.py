@@ -100,3 +100,13 @@ class Scene:
         origins = points + normals * 0.03
         dirs = np.broadcast_to(sun_direction.astype(np.float32), points.shape)
         return self._caster.occluded(origins, dirs)
+
+    def first_hit(self, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(t, face) of the first triangle of the mesh met by each ray (face -1 and t inf on a miss;
+        the ground is not tested)."""
+        t, face, _ = self._caster.intersect(origins, dirs)
+        return t, face
+
+    def occluded(self, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+        """(N,) bool: True where a ray meets any triangle of the mesh (the ground is not tested)."""
+        return self._caster.occluded(origins, dirs)

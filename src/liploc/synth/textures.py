@@ -91,13 +91,14 @@ def surface_coordinates(points: np.ndarray, normals: np.ndarray) -> tuple[np.nda
     return u, v
 
 
-def facade_windows(along: np.ndarray, height: np.ndarray, tex: np.ndarray) -> np.ndarray:
+def facade_windows(along: np.ndarray, height: np.ndarray, tex: np.ndarray, grow: float = 0.0) -> np.ndarray:
     """Boolean mask of the points of a facade that fall on a window.
 
     Args:
         along: metres along the wall from its start.
         height: metres above the wall's base.
         tex: (N, 8) facade parameters, see ``FACADE_TEX_FIELDS``.
+        grow: metres added to each side of every window (its frame, for the camera's texture).
     """
     length, eave, spacing, floor_h, win_w, win_h, shop, margin = (tex[:, i] for i in range(8))
     usable = np.maximum(length - 2 * margin, 0.0)
@@ -107,11 +108,48 @@ def facade_windows(along: np.ndarray, height: np.ndarray, tex: np.ndarray) -> np
     fu = u - np.floor(u)
     fv = height / floor_h - np.floor(height / floor_h)
     inside = (u > 0) & (u < columns) & (height < eave - 0.35)
+    gu = grow / spacing
+    gv = grow / floor_h
     upper = (
-        (np.abs(fu - 0.5) < 0.5 * win_w)
-        & (fv > 0.3)
-        & (fv < 0.3 + win_h)
+        (np.abs(fu - 0.5) < 0.5 * win_w + gu)
+        & (fv > 0.3 - gv)
+        & (fv < 0.3 + win_h + gv)
         & (height > floor_h * np.where(shop > 0, 1.0, 0.0))
     )
-    shopfront = (shop > 0) & (height > 0.45) & (height < floor_h - 0.7) & (np.abs(fu - 0.5) < 0.42)
+    shopfront = (
+        (shop > 0) & (height > 0.45 - grow) & (height < floor_h - 0.7 + grow) & (np.abs(fu - 0.5) < 0.42 + gu)
+    )
     return inside & (upper | shopfront)
+
+
+def hash3(ix: np.ndarray, iy: np.ndarray, iz: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform numbers in [0, 1) from integer 3D lattice coordinates (integer or whole float arrays)."""
+    x, y, z = (np.asarray(a).astype(np.int64).astype(np.uint32) for a in (ix, iy, iz))
+    with np.errstate(over="ignore"):
+        x ^= z * np.uint32(0x9E3779B1)
+    return _hash(x, y, seed)
+
+
+def _tilted_lattice() -> np.ndarray:
+    a, b, c = 0.61, 0.83, 0.37
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    ry = np.array([[np.cos(c), 0, np.sin(c)], [0, 1, 0], [-np.sin(c), 0, np.cos(c)]])
+    return (rz @ rx @ ry).astype(np.float32)
+
+
+_LATTICE = _tilted_lattice()
+"""Rotation of the cell grid against the world axes: cells cut walls and the ground in irregular
+polygons instead of squares lined up with the image."""
+
+
+def cell_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:
+    """Piecewise-constant noise in [0, 1): one random value per cube of side ``size`` (metres) of a
+    tilted 3D grid, so surfaces of any orientation get irregular patches with sharp edges (leaves,
+    grain)."""
+    r = _LATTICE * np.float32(1.0 / size)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    ix = np.floor(x * r[0, 0] + y * r[1, 0] + z * r[2, 0])
+    iy = np.floor(x * r[0, 1] + y * r[1, 1] + z * r[2, 1])
+    iz = np.floor(x * r[0, 2] + y * r[1, 2] + z * r[2, 2])
+    return hash3(ix, iy, iz, seed)
