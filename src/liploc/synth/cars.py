@@ -108,7 +108,7 @@ def drive_cars(
     counts = {"parked": 0, "traffic": 0}
     if len(slots):
         keys = slots.segment * 2 + (slots.side > 0)
-        fill = rng.uniform(0.5, 1.0, int(keys.max()) + 1)
+        fill = rng.uniform(0.25, 0.9, int(keys.max()) + 1)
         occupied = rng.random(len(slots)) < fill[keys]
         for i in np.flatnonzero(occupied):
             _add_car(builder, slots.xy[i], slots.yaw[i] + rng.normal(0.0, 0.03), rng)
@@ -198,21 +198,20 @@ def _add_car(builder: MeshBuilder, xy: np.ndarray, yaw: float, rng: np.random.Ge
     roof = rng.uniform(1.9, 2.3) if van else rng.uniform(1.38, 1.55)
     forward2 = np.array([np.cos(yaw), np.sin(yaw)])
     # The paint's texture frame: centre, heading and size (the camera draws lights and plates).
-    paint = builder.add_part(
-        Material.CAR_PAINT,
-        colour,
-        obj,
-        reflectivity=0.1 + 0.45 * luminance,
-        origin=(xy[0], xy[1], 0.0),
-        tangent=forward2,
-        tex=(length, width, body_top, roof, float(van), 0.0, 0.0, 0.0),
-    )
-    glass = builder.add_part(Material.CAR_GLASS, (0.03, 0.035, 0.04), obj)
+    shift = 0.0 if van else -0.08 * length
+    # Paint and glass carry the car's frame and size, for the camera's details (lights, plates,
+    # wheel arches, door seams, window pillars in the paint colour).
+    frame = {
+        "origin": (xy[0], xy[1], 0.0),
+        "tangent": forward2,
+        "tex": (length, width, body_top, roof, float(van), cabin_len, shift, 0.0),
+    }
+    paint = builder.add_part(Material.CAR_PAINT, colour, obj, reflectivity=0.1 + 0.45 * luminance, **frame)
+    glass = builder.add_part(Material.CAR_GLASS, (0.03, 0.035, 0.04), obj, albedo2=colour, **frame)
     tyre = builder.add_part(Material.TYRE, (0.02, 0.02, 0.02), obj)
     # Body, then the cabin (glass all round, painted roof) set back from the bonnet.
     v, f = box(rectangle_corners(xy[0], xy[1], yaw, length, width), 0.3, body_top)
     builder.add(v, f, paint)
-    shift = 0.0 if van else -0.08 * length
     cx, cy = xy + shift * forward2
     cabin = rectangle_corners(cx, cy, yaw, cabin_len, width * 0.92)
     v, f = box(cabin, body_top, roof - 0.05)

@@ -138,7 +138,13 @@ class GroundMap:
         on_sidewalk = sample.clearance < sidewalk
         lot_noise = value_noise(xy[:, 0] / 23.0, xy[:, 1] / 23.0, self.seed + 7)
         lot = np.where(lot_noise > 0.62, Material.PAVED, Material.GRASS)
-        return np.where(on_sidewalk, Material.SIDEWALK, lot).astype(np.uint8)
+        # Half of the streets have a strip of lawn between the kerb and the footway.
+        verge = (sample.clearance < 0.5 * sidewalk) & self._has_verge(seg) & (sample.segment >= 0)
+        walk = np.where(verge, Material.GRASS, Material.SIDEWALK)
+        return np.where(on_sidewalk, walk, lot).astype(np.uint8)
+
+    def _has_verge(self, seg: np.ndarray) -> np.ndarray:
+        return hash_uniform(seg, np.ones_like(seg), self.seed + 9) < 0.5
 
     def road_materials(self, sample: GroundSample) -> np.ndarray:
         """(N,) uint8 ROAD or MARKING for points on the carriageway."""

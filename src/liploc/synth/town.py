@@ -65,9 +65,9 @@ STYLES = (
         yard_trees=0.6, shopfront=0.0, palette=_PLASTER + _BRICK[:1],
     ),
     DistrictStyle(
-        name="apartments", weight=0.26, frontage=(14, 30), gap=(1, 6), gap_zero=0.55, setback=(0, 2.5),
+        name="apartments", weight=0.26, frontage=(14, 30), gap=(1, 6), gap_zero=0.55, setback=(0, 5.0),
         depth=(12, 18), floors=(3, 7), floor_height=(2.9, 3.2), gable=0.15, hedge=0.2, wall=0.1,
-        yard_trees=0.25, shopfront=0.15, palette=_PLASTER + _BRICK + _CONCRETE[:1],
+        yard_trees=0.45, shopfront=0.15, palette=_PLASTER + _BRICK + _CONCRETE[:1],
     ),
     DistrictStyle(
         name="shops", weight=0.14, frontage=(7, 14), gap=(0.5, 2), gap_zero=0.75, setback=(0, 1),
@@ -220,6 +220,7 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
         "street_lights": 0,
         "signs": 0,
         "traffic_lights": 0,
+        "shrubs": 0,
     }
     sphere = icosphere(1)
     rng = np.random.default_rng([seed, 2])
@@ -239,8 +240,78 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
             style = _district(middle, seed)
             _frontage(builder, streets, e, side, style, rng, placer, counts, sphere)
 
+    # Woods around the town, so that views down a street end in trees, not in an empty plain.
+    _woods(builder, streets, np.random.default_rng([seed, 5]), placer, counts, sphere)
+
+    # Shrubs last, in what is left free (front yards, lots, parks), from their own random stream
+    # so that they do not move anything placed before.
+    shrubs = np.random.default_rng([seed, 4])
+    for e in range(len(streets.edges)):
+        for side in (1.0, -1.0):
+            _shrubs(builder, streets, e, side, shrubs, placer, counts, sphere)
+
     slots = parking_slots(streets, ground)
     return Town(seed=seed, streets=streets, ground=ground, mesh=builder.build(), slots=slots, counts=counts)
+
+
+def _woods(
+    builder: MeshBuilder,
+    streets: StreetNetwork,
+    rng: np.random.Generator,
+    placer: _Placer,
+    counts: dict[str, int],
+    sphere: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A belt of trees 20 to 65 m beyond the outermost streets, on a jittered 7 m grid."""
+    lo = streets.nodes.min(axis=0) - 65.0
+    hi = streets.nodes.max(axis=0) + 65.0
+    inner_lo = lo + 45.0
+    inner_hi = hi - 45.0
+    for x in np.arange(lo[0], hi[0], 7.0):
+        for y in np.arange(lo[1], hi[1], 7.0):
+            xy = np.array([x, y]) + rng.uniform(-2.5, 2.5, 2)
+            if np.all((xy > inner_lo) & (xy < inner_hi)):
+                continue
+            around = xy + np.array([[0.0, 0.0], [1.5, 0.0], [-1.5, 0.0], [0.0, 1.5], [0.0, -1.5]])
+            if rng.random() < 0.2 or np.any(placer.occupied.sample(around) > 0):
+                continue
+            _tree(builder, xy, rng, sphere, crown=(2.0, 4.0), conifer=0.25, clumps=False)
+            counts["trees"] += 1
+
+
+def _shrubs(
+    builder: MeshBuilder,
+    streets: StreetNetwork,
+    e: int,
+    side: float,
+    rng: np.random.Generator,
+    placer: _Placer,
+    counts: dict[str, int],
+    sphere: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Bushes a little back from the sidewalk along one side of segment ``e``, where there is room."""
+    a = streets.starts[e]
+    u = streets.directions[e]
+    n = np.array([-u[1], u[0]]) * side
+    kerb = float(streets.half_width[e] + streets.sidewalk[e])
+    length = float(streets.lengths[e])
+    s = rng.uniform(0.0, 5.0)
+    while s < length:
+        radius = rng.uniform(0.5, 1.3)
+        xy = a + s * u + n * (kerb + radius + rng.uniform(0.3, 3.5))
+        flat = rng.uniform(0.55, 0.9)
+        colour = _FOLIAGE[rng.integers(len(_FOLIAGE))] * rng.uniform(0.75, 1.25)
+        if placer.point_free(xy, radius):
+            obj = builder.new_object()
+            part = builder.add_part(Material.HEDGE, colour, obj)
+            unit, faces = sphere
+            bumps = 1.0 + rng.uniform(-0.2, 0.2, len(unit))
+            radii = np.array([radius, radius * rng.uniform(0.8, 1.2), radius * flat])
+            centre = np.array([xy[0], xy[1], radii[2] * 0.75])
+            builder.add(unit * bumps[:, None] * radii + centre, faces, part)
+            placer.occupy(rectangle_corners(xy[0], xy[1], 0.0, 2 * radius, 2 * radius), margin=0.1)
+            counts["shrubs"] += 1
+        s += rng.uniform(2.0, 9.0)
 
 
 def _district(xy: np.ndarray, seed: int) -> DistrictStyle:
@@ -286,14 +357,14 @@ def _street_furniture(
                 _street_light(builder, xy, -side * n, rng)
                 counts["street_lights"] += 1
 
-    lined = hash_uniform(np.array([e]), np.array([0]), seed + 3)[0] < 0.65
+    lined = hash_uniform(np.array([e]), np.array([0]), seed + 3)[0] < 0.8
     if lined:  # avenue trees in pits in the sidewalk
-        pitch = rng.uniform(6.0, 10.0)
+        pitch = rng.uniform(5.0, 8.0)
         for side in (1.0, -1.0):
             for s in np.arange(start + rng.uniform(0, pitch), end, pitch):
                 xy = kerbside(s + rng.normal(0, 0.3), side, min(0.9, 0.5 * sw))
                 if xy is not None:
-                    _tree(builder, xy, rng, sphere, crown=(1.4, 2.6), conifer=0.0)
+                    _tree(builder, xy, rng, sphere, crown=(2.2, 3.8), conifer=0.0)
                     counts["trees"] += 1
 
     for _ in range(rng.poisson(streets.lengths[e] / 70.0)):
@@ -386,6 +457,7 @@ def _tree(
     sphere: tuple[np.ndarray, np.ndarray],
     crown: tuple[float, float],
     conifer: float,
+    clumps: bool = True,
 ) -> None:
     obj = builder.new_object()
     trunk = builder.add_part(Material.TRUNK, (0.13, 0.09, 0.06), obj)
@@ -407,6 +479,18 @@ def _tree(
     radii = np.array([radius, radius * rng.uniform(0.85, 1.15), radius * rng.uniform(0.8, 1.3)])
     centre = np.array([xy[0], xy[1], trunk_height + radii[2]])
     builder.add(unit * bumps[:, None] * radii + centre, faces, foliage)
+    if not clumps:
+        return
+    # Two to four smaller clumps bulging out of the crown make its outline irregular (drawn from
+    # a stream of the tree's own, so that they move nothing else in the town).
+    own = np.random.default_rng([obj, 77])
+    for _ in range(int(own.integers(2, 5))):
+        azimuth = own.uniform(0.0, 2 * np.pi)
+        rise = own.uniform(-0.35, 0.6)
+        r = radius * own.uniform(0.4, 0.65)
+        offset = np.array([np.cos(azimuth) * radii[0], np.sin(azimuth) * radii[1], rise * radii[2]]) * 0.75
+        bumps = 1.0 + own.uniform(-0.2, 0.2, len(unit))
+        builder.add(unit * bumps[:, None] * r + centre + offset, faces, foliage)
 
 
 def _frontage(
@@ -548,9 +632,9 @@ def _building(
     eave = floors * floor_height + rng.uniform(0.2, 0.9)
     colour = np.array(style.palette[rng.integers(len(style.palette))]) * rng.uniform(0.85, 1.1)
     glass = np.array([0.04, 0.05, 0.065]) * rng.uniform(0.7, 1.4)
-    spacing = rng.uniform(2.3, 4.2) if style.name != "industrial" else rng.uniform(5.0, 9.0)
-    window_w = rng.uniform(0.35, 0.65)
-    window_h = rng.uniform(0.4, 0.58)
+    spacing = rng.uniform(2.0, 3.6) if style.name != "industrial" else rng.uniform(5.0, 9.0)
+    window_w = rng.uniform(0.4, 0.7)
+    window_h = rng.uniform(0.42, 0.6)
     shop = 1.0 if rng.random() < style.shopfront else 0.0
     margin = rng.uniform(0.6, 1.8)
     gable = rng.random() < style.gable
