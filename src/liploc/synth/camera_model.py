@@ -21,6 +21,7 @@ from liploc.synth.materials import N_MATERIALS, SPECULAR, TEXTURE_NOISE, Materia
 from liploc.synth.rig import SensorRig
 from liploc.synth.scene import Scene, SurfaceHits
 from liploc.synth.textures import (
+    blob_noise,
     cell_noise,
     facade_windows,
     hash3,
@@ -31,7 +32,7 @@ from liploc.synth.textures import (
 from liploc.synth.vec3 import dot, rotate
 
 _GROUND_COLOURS = {
-    Material.ROAD: (0.075, 0.075, 0.08),
+    Material.ROAD: (0.1, 0.1, 0.1),
     Material.MARKING: (0.7, 0.7, 0.66),
     Material.SIDEWALK: (0.27, 0.255, 0.235),
     Material.CURB: (0.36, 0.36, 0.34),
@@ -45,6 +46,20 @@ _TAIL_LIGHT = np.array([0.45, 0.02, 0.02], dtype=np.float32)
 _HEAD_LIGHT = np.array([0.6, 0.6, 0.58], dtype=np.float32)
 _PLATE = np.array([0.7, 0.7, 0.66], dtype=np.float32)
 _TRIM = np.array([0.03, 0.03, 0.03], dtype=np.float32)
+_MOTTLE = (0.85, 0.3)
+"""Blotches about 10 cm across on plaster and asphalt: factor ``a + b * noise``."""
+_LEAF = (0.25, 0.5, 0.45)
+"""Leaves inside a crown: share of the sun and of the sky light they still get (light filters
+through the leaves); size of the clumps of leaves (metres)."""
+_BLUR = 1.0
+"""Optics and demosaicing: Gaussian blur (pixels at KITTI's full size) before the sharpening."""
+_IVY = np.array([0.05, 0.11, 0.03], dtype=np.float32)
+_SILL = np.array([0.6, 0.58, 0.54], dtype=np.float32)
+_SHUTTER = np.array([0.42, 0.42, 0.4], dtype=np.float32)
+_SIGN_COLOURS = np.array(
+    [[0.6, 0.05, 0.04], [0.05, 0.15, 0.5], [0.7, 0.6, 0.1], [0.05, 0.35, 0.12], [0.75, 0.75, 0.72]],
+    dtype=np.float32,
+)
 
 
 def _ground_albedo_table() -> np.ndarray:
@@ -63,20 +78,30 @@ _LUT_MAX = 8.0
 """The tone table covers linear values up to ``_LUT_MAX``, finely near black (square-root spacing)."""
 
 
+_WHITE = 1.15
+"""The filmic curve's output is scaled by this before clipping: bright sky and white walls clip, as on
+KITTI's camera (5 % of its pixels are above 0.98)."""
+_GAMMA = 1.35 / 2.2
+"""Display gamma after the filmic curve: a little steeper than sRGB's 1 / 2.2, which (with the
+auto exposure's key) gives the real drive's spread of brightness (5, 25, 50, 75, 95 % of pixels
+at 0.06, 0.14, 0.27, 0.53, 0.98; the synthetic drives 0.05, 0.15, 0.30, 0.57, 0.87)."""
+
+
 def _tone_curve(x: np.ndarray) -> np.ndarray:
     """Filmic curve (a fit of ACES's): a toe that deepens shadows, a shoulder that rolls off
-    highlights; then sRGB-like gamma. Linear exposure in, display value in [0, 1] out."""
+    highlights; then the display gamma. Linear exposure in, display value in [0, 1] out."""
     mapped = x * (2.51 * x + 0.03) / (x * (2.43 * x + 0.59) + 0.14)
-    return np.power(np.clip(mapped, 0.0, 1.0), 1.0 / 2.2)
+    return np.power(np.clip(mapped * _WHITE, 0.0, 1.0), _GAMMA)
 
 
 _TONE_LUT = (_tone_curve(_LUT_MAX * (np.arange(_LUT_SIZE) / _LUT_SIZE) ** 2) * 255.0).astype(np.float32)
 _TONE_LUT.setflags(write=False)
 
-_KEY = 0.13
+
+_KEY = 0.16
 """Mean linear brightness that auto exposure aims for (times the drive's exposure)."""
 
-_SATURATION = 1.35
+_SATURATION = 1.25
 """Colour matrix of the camera: chroma scaled by this around the luminance (Rec. 709 weights)."""
 
 
@@ -87,8 +112,8 @@ def _saturation_matrix(k: float) -> np.ndarray:
 
 _COLOUR_MATRIX = _saturation_matrix(_SATURATION)
 
-_SHARPEN = 0.6
-_SHARPEN_SIGMA = 1.2
+_SHARPEN = 1.2
+_SHARPEN_SIGMA = 2.2
 """Unsharp mask after the tone curve: amount and Gaussian sigma (pixels at KITTI's full size)."""
 
 _NOISE_SIGMA = 1.6
@@ -151,14 +176,14 @@ class CameraModel:
 
     @staticmethod
     def _exposure(linear: np.ndarray, light: Lighting) -> float:
-        """Auto exposure: the gain that brings the mean brightness of the lower two thirds of the
-        image (the road and what stands on it; the sky is left to clip, as on KITTI's camera) to
-        the drive's key, within limits."""
-        height = linear.shape[0]
-        sample = linear[height // 3 :: 4, ::4]
-        metered = float(np.mean(sample[..., 0] * 0.2126 + sample[..., 1] * 0.7152 + sample[..., 2] * 0.0722))
+        """Auto exposure: the gain that brings the image's mean brightness, measured on a
+        square-root scale (closer to how bright things look than the linear mean, which the sky
+        and white walls would dominate), to the drive's key, within limits."""
+        sample = linear[::4, ::4]
+        luma = sample[..., 0] * 0.2126 + sample[..., 1] * 0.7152 + sample[..., 2] * 0.0722
+        metered = float(np.mean(np.sqrt(np.maximum(luma, 0.0)))) ** 2
         gain = _KEY * light.exposure / max(metered, 1e-4)
-        return float(np.clip(gain, 0.35, 3.0))
+        return float(np.clip(gain, 0.25, 8.0))
 
     def _to_srgb8(self, linear: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The camera's processing: colour matrix (saturation), tone curve and sRGB gamma through a
@@ -166,6 +191,8 @@ class CameraModel:
         linear = cv2.transform(linear, _COLOUR_MATRIX)
         index = np.sqrt(np.maximum(linear, 0.0) * np.float32(1.0 / _LUT_MAX)) * np.float32(_LUT_SIZE)
         srgb = _TONE_LUT[np.minimum(index, _LUT_SIZE - 1).astype(np.int32)]
+        if _BLUR > 0:
+            srgb = cv2.GaussianBlur(srgb, (0, 0), _BLUR)
         if _SHARPEN > 0:
             blurred = cv2.GaussianBlur(srgb, (0, 0), _SHARPEN_SIGMA)
             srgb = cv2.addWeighted(srgb, 1.0 + _SHARPEN, blurred, -_SHARPEN, 0.0)
@@ -200,7 +227,7 @@ class CameraModel:
         shaded = albedo * irradiance
 
         specular = SPECULAR[material]
-        shiny = np.flatnonzero(specular > 0)
+        shiny = np.flatnonzero((specular > 0) & ~surface.matte)
         if shiny.size:
             d = dirs[shiny]
             nn = surface.normal[shiny]
@@ -225,8 +252,10 @@ def _environment(dirs: np.ndarray, light: Lighting) -> np.ndarray:
     half."""
     around = 0.12 * (float(max(light.sun_direction[2], 0.0)) * light.sun_colour + light.ambient)
     # The street around, as a blurred panorama of lighter and darker things (direction only).
-    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0]) * np.float32(7.0)
-    things = value_noise(azimuth, dirs[:, 2] * np.float32(9.0), light.cloud_seed + 7)
+    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0])
+    elevation = dirs[:, 2]
+    things = 0.6 * value_noise(azimuth * np.float32(7.0), elevation * np.float32(9.0), light.cloud_seed + 7)
+    things += 0.4 * value_noise(azimuth * np.float32(40.0), elevation * np.float32(6.0), light.cloud_seed + 8)
     open_sky = np.clip(dirs[:, 2] * 4.0 - things + 0.5, 0.0, 1.0)[:, None]
     surroundings = around * (0.3 + 1.4 * things)[:, None]
     return sky_colour(dirs, light) * open_sky + surroundings * (1.0 - open_sky)
@@ -244,7 +273,7 @@ def _see_through_leaves(scene: Scene, hits: SurfaceHits, dirs: np.ndarray, seed:
 
     A ray that enters a crown goes on to where it leaves it; the shorter its way through the
     leaves, the likelier it passes (a gap at every leaf cell whose noise is under
-    ``exp(-path / 0.7 m)``), and then it sees what lies behind: the sky or another surface. So
+    ``exp(-path / 2.5 m)``), and then it sees what lies behind: the sky or another surface. So
     crowns get lacy edges with the sky showing through, and stay solid in the middle.
     """
     leafy = np.flatnonzero(hits.material == Material.FOLIAGE)
@@ -256,8 +285,8 @@ def _see_through_leaves(scene: Scene, hits: SurfaceHits, dirs: np.ndarray, seed:
     # The far side of a crown: the ray leaves through foliage (a trunk inside stops it).
     leaving[leaving] = scene.parts.material[scene.mesh.face_part[face[leaving]]] == Material.FOLIAGE
     path = np.where(leaving, t_inside, np.float32(np.inf))
-    chance = np.exp(-path / np.float32(0.7))
-    gap = cell_noise(hits.point[leafy], 0.09, seed + 45) < chance
+    chance = np.exp(-path / np.float32(2.5))
+    gap = cell_noise(hits.point[leafy], 0.06, seed + 45) < chance
     through = leafy[gap]
     if through.size == 0:
         return
@@ -290,8 +319,9 @@ def _sun_transmission(
         leafy = blocked[leaves]
         if leafy.size:
             where = origins[leafy] + dirs[leafy] * t[leaves, None]
-            gaps = cell_noise(where, 0.3, seed + 61)
-            transmitted[leafy] = np.clip((gaps - 0.72) * 6.0, 0.0, 1.0)
+            # Round, soft-edged sunflecks (the sun's disc blurs them) from the gaps in the leaves.
+            gaps = blob_noise(where, 0.22, seed + 61)
+            transmitted[leafy] = np.clip((gaps - 0.54) * 5.0, 0.0, 1.0)
     return transmitted
 
 
@@ -312,6 +342,7 @@ class _Surface:
         normal: (M, 3) float32 shading normal (leaves turn every way).
         sunlit: (M,) float32 share of the direct sun not hidden inside the surface (leaf gaps).
         sky_access: (M,) float32 share of the sky light that reaches in.
+        matte: (M,) bool, True where a shiny material is covered (a shutter in a window).
     """
 
     def __init__(
@@ -339,6 +370,7 @@ class _Surface:
         self.normal = normal
         self.sunlit = np.ones(m, dtype=np.float32)
         self.sky_access = np.ones(m, dtype=np.float32)
+        self.matte = np.zeros(m, dtype=bool)
 
         # Which points get which detail: one pass to group them by material.
         order = np.argsort(material, kind="stable")
@@ -355,11 +387,12 @@ class _Surface:
         self._markings(get(Material.MARKING))
         self._sidewalk(get(Material.SIDEWALK, Material.CURB))
         self._grass(get(Material.GRASS))
-        self._leaves(get(Material.FOLIAGE), 0.09)
-        self._leaves(get(Material.HEDGE), 0.06)
+        self._leaves(get(Material.FOLIAGE), 0.06)
+        self._leaves(get(Material.HEDGE), 0.045)
         self._facade(get(Material.FACADE))
         self._windows(get(Material.GLASS))
         self._car_paint(get(Material.CAR_PAINT))
+        self._car_glass(get(Material.CAR_GLASS))
         self._roof(get(Material.ROOF))
         self._generic(get(Material.TRUNK, Material.WALL, Material.POLE, Material.SIGN, Material.LAMP))
 
@@ -374,8 +407,13 @@ class _Surface:
         grain = cell_noise(p, 0.04, self.seed + 21)
         patches = value_noise(x * np.float32(1 / 1.3), y * np.float32(1 / 1.3), self.seed + 22)
         repairs = value_noise(x * np.float32(1 / 6.0), y * np.float32(1 / 6.0), self.seed + 23)
-        factor = (0.88 + 0.24 * grain) * (0.85 + 0.3 * patches)
+        mottle = blob_noise(p, 0.1, self.seed + 20)
+        factor = (0.88 + 0.24 * grain) * (0.85 + 0.3 * patches) * (_MOTTLE[0] + _MOTTLE[1] * mottle)
         factor *= np.where(repairs > 0.7, np.float32(0.72), np.float32(1.0))
+        # Cracks sealed with tar: thin dark lines meandering over the older stretches.
+        lines = value_noise(x * np.float32(1 / 1.2), y * np.float32(1 / 1.2), self.seed + 28)
+        old = value_noise(x * np.float32(1 / 15.0), y * np.float32(1 / 15.0), self.seed + 29) > 0.45
+        factor *= np.where(old & (np.abs(lines - 0.5) < 0.006), np.float32(0.45), np.float32(1.0))
         self._scale(idx, factor)
 
     def _markings(self, idx: np.ndarray) -> None:
@@ -412,7 +450,7 @@ class _Surface:
         self.albedo[idx] = self.albedo[idx] * (1 - dry[:, None]) + _DRY_GRASS * dry[:, None]
         clumps = value_noise(x * np.float32(1 / 0.45), y * np.float32(1 / 0.45), self.seed + 32)
         blades = cell_noise(p, 0.05, self.seed + 33)
-        self._scale(idx, (0.7 + 0.6 * clumps) * (0.5 + 1.0 * blades))
+        self._scale(idx, (0.75 + 0.5 * clumps) * (0.7 + 0.6 * blades))
 
     def _leaves(self, idx: np.ndarray, size: float) -> None:
         """Leaves: cells of ``size`` metres, each turned its own way and a little differently coloured,
@@ -425,7 +463,7 @@ class _Surface:
         b = cell_noise(p, size, self.seed + 42)
         c = cell_noise(p, size, self.seed + 43)
         u, v = surface_coordinates(p, n)
-        clumps = value_noise(u * np.float32(1 / 0.7), v * np.float32(1 / 0.7), self.seed + 44)
+        clumps = value_noise(u * np.float32(1 / _LEAF[2]), v * np.float32(1 / _LEAF[2]), self.seed + 44)
         tilted = n + np.float32(1.3) * np.column_stack([a - 0.5, b - 0.5, c - 0.35])
         tilted /= np.sqrt(dot(tilted, tilted))[:, None]
         if self.normal is self._geometric:
@@ -434,8 +472,8 @@ class _Surface:
         # Each leaf is either on the outside of its clump (in the light) or deeper inside (shaded):
         # more outside leaves in the middle of a clump, more shade between clumps.
         outside = (c < 0.15 + 0.75 * clumps).astype(np.float32)
-        self.sunlit[idx] = outside
-        self.sky_access[idx] = 0.15 + 0.85 * outside
+        self.sunlit[idx] = _LEAF[0] + (1 - _LEAF[0]) * outside  # light filters through the leaves
+        self.sky_access[idx] = _LEAF[1] + (1 - _LEAF[1]) * outside
         tint = np.column_stack([1.0 + 0.6 * (a - 0.5), 1.0 + 0.25 * (b - 0.5), np.ones_like(a)])
         self.albedo[idx] *= tint * (0.6 + 0.8 * b)[:, None]
 
@@ -469,17 +507,51 @@ class _Surface:
         dirt = value_noise(along * np.float32(1 / 0.35), height * np.float32(1 / 0.6), self.seed + 56)
         grain = cell_noise(self.point[idx], 0.03, self.seed + 57)
         band = (height / floor_h) % 1.0 < 0.05
+        mottle = blob_noise(self.point[idx], 0.1, self.seed + 65)
         factor = (0.8 + 0.4 * stains) * (0.88 + 0.24 * dirt) * (0.92 + 0.16 * grain)
-        factor *= np.where(band, 0.8, 1.0) * np.where(height < 0.45, 0.6, 1.0)
+        factor *= _MOTTLE[0] + _MOTTLE[1] * mottle
+        factor *= np.where(band, 0.8, 1.0)
+        # A plinth of stone slabs at the foot of the wall, and a drainpipe at each end.
+        plinth = height < 0.6
+        slab = ((along / 0.8 + 0.5 * (np.floor(height / 0.3) % 2)) % 1.0 < 0.03) | (
+            (height / 0.3) % 1.0 < 0.08
+        )
+        factor *= np.where(plinth, np.where(slab, 0.35, 0.6), 1.0)
+        pipe = (np.abs(along - 0.25) < 0.05) | (np.abs(along - (tex[:, 0] - 0.25)) < 0.05)
+        factor *= np.where(pipe & ~plinth, 0.55, 1.0)
         albedo *= factor[:, None].astype(np.float32)
-        # Window frames around the glass, in one colour per building.
+        # Window frames around the glass, in one colour per building; a light sill under each.
         frame = facade_windows(along, height, tex, grow=0.07)
+        sill = ~frame & facade_windows(along, height + 0.1, tex, grow=0.1)
         if frame.any():
-            kind = (
-                hash_uniform(parts.object_id[p[frame]], np.zeros(frame.sum()), self.seed + 53) * 3
-            ).astype(int)
-            albedo[frame] = _WINDOW_FRAMES[np.minimum(kind, 2)]
+            kind = hash_uniform(parts.object_id[p[frame]], np.zeros(frame.sum()), self.seed + 53) * 3
+            albedo[frame] = _WINDOW_FRAMES[np.minimum(kind.astype(int), 2)]
+        albedo[sill] = _SILL
+        # Shop signs over the shop windows: a coloured board with darker lettering.
+        board = (tex[:, 6] > 0) & (height > floor_h - 0.65) & (height < floor_h - 0.2)
+        board &= np.abs(((along - _bay_start(tex)) / tex[:, 2]) % 1.0 - 0.5) < 0.45
+        if board.any():
+            b_along, b_height, b_part = along[board], height[board], p[board]
+            bay = np.floor((b_along - _bay_start(tex[board])) / tex[board, 2])
+            pick = hash3(bay, b_part, np.zeros_like(bay), self.seed + 58) * len(_SIGN_COLOURS)
+            colour = _SIGN_COLOURS[pick.astype(int)]
+            letters = hash3(np.floor(b_along / 0.22), np.floor(b_height / 0.18), b_part, self.seed + 59)
+            top = floor_h[board]
+            ink = (letters < 0.45) & (b_height > top - 0.55) & (b_height < top - 0.3)
+            colour[ink] *= 0.25
+            albedo[board] = colour
         self.albedo[idx] = albedo
+        # Ivy climbing some buildings from the ground: thinning out upwards, with ragged edges.
+        overgrown = hash_uniform(parts.object_id[p], np.full(len(p), 2), self.seed + 60) < 0.18
+        if overgrown.any():
+            reach = value_noise(along * np.float32(1 / 2.0), np.zeros_like(along), self.seed + 62) * 6.0
+            patch = value_noise(along * np.float32(1 / 1.2), height * np.float32(1 / 1.2), self.seed + 63)
+            ragged = cell_noise(self.point[idx], 0.05, self.seed + 64)
+            edge = (reach - height) / 1.5 + 0.5 * (patch - 0.5)
+            ivy = overgrown & (edge > 0.6 * ragged) & ~frame
+            if ivy.any():
+                self.albedo[idx[ivy]] = _IVY
+                self._leaves(idx[ivy], 0.05)
 
     def _windows(self, idx: np.ndarray) -> None:
         """Window glass: some dark, some with curtains or blinds, a bar across the middle of some."""
@@ -492,8 +564,18 @@ class _Surface:
         column = np.floor(along / tex[:, 2])
         floor = np.floor(height / tex[:, 3])
         h = hash3(column, floor, p, self.seed + 54)
-        curtains = np.where(h > 0.75, 2.0 + 10.0 * (h - 0.75), 0.5 + 0.8 * h)
+        # Curtains (light, in folds) behind a quarter of the windows; the rest dark rooms.
+        folds = 0.75 + 0.25 * np.sin(along * np.float32(2 * np.pi / 0.14))
+        curtains = np.where(h > 0.75, (2.0 + 10.0 * (h - 0.75)) * folds, 0.5 + 0.8 * h)
         self._scale(idx, curtains.astype(np.float32))
+        # Roller shutters let down part of the way in some windows: grey slats from the top.
+        from_top = 1.0 - ((height / tex[:, 3]) % 1.0 - 0.3) / np.maximum(tex[:, 5], 1e-3)
+        lowered = np.where(h < 0.3, 0.15 + 2.5 * h, 0.0)
+        shutter = (from_top >= 0) & (from_top < lowered) & (floor >= 1)
+        if shutter.any():
+            slats = (height[shutter] / 0.05) % 1.0 < 0.3
+            self.albedo[idx[shutter]] = _SHUTTER * np.where(slats, 0.7, 1.0)[:, None]
+            self.matte[idx[shutter]] = True
         # Glazing bars: a cross in the middle of every upper-floor window, in the frame's colour.
         fu = np.abs(((along - _bay_start(tex)) / tex[:, 2]) % 1.0 - 0.5)  # 0 in the middle of a bay
         fv = (height / tex[:, 3]) % 1.0 - (0.3 + 0.5 * tex[:, 5])
@@ -519,16 +601,43 @@ class _Surface:
         front = along > 0.5 * length - 0.03
         back = along < -0.5 * length + 0.03
         ends = front | back
+        sides = ~ends & (across > 0.5 * width - 0.03)
         lamps = (z > body_top - 0.32) & (z < body_top - 0.1) & (across > 0.5 * width - 0.42)
         plate = ends & (across < 0.26) & (z > 0.42) & (z < 0.55)
         bumper = ends & (z < 0.5) & ~plate
         sill = ~ends & (z < 0.42)
+        # Wheel arches over the wheels, door seams, a crease along the flank.
+        wheel = np.minimum(np.abs(along - 0.32 * length), np.abs(along + 0.32 * length))
+        arch = sides & (wheel**2 + (z - 0.33) ** 2 < 0.43**2)
+        doors = parts.tex[p, 6] + np.where(parts.tex[p, 4] > 0, 0.0, 0.5) * parts.tex[p, 5]
+        seam = sides & (z > 0.4) & ((np.abs(along - doors) < 0.012) | (np.abs(along - doors + 1.05) < 0.012))
+        crease = sides & (np.abs(z - (body_top - 0.17)) < 0.025)
         albedo = self.albedo[idx]
-        albedo[sill | bumper] = _TRIM
+        albedo[crease] *= 0.7
+        albedo[seam] *= 0.35
+        albedo[sill | bumper | arch] = _TRIM
         albedo[plate] = _PLATE
         albedo[back & lamps] = _TAIL_LIGHT
         albedo[front & lamps] = _HEAD_LIGHT
         self.albedo[idx] = albedo
+
+    def _car_glass(self, idx: np.ndarray) -> None:
+        """Window pillars in the paint colour: the front and rear ends of the cabin, and the one
+        between the doors."""
+        parts = self.scene.parts
+        idx = idx[parts.tex[self.part[idx], 0] > 0]
+        if not idx.size:
+            return
+        p = self.part[idx]
+        tangent = parts.tangent[p]
+        rel = self.point[idx, :2] - parts.origin[p, :2]
+        along = rel[:, 0] * tangent[:, 0] + rel[:, 1] * tangent[:, 1] - parts.tex[p, 6]
+        half = 0.5 * parts.tex[p, 5]
+        z = self.point[idx, 2]
+        pillar = (np.abs(along) < 0.05) | (np.abs(along) > half - 0.1)
+        pillar |= z < parts.tex[p, 2] + 0.06  # the waist rail under the windows
+        self.albedo[idx[pillar]] = parts.albedo2[p[pillar]]
+        self.matte[idx[pillar]] = True
 
     def _roof(self, idx: np.ndarray) -> None:
         if not idx.size:

@@ -80,7 +80,7 @@ LIDAR_DROPOUT = _table(
 LIDAR_PENETRATION_M = _table({Material.FOLIAGE: 0.35, Material.HEDGE: 0.15}, default=0.0)
 """Scale of the extra depth of returns from vegetation (beams enter the crown before returning)."""
 
-SPECULAR = _table({Material.GLASS: 0.06, Material.CAR_GLASS: 0.06, Material.CAR_PAINT: 0.04}, default=0.0)
+SPECULAR = _table({Material.GLASS: 0.08, Material.CAR_GLASS: 0.1, Material.CAR_PAINT: 0.04}, default=0.0)
 """Share of the camera colour that is the sky reflected about the surface normal, looking straight
 at the surface; more at grazing angles (Schlick's approximation of Fresnel's equations)."""
 

@@ -153,3 +153,15 @@ def cell_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:
     iy = np.floor(x * r[0, 1] + y * r[1, 1] + z * r[2, 1])
     iz = np.floor(x * r[0, 2] + y * r[1, 2] + z * r[2, 2])
     return hash3(ix, iy, iz, seed)
+
+
+def blob_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:
+    """Smooth noise in [0, 1) over 3D points (N, 3) with features about ``size`` metres across: value
+    noise on two planes of the tilted lattice, averaged, so that it is smooth on surfaces of any
+    orientation (round sunflecks, blotches)."""
+    r = _LATTICE * np.float32(1.0 / size)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    a = x * r[0, 0] + y * r[1, 0] + z * r[2, 0]
+    b = x * r[0, 1] + y * r[1, 1] + z * r[2, 1]
+    c = x * r[0, 2] + y * r[1, 2] + z * r[2, 2]
+    return np.float32(0.5) * (value_noise(a, b, seed) + value_noise(b + np.float32(0.5), c, seed + 1))
