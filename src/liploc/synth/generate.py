@@ -110,11 +110,19 @@ def generate_dataset(
     car_counts: dict[int, dict[str, int]] = {}
     first_car_id = int(town.mesh.parts.object_id.max(initial=-1)) + 1
     pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+
+    def build_scene(plan: DrivePlan) -> tuple[Scene, dict[str, int]]:
+        rng = np.random.default_rng(plan.cars_seed)
+        cars, counts = drive_cars(town.slots, town.streets, plan.path, rng, first_car_id)
+        return Scene(TriangleMesh.concatenate([town.mesh, cars]), town.ground), counts
+
     try:
-        for plan in plans:
-            rng = np.random.default_rng(plan.cars_seed)
-            cars, car_counts[plan.index] = drive_cars(town.slots, town.streets, plan.path, rng, first_car_id)
-            scene = Scene(TriangleMesh.concatenate([town.mesh, cars]), town.ground)
+        # Each drive's scene (its cars, the ray-casting structure) is built by a pool thread while
+        # the frames of the drive before are rendered, so that no thread waits for it.
+        upcoming = pool.submit(build_scene, plans[0]) if plans else None
+        for i, plan in enumerate(plans):
+            scene, car_counts[plan.index] = upcoming.result()
+            upcoming = pool.submit(build_scene, plans[i + 1]) if i + 1 < len(plans) else None
             write_sequence_files(stage, plan.name, rig, plan.poses, options.pose_frame)
             todo = [k for k in range(len(plan.poses)) if not _frame_written(stage, plan.name, k)]
             done += len(plan.poses) - len(todo)

@@ -121,6 +121,13 @@ class GroundMap:
         ey = ry - along * dy
         dist = np.sqrt(ex * ex + ey * ey)
         clearance = np.where(valid, dist - self._half_width[seg], np.float32(1e6))  # type: ignore[attr-defined]
+        if _CANDIDATES == 1:  # one candidate per cell: nothing to choose
+            return GroundSample(
+                segment=np.where(valid[:, 0], cand[:, 0], -1),
+                along=along[:, 0],
+                across=across[:, 0],
+                clearance=clearance[:, 0],
+            )
         k = np.argmin(clearance, axis=1)[:, None]
         return GroundSample(
             segment=np.where(valid.any(axis=1), np.take_along_axis(cand, k, axis=1)[:, 0], -1),
