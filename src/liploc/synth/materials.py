@@ -34,6 +34,7 @@ class Material(IntEnum):
     TYRE = 17
     WALL = 18
     LAMP = 19
+    FENCE = 20
 
 
 N_MATERIALS = len(Material)
@@ -66,6 +67,7 @@ LIDAR_REFLECTIVITY = _table(
         Material.TYRE: 0.04,
         Material.WALL: 0.3,
         Material.LAMP: 0.5,
+        Material.FENCE: 0.35,
     },
     default=0.3,
 )
@@ -96,6 +98,7 @@ TEXTURE_NOISE = _table(
         Material.FOLIAGE: 0.45,
         Material.HEDGE: 0.45,
         Material.WALL: 0.12,
+        Material.FENCE: 0.1,
     },
     default=0.03,
 )

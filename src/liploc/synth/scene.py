@@ -14,7 +14,7 @@ from liploc.synth.ground import GroundMap
 from liploc.synth.materials import Material
 from liploc.synth.meshes import TriangleMesh
 from liploc.synth.raycast import MeshRayCaster
-from liploc.synth.textures import facade_windows
+from liploc.synth.textures import facade_windows, fence_gaps
 from liploc.synth.vec3 import dot
 
 SKY_OBJECT = -1
@@ -56,8 +56,10 @@ class Scene:
         self.parts = mesh.parts
         self._caster = MeshRayCaster(mesh.vertices, mesh.faces)
 
-    def cast(self, origins: np.ndarray, dirs: np.ndarray) -> SurfaceHits:
-        """First hit of each ray (``origins`` and unit ``dirs``, (N, 3) in the world frame)."""
+    def cast(self, origins: np.ndarray, dirs: np.ndarray, _depth: int = 0) -> SurfaceHits:
+        """First hit of each ray (``origins`` and unit ``dirs``, (N, 3) in the world frame).
+
+        Rays that meet a fence between its pickets go on through it (camera and LiDAR alike)."""
         t_mesh, face, normal_mesh = self._caster.intersect(origins, dirs)
         ground = self.ground.intersect(origins, dirs, t_max=t_mesh)
         on_ground = ground.t < t_mesh
@@ -93,7 +95,29 @@ class Scene:
         object_id = np.full(n, -1, dtype=np.int32)
         object_id[on_ground] = -2
         object_id[idx] = self.parts.object_id[part[idx]]
-        return SurfaceHits(t=t, point=point, normal=normal, material=material, part=part, object_id=object_id)
+        hits = SurfaceHits(t=t, point=point, normal=normal, material=material, part=part, object_id=object_id)
+        fence = idx[material[idx] == Material.FENCE]
+        if fence.size and _depth < 2:
+            self._through_fences(hits, fence, dirs, _depth)
+        return hits
+
+    def _through_fences(self, hits: SurfaceHits, fence: np.ndarray, dirs: np.ndarray, depth: int) -> None:
+        """Send the rays that hit a fence between its pickets on, from just behind it (in place)."""
+        p = hits.part[fence]
+        rel = hits.point[fence, :2] - self.parts.origin[p, :2]
+        along = np.einsum("nc,nc->n", rel, self.parts.tangent[p])
+        height = hits.point[fence, 2] - self.parts.origin[p, 2]
+        through = fence[fence_gaps(along, height, self.parts.tex[p])]
+        if through.size == 0:
+            return
+        d = dirs[through]
+        # Across the fence's 4 cm and a little more, however slanting the ray.
+        slant = np.maximum(np.abs(dot(hits.normal[through], d)), np.float32(0.08))
+        step = (np.float32(0.05) / slant).astype(np.float32)
+        behind = self.cast(hits.point[through] + d * step[:, None], d, depth + 1)
+        hits.t[through] = hits.t[through] + step + behind.t
+        for name in ("point", "normal", "material", "part", "object_id"):
+            getattr(hits, name)[through] = getattr(behind, name)
 
     def shadowed(self, points: np.ndarray, normals: np.ndarray, sun_direction: np.ndarray) -> np.ndarray:
         """(N,) bool: True where the sun is hidden from surface points (by the mesh)."""

@@ -122,6 +122,25 @@ def facade_windows(along: np.ndarray, height: np.ndarray, tex: np.ndarray, grow:
     return inside & (upper | shopfront)
 
 
+FENCE_TEX_FIELDS = ("pitch", "bar_fraction", "height")
+"""Texture parameters of a fence part: metres between pickets, share of the pitch a picket covers,
+height of the fence (metres); the first three of the part's eight."""
+
+
+def fence_gaps(along: np.ndarray, height: np.ndarray, tex: np.ndarray) -> np.ndarray:
+    """Boolean mask of the points of a fence that fall between its pickets (below the top rail and
+    above the bottom one): rays pass through there.
+
+    Args:
+        along: metres along the fence from its start.
+        height: metres above the ground.
+        tex: (N, 8) fence parameters, see ``FENCE_TEX_FIELDS``.
+    """
+    pitch, bar, top = tex[:, 0], tex[:, 1], tex[:, 2]
+    rails = (height > top - 0.07) | (np.abs(height - 0.2) < 0.04)
+    return ((along / np.maximum(pitch, 1e-3)) % 1.0 > bar) & ~rails & (height > 0.05)
+
+
 def hash3(ix: np.ndarray, iy: np.ndarray, iz: np.ndarray, seed: int) -> np.ndarray:
     """Uniform numbers in [0, 1) from integer 3D lattice coordinates (integer or whole float arrays)."""
     x, y, z = (np.asarray(a).astype(np.int64).astype(np.uint32) for a in (ix, iy, iz))
@@ -143,16 +162,39 @@ _LATTICE = _tilted_lattice()
 polygons instead of squares lined up with the image."""
 
 
-def cell_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:
-    """Piecewise-constant noise in [0, 1): one random value per cube of side ``size`` (metres) of a
-    tilted 3D grid, so surfaces of any orientation get irregular patches with sharp edges (leaves,
-    grain)."""
+def _lattice_cells(points: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r = _LATTICE * np.float32(1.0 / size)
     x, y, z = points[:, 0], points[:, 1], points[:, 2]
     ix = np.floor(x * r[0, 0] + y * r[1, 0] + z * r[2, 0])
     iy = np.floor(x * r[0, 1] + y * r[1, 1] + z * r[2, 1])
     iz = np.floor(x * r[0, 2] + y * r[1, 2] + z * r[2, 2])
-    return hash3(ix, iy, iz, seed)
+    return ix, iy, iz
+
+
+def cell_noise3(points: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three independent ``cell_noise`` values per point (8 bits each, from one hash)."""
+    ix, iy, iz = (a.astype(np.int64).astype(np.uint32) for a in _lattice_cells(points, size))
+    with np.errstate(over="ignore"):
+        ix ^= iz * np.uint32(0x9E3779B1)
+        h = ix * _M1
+        h ^= iy * _M2
+        h ^= np.uint32(seed & 0xFFFFFFFF) * _M3
+        h ^= h >> np.uint32(13)
+        h *= _M4
+        h ^= h >> np.uint32(15)
+    scale = np.float32(1.0 / 256.0)
+    return (
+        (h & np.uint32(255)).astype(np.float32) * scale,
+        ((h >> np.uint32(8)) & np.uint32(255)).astype(np.float32) * scale,
+        ((h >> np.uint32(16)) & np.uint32(255)).astype(np.float32) * scale,
+    )
+
+
+def cell_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:
+    """Piecewise-constant noise in [0, 1): one random value per cube of side ``size`` (metres) of a
+    tilted 3D grid, so surfaces of any orientation get irregular patches with sharp edges (leaves,
+    grain)."""
+    return hash3(*_lattice_cells(points, size), seed)
 
 
 def blob_noise(points: np.ndarray, size: float, seed: int) -> np.ndarray:

@@ -51,6 +51,8 @@ class DistrictStyle:
     yard_trees: float
     shopfront: float
     palette: tuple[tuple[float, float, float], ...]
+    fence: float = 0.0
+    """Share of the plots with neither hedge nor wall that get a garden fence."""
 
 
 _PLASTER = ((0.72, 0.68, 0.58), (0.75, 0.7, 0.5), (0.62, 0.6, 0.56), (0.7, 0.55, 0.42), (0.55, 0.6, 0.58))
@@ -62,12 +64,12 @@ STYLES = (
     DistrictStyle(
         name="houses", weight=0.3, frontage=(9, 15), gap=(2, 7), gap_zero=0.1, setback=(1.0, 4.0),
         depth=(8, 12), floors=(1, 2), floor_height=(2.8, 3.1), gable=0.8, hedge=0.5, wall=0.1,
-        yard_trees=0.6, shopfront=0.0, palette=_PLASTER + _BRICK[:1],
+        yard_trees=0.6, shopfront=0.0, palette=_PLASTER + _BRICK[:1], fence=0.7,
     ),
     DistrictStyle(
         name="apartments", weight=0.26, frontage=(14, 30), gap=(1, 6), gap_zero=0.55, setback=(0, 5.0),
         depth=(12, 18), floors=(3, 7), floor_height=(2.9, 3.2), gable=0.15, hedge=0.2, wall=0.1,
-        yard_trees=0.45, shopfront=0.15, palette=_PLASTER + _BRICK + _CONCRETE[:1],
+        yard_trees=0.45, shopfront=0.15, palette=_PLASTER + _BRICK + _CONCRETE[:1], fence=0.4,
     ),
     DistrictStyle(
         name="shops", weight=0.14, frontage=(7, 14), gap=(0.5, 2), gap_zero=0.75, setback=(0, 1),
@@ -77,7 +79,7 @@ STYLES = (
     DistrictStyle(
         name="industrial", weight=0.12, frontage=(25, 55), gap=(4, 12), gap_zero=0.0, setback=(3, 10),
         depth=(18, 35), floors=(1, 2), floor_height=(4.0, 6.0), gable=0.0, hedge=0.1, wall=0.7,
-        yard_trees=0.15, shopfront=0.0, palette=_CONCRETE + _METAL,
+        yard_trees=0.15, shopfront=0.0, palette=_CONCRETE + _METAL, fence=0.8,
     ),
     DistrictStyle(
         name="park", weight=0.12, frontage=(0, 0), gap=(0, 0), gap_zero=0.0, setback=(0, 0),
@@ -221,6 +223,7 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
         "signs": 0,
         "traffic_lights": 0,
         "shrubs": 0,
+        "fences": 0,
     }
     sphere = icosphere(1)
     rng = np.random.default_rng([seed, 2])
@@ -238,7 +241,7 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
             n = np.array([-u[1], u[0]])
             middle = a + 0.5 * streets.lengths[e] * u + side * n * (hw[e] + streets.sidewalk[e] + 25.0)
             style = _district(middle, seed)
-            _frontage(builder, streets, e, side, style, rng, placer, counts, sphere)
+            _frontage(builder, streets, e, side, style, rng, placer, counts, sphere, seed)
 
     # Woods around the town, so that views down a street end in trees, not in an empty plain.
     _woods(builder, streets, np.random.default_rng([seed, 5]), placer, counts, sphere)
@@ -462,8 +465,9 @@ def _tree(
     obj = builder.new_object()
     trunk = builder.add_part(Material.TRUNK, (0.13, 0.09, 0.06), obj)
     leaves = _FOLIAGE[rng.integers(len(_FOLIAGE))] * rng.uniform(0.8, 1.2)
-    foliage = builder.add_part(Material.FOLIAGE, leaves, obj)
     radius = rng.uniform(*crown)
+    # The crown's radius goes into its part: the camera estimates how far a ray crosses the leaves.
+    foliage = builder.add_part(Material.FOLIAGE, leaves, obj, tex=(radius,) + (0.0,) * 7)
     if rng.random() < conifer:
         height = rng.uniform(6.0, 13.0)
         v, f = vertical_cylinder(xy[0], xy[1], 0.18, 0.0, 1.5, sides=5)
@@ -503,6 +507,7 @@ def _frontage(
     placer: _Placer,
     counts: dict[str, int],
     sphere: tuple[np.ndarray, np.ndarray],
+    seed: int = 0,
 ) -> None:
     """Buildings (or park) along one side of street segment ``e``."""
     a = streets.starts[e]
@@ -549,6 +554,13 @@ def _frontage(
             _hedge_run(builder, a, u, n, kerb + 0.5, s, s + width, yaw, rng, placer, counts)
         elif setback > 1.0 and rng.random() < style.wall:
             _wall_run(builder, a, u, n, kerb + 0.3, s, s + width, yaw, rng, placer, counts)
+        elif setback > 1.0:
+            # Garden fences (decided by a hash, so that they move nothing drawn after them).
+            h = hash_uniform(np.array([e * 2 + (side > 0)]), np.array([counts["buildings"]]), seed + 17)[0]
+            if h < style.fence:
+                _fence_run(
+                    builder, a, u, n, kerb + 0.2, s, s + width, yaw, float(h / style.fence), placer, counts
+                )
         if setback > 3.0 and rng.random() < style.yard_trees:
             xy = a + (s + rng.uniform(0.2, 0.8) * width) * u + n * (kerb + setback * 0.5)
             if placer.point_free(xy, 0.8):
@@ -595,6 +607,53 @@ def _hedge_run(
             placer.occupy(corners, margin=0.1)
             placed = True
     counts["hedges"] += int(placed)
+
+
+_FENCES = (
+    # (colour, pitch m, picket share of the pitch, height range m)
+    ((0.72, 0.72, 0.68), 0.16, 0.5, (0.9, 1.2)),  # white wooden pickets
+    ((0.3, 0.2, 0.12), 0.14, 0.6, (0.9, 1.5)),  # brown wooden pickets
+    ((0.08, 0.08, 0.08), 0.12, 0.2, (1.0, 1.6)),  # dark metal bars
+    ((0.08, 0.16, 0.08), 0.1, 0.15, (1.0, 1.8)),  # green mesh panels
+)
+
+
+def _fence_run(
+    builder: MeshBuilder,
+    a: np.ndarray,
+    u: np.ndarray,
+    n: np.ndarray,
+    offset: float,
+    s0: float,
+    s1: float,
+    yaw: float,
+    pick: float,
+    placer: _Placer,
+    counts: dict[str, int],
+) -> None:
+    """A garden fence along the front of a plot; ``pick`` in [0, 1) chooses its kind and height.
+    Its pickets are a texture that rays pass between (``textures.fence_gaps``)."""
+    colour, pitch, bar, heights = _FENCES[int(pick * len(_FENCES)) % len(_FENCES)]
+    height = heights[0] + (heights[1] - heights[0]) * ((pick * 7.0) % 1.0)
+    length = max(s1 - s0 - 1.0, 1.0)  # a gap for the gate
+    start = a + (s0 + 0.5) * u + n * offset
+    centre = start + 0.5 * length * u + n * 0.02
+    corners = rectangle_corners(centre[0], centre[1], yaw, length, 0.04)
+    if not placer.rectangle_free(corners, margin=0.05):
+        return
+    obj = builder.new_object()
+    part = builder.add_part(
+        Material.FENCE,
+        colour,
+        obj,
+        origin=(start[0], start[1], 0.0),
+        tangent=u,
+        tex=(pitch, bar, height, 0.0, 0.0, 0.0, 0.0, 0.0),
+    )
+    v, f = box(corners, 0.0, height)
+    builder.add(v, f, part)
+    placer.occupy(corners, margin=0.05)
+    counts["fences"] += 1
 
 
 def _wall_run(
