@@ -23,6 +23,7 @@ from liploc.synth.scene import Scene, SurfaceHits
 from liploc.synth.textures import (
     blob_noise,
     cell_noise,
+    cell_noise3,
     facade_windows,
     hash3,
     hash_uniform,
@@ -52,6 +53,8 @@ _LEAF = (0.25, 0.5, 0.45)
 """Leaves inside a crown: share of the sun and of the sky light they still get (light filters
 through the leaves); size of the clumps of leaves (metres)."""
 _BLUR = 1.0
+_GLARE = 0.04
+"""Veiling glare: share of the light that the lens spreads over the whole image."""
 """Optics and demosaicing: Gaussian blur (pixels at KITTI's full size) before the sharpening."""
 _IVY = np.array([0.05, 0.11, 0.03], dtype=np.float32)
 _SILL = np.array([0.6, 0.58, 0.54], dtype=np.float32)
@@ -112,7 +115,7 @@ def _saturation_matrix(k: float) -> np.ndarray:
 
 _COLOUR_MATRIX = _saturation_matrix(_SATURATION)
 
-_SHARPEN = 1.2
+_SHARPEN = 1.35
 _SHARPEN_SIGMA = 2.2
 """Unsharp mask after the tone curve: amount and Gaussian sigma (pixels at KITTI's full size)."""
 
@@ -170,6 +173,8 @@ class CameraModel:
         linear = colour.reshape(height, s, width, s, 3)
         linear = linear[:, 0, :, 0] if s == 1 else linear.mean(axis=(1, 3))
         linear = linear * np.asarray(light.white_balance, dtype=np.float32) * self._vignette
+        if _GLARE > 0:
+            linear = _veiling_glare(linear, _GLARE)
         image = self._to_srgb8(linear * np.float32(self._exposure(linear, light)), rng)
         object_id = hits.object_id.reshape(height, s, width, s)[:, 0, :, 0]
         return CameraRender(image=image, object_id=object_id)
@@ -261,6 +266,16 @@ def _environment(dirs: np.ndarray, light: Lighting) -> np.ndarray:
     return sky_colour(dirs, light) * open_sky + surroundings * (1.0 - open_sky)
 
 
+def _veiling_glare(linear: np.ndarray, share: float) -> np.ndarray:
+    """Light scattered in the lens: ``share`` of the image spread widely over it (computed on an
+    eighth-size copy), which lifts the darks next to bright sky and walls."""
+    height, width = linear.shape[:2]
+    small = cv2.resize(linear, (width // 8, height // 8), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 4.0)
+    halo = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(linear, 1.0 - share, halo, share, 0.0)
+
+
 def _bay_start(tex: np.ndarray) -> np.ndarray:
     """Where the first window bay of a facade starts (metres along the wall), as ``facade_windows``."""
     length, spacing, margin = tex[:, 0], tex[:, 2], tex[:, 7]
@@ -271,35 +286,28 @@ def _bay_start(tex: np.ndarray) -> np.ndarray:
 def _see_through_leaves(scene: Scene, hits: SurfaceHits, dirs: np.ndarray, seed: int) -> None:
     """Let the camera see through the gaps of tree crowns, in place in ``hits``.
 
-    A ray that enters a crown goes on to where it leaves it; the shorter its way through the
-    leaves, the likelier it passes (a gap at every leaf cell whose noise is under
-    ``exp(-path / 2.5 m)``), and then it sees what lies behind: the sky or another surface. So
-    crowns get lacy edges with the sky showing through, and stay solid in the middle.
+    A ray that enters a crown would cross it along a chord of about ``2 R cos(angle to the
+    normal)`` (R: the crown's radius, kept in its part); the shorter that way through the leaves,
+    the likelier it passes (a gap at every leaf cell whose noise is under ``exp(-chord / 2.5 m)``),
+    and then it sees what lies behind the crown: the sky or another surface. So crowns get lacy
+    edges with the sky showing through, and stay solid in the middle.
     """
     leafy = np.flatnonzero(hits.material == Material.FOLIAGE)
     if leafy.size == 0:
         return
-    entry = hits.point[leafy] + dirs[leafy] * np.float32(0.02)
-    t_inside, face = scene.first_hit(entry, dirs[leafy])
-    leaving = face >= 0
-    # The far side of a crown: the ray leaves through foliage (a trunk inside stops it).
-    leaving[leaving] = scene.parts.material[scene.mesh.face_part[face[leaving]]] == Material.FOLIAGE
-    path = np.where(leaving, t_inside, np.float32(np.inf))
-    chance = np.exp(-path / np.float32(2.5))
+    radius = scene.parts.tex[hits.part[leafy], 0]
+    d = dirs[leafy]
+    chord = np.float32(2.0) * radius * np.abs(dot(hits.normal[leafy], d))
+    chance = np.where(radius > 0, np.exp(-chord / np.float32(2.5)), np.float32(0.0))
     gap = cell_noise(hits.point[leafy], 0.06, seed + 45) < chance
     through = leafy[gap]
     if through.size == 0:
         return
-    exit_point = entry[gap] + dirs[through] * (t_inside[gap] + np.float32(0.02))[:, None]
-    behind = scene.cast(exit_point, dirs[through])
-    hits.t[through] = np.where(
-        np.isfinite(behind.t), hits.t[through] + 0.04 + t_inside[gap] + behind.t, np.inf
-    )
-    hits.point[through] = behind.point
-    hits.normal[through] = behind.normal
-    hits.material[through] = behind.material
-    hits.part[through] = behind.part
-    hits.object_id[through] = behind.object_id
+    step = chord[gap] + np.float32(0.05)
+    behind = scene.cast(hits.point[through] + dirs[through] * step[:, None], dirs[through])
+    hits.t[through] = hits.t[through] + step + behind.t
+    for name in ("point", "normal", "material", "part", "object_id"):
+        getattr(hits, name)[through] = getattr(behind, name)
 
 
 def _sun_transmission(
@@ -309,19 +317,15 @@ def _sun_transmission(
     gaps between leaves where a crown or hedge is in the way, 1 in the open."""
     origins = points + normals * np.float32(0.03)
     dirs = np.broadcast_to(sun.astype(np.float32), points.shape)
-    blocked = np.flatnonzero(scene.occluded(origins, dirs))
-    transmitted = np.ones(len(points), dtype=np.float32)
-    transmitted[blocked] = 0.0
-    if blocked.size:
-        t, face = scene.first_hit(origins[blocked], dirs[blocked])
-        material = scene.parts.material[scene.mesh.face_part[np.maximum(face, 0)]]
-        leaves = (face >= 0) & ((material == Material.FOLIAGE) | (material == Material.HEDGE))
-        leafy = blocked[leaves]
-        if leafy.size:
-            where = origins[leafy] + dirs[leafy] * t[leaves, None]
-            # Round, soft-edged sunflecks (the sun's disc blurs them) from the gaps in the leaves.
-            gaps = blob_noise(where, 0.22, seed + 61)
-            transmitted[leafy] = np.clip((gaps - 0.54) * 5.0, 0.0, 1.0)
+    t, face = scene.first_hit(origins, dirs)
+    transmitted = (face < 0).astype(np.float32)
+    material = scene.parts.material[scene.mesh.face_part[np.maximum(face, 0)]]
+    leafy = np.flatnonzero((face >= 0) & ((material == Material.FOLIAGE) | (material == Material.HEDGE)))
+    if leafy.size:
+        where = origins[leafy] + dirs[leafy] * t[leafy, None]
+        # Round, soft-edged sunflecks (the sun's disc blurs them) from the gaps in the leaves.
+        gaps = blob_noise(where, 0.22, seed + 61)
+        transmitted[leafy] = np.clip((gaps - 0.54) * 5.0, 0.0, 1.0)
     return transmitted
 
 
@@ -394,7 +398,9 @@ class _Surface:
         self._car_paint(get(Material.CAR_PAINT))
         self._car_glass(get(Material.CAR_GLASS))
         self._roof(get(Material.ROOF))
-        self._generic(get(Material.TRUNK, Material.WALL, Material.POLE, Material.SIGN, Material.LAMP))
+        self._generic(
+            get(Material.TRUNK, Material.WALL, Material.POLE, Material.SIGN, Material.LAMP, Material.FENCE)
+        )
 
     def _scale(self, idx: np.ndarray, factor: np.ndarray) -> None:
         self.albedo[idx] *= factor[:, None]
@@ -407,8 +413,7 @@ class _Surface:
         grain = cell_noise(p, 0.04, self.seed + 21)
         patches = value_noise(x * np.float32(1 / 1.3), y * np.float32(1 / 1.3), self.seed + 22)
         repairs = value_noise(x * np.float32(1 / 6.0), y * np.float32(1 / 6.0), self.seed + 23)
-        mottle = blob_noise(p, 0.1, self.seed + 20)
-        factor = (0.88 + 0.24 * grain) * (0.85 + 0.3 * patches) * (_MOTTLE[0] + _MOTTLE[1] * mottle)
+        factor = (0.88 + 0.24 * grain) * (0.85 + 0.3 * patches)
         factor *= np.where(repairs > 0.7, np.float32(0.72), np.float32(1.0))
         # Cracks sealed with tar: thin dark lines meandering over the older stretches.
         lines = value_noise(x * np.float32(1 / 1.2), y * np.float32(1 / 1.2), self.seed + 28)
@@ -459,9 +464,7 @@ class _Surface:
             return
         p = self.point[idx]
         n = self.normal[idx]
-        a = cell_noise(p, size, self.seed + 41)
-        b = cell_noise(p, size, self.seed + 42)
-        c = cell_noise(p, size, self.seed + 43)
+        a, b, c = cell_noise3(p, size, self.seed + 41)
         u, v = surface_coordinates(p, n)
         clumps = value_noise(u * np.float32(1 / _LEAF[2]), v * np.float32(1 / _LEAF[2]), self.seed + 44)
         tilted = n + np.float32(1.3) * np.column_stack([a - 0.5, b - 0.5, c - 0.35])
@@ -494,14 +497,15 @@ class _Surface:
         floor_h = tex[:, 3]
         albedo = self.albedo[idx]
         # Brick walls (reddish colours): courses of 7.5 cm, staggered bricks, mortar joints.
-        brick = albedo[:, 0] > 1.8 * albedo[:, 1]
-        row = np.floor(height / 0.075)
-        shifted = along + 0.12 * (row % 2)
-        joint = ((height / 0.075) % 1.0 < 0.16) | ((shifted / 0.24) % 1.0 < 0.05)
-        tone = hash3(row, np.floor(shifted / 0.24), p, self.seed + 51)
-        albedo *= np.where(brick, 0.85 + 0.3 * tone, 1.0)[:, None]
-        mortar = brick & joint
-        albedo[mortar] = _MORTAR
+        brick = np.flatnonzero(albedo[:, 0] > 1.8 * albedo[:, 1])
+        if brick.size:
+            b_along, b_height = along[brick], height[brick]
+            row = np.floor(b_height / 0.075)
+            shifted = b_along + 0.12 * (row % 2)
+            joint = ((b_height / 0.075) % 1.0 < 0.16) | ((shifted / 0.24) % 1.0 < 0.05)
+            tone = hash3(row, np.floor(shifted / 0.24), p[brick], self.seed + 51)
+            albedo[brick] *= (0.85 + 0.3 * tone)[:, None]
+            albedo[brick[joint]] = _MORTAR
         # Plaster: weather stains running down, a darker plinth, a band at each floor slab.
         stains = value_noise(along * np.float32(1 / 1.5), height * np.float32(1 / 5.0), self.seed + 52)
         dirt = value_noise(along * np.float32(1 / 0.35), height * np.float32(1 / 0.6), self.seed + 56)
@@ -543,15 +547,17 @@ class _Surface:
         self.albedo[idx] = albedo
         # Ivy climbing some buildings from the ground: thinning out upwards, with ragged edges.
         overgrown = hash_uniform(parts.object_id[p], np.full(len(p), 2), self.seed + 60) < 0.18
-        if overgrown.any():
-            reach = value_noise(along * np.float32(1 / 2.0), np.zeros_like(along), self.seed + 62) * 6.0
-            patch = value_noise(along * np.float32(1 / 1.2), height * np.float32(1 / 1.2), self.seed + 63)
-            ragged = cell_noise(self.point[idx], 0.05, self.seed + 64)
-            edge = (reach - height) / 1.5 + 0.5 * (patch - 0.5)
-            ivy = overgrown & (edge > 0.6 * ragged) & ~frame
-            if ivy.any():
-                self.albedo[idx[ivy]] = _IVY
-                self._leaves(idx[ivy], 0.05)
+        overgrown = np.flatnonzero(overgrown & (height < 7.0) & ~frame)
+        if overgrown.size:
+            o_along, o_height = along[overgrown], height[overgrown]
+            reach = value_noise(o_along * np.float32(1 / 2.0), np.zeros_like(o_along), self.seed + 62) * 6.0
+            patch = value_noise(o_along * np.float32(1 / 1.2), o_height * np.float32(1 / 1.2), self.seed + 63)
+            ragged = cell_noise(self.point[idx[overgrown]], 0.05, self.seed + 64)
+            edge = (reach - o_height) / 1.5 + 0.5 * (patch - 0.5)
+            ivy = idx[overgrown[edge > 0.6 * ragged]]
+            if ivy.size:
+                self.albedo[ivy] = _IVY
+                self._leaves(ivy, 0.05)
 
     def _windows(self, idx: np.ndarray) -> None:
         """Window glass: some dark, some with curtains or blinds, a bar across the middle of some."""
