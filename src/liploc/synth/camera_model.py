@@ -245,7 +245,8 @@ class CameraModel:
             shaded[shiny] = shaded[shiny] * (1 - k) + k * mirror
 
         fade = np.exp(hits.t * np.float32(-1.0 / light.haze_distance))[:, None]
-        colour = shaded * fade + (0.6 * light.horizon).astype(np.float32) * (1 - fade)
+        haze = (0.6 * light.horizon).astype(np.float32)
+        colour = (shaded - haze) * fade + haze
         sky = np.flatnonzero(~hit)
         colour[sky] = sky_colour(dirs[sky], light)
         return colour
@@ -263,7 +264,7 @@ def _environment(dirs: np.ndarray, light: Lighting) -> np.ndarray:
     things += 0.4 * value_noise(azimuth * np.float32(40.0), elevation * np.float32(6.0), light.cloud_seed + 8)
     open_sky = np.clip(dirs[:, 2] * 4.0 - things + 0.5, 0.0, 1.0)[:, None]
     surroundings = around * (0.3 + 1.4 * things)[:, None]
-    return sky_colour(dirs, light) * open_sky + surroundings * (1.0 - open_sky)
+    return sky_colour(dirs, light, clouds=False) * open_sky + surroundings * (1.0 - open_sky)
 
 
 def _veiling_glare(linear: np.ndarray, share: float) -> np.ndarray:

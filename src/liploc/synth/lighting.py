@@ -101,19 +101,19 @@ def _fbm(x: np.ndarray, y: np.ndarray, seed: int, octaves: int) -> np.ndarray:
     return total / np.float32(norm)
 
 
-def sky_colour(dirs: np.ndarray, light: Lighting) -> np.ndarray:
+def sky_colour(dirs: np.ndarray, light: Lighting, clouds: bool = True) -> np.ndarray:
     """(N, 3) sky radiance seen in the unit directions ``dirs`` (z up).
 
     A gradient from a pale horizon to a deeper zenith, a glow around the sun, and a cloud layer.
     Clouds are a function of the direction only (infinitely far), so they move with the car's
-    heading, never with its position.
+    heading, never with its position. ``clouds=False`` leaves them out (reflections, cheaper).
     """
     up = np.clip(dirs[:, 2], 0.0, 1.0)[:, None]
     blend = np.sqrt(up)
     colour = light.horizon * (1 - blend) + light.zenith * blend
     cos_sun = np.clip(dot(dirs, light.sun_direction), 0.0, 1.0)[:, None]
     colour = colour + light.sun_colour * (0.06 * cos_sun**6 + 0.5 * cos_sun**600)
-    if light.clouds > 0:
+    if clouds and light.clouds > 0:
         # Cloud layer seen through the ray's intersection with a dome (coordinates per direction);
         # only directions above the horizon can see it.
         above = np.flatnonzero(dirs[:, 2] > 0)

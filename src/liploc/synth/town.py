@@ -30,6 +30,8 @@ from liploc.synth.streets import StreetNetwork, grid_network, path_network
 from liploc.synth.textures import hash_uniform
 
 _RASTER_M = 1.0
+_CLUMP = icosphere(0)
+"""Shape of the small clumps of leaves that bulge out of a tree crown (20 faces)."""
 
 
 @dataclass(frozen=True)
@@ -488,6 +490,7 @@ def _tree(
     # Two to four smaller clumps bulging out of the crown make its outline irregular (drawn from
     # a stream of the tree's own, so that they move nothing else in the town).
     own = np.random.default_rng([obj, 77])
+    unit, faces = _CLUMP  # coarser: they are small, and the ray casting structure stays small
     for _ in range(int(own.integers(2, 5))):
         azimuth = own.uniform(0.0, 2 * np.pi)
         rise = own.uniform(-0.35, 0.6)
