@@ -18,7 +18,7 @@ import numpy as np
 
 from liploc.synth.lighting import Lighting, sky_colour
 from liploc.synth.materials import N_MATERIALS, SPECULAR, TEXTURE_NOISE, Material
-from liploc.synth.rig import SensorRig
+from liploc.synth.rig import KITTI_IMAGE_SIZE, SensorRig
 from liploc.synth.scene import Scene, SurfaceHits
 from liploc.synth.textures import (
     blob_noise,
@@ -155,6 +155,10 @@ class CameraModel:
         v = (np.arange(height) - K[1, 2]) / K[1, 1]
         r2 = u[None, :] ** 2 + v[:, None] ** 2
         self._vignette = (1.0 / (1.0 + _VIGNETTING * r2)).astype(np.float32)[..., None]
+        # Blur and sharpening radii are given in pixels of KITTI's full size: scaled with the image.
+        scale = width / KITTI_IMAGE_SIZE[0]
+        self._blur = _BLUR * scale if _BLUR * scale >= 0.3 else 0.0
+        self._sharpen_sigma = _SHARPEN_SIGMA * scale
 
     def render(
         self, scene: Scene, T_world_lidar: np.ndarray, light: Lighting, rng: np.random.Generator
@@ -196,10 +200,10 @@ class CameraModel:
         linear = cv2.transform(linear, _COLOUR_MATRIX)
         index = np.sqrt(np.maximum(linear, 0.0) * np.float32(1.0 / _LUT_MAX)) * np.float32(_LUT_SIZE)
         srgb = _TONE_LUT[np.minimum(index, _LUT_SIZE - 1).astype(np.int32)]
-        if _BLUR > 0:
-            srgb = cv2.GaussianBlur(srgb, (0, 0), _BLUR)
+        if self._blur > 0:
+            srgb = cv2.GaussianBlur(srgb, (0, 0), self._blur)
         if _SHARPEN > 0:
-            blurred = cv2.GaussianBlur(srgb, (0, 0), _SHARPEN_SIGMA)
+            blurred = cv2.GaussianBlur(srgb, (0, 0), self._sharpen_sigma)
             srgb = cv2.addWeighted(srgb, 1.0 + _SHARPEN, blurred, -_SHARPEN, 0.0)
         srgb += rng.standard_normal(srgb.shape, dtype=np.float32) * np.float32(_NOISE_SIGMA)
         return np.clip(srgb + 0.5, 0, 255).astype(np.uint8)
