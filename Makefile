@@ -20,6 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports  # the layers of ../shared/DESIGN.md (pyproject.toml [tool.importlinter])
 	$(BIN)/python -m pytest -q
 
 bench: setup
@@ -28,6 +29,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

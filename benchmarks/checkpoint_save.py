@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from liploc.config import Config
 from liploc.models import create_model
-from liploc.training.checkpoint import state_to_tensors
+from liploc.runtime.checkpoint import state_to_tensors
 from liploc.training.losses import build_loss
 from liploc.training.train import _save_training_checkpoint, _Snapshot
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from liploc.config import DatasetSplit, load_config
-from liploc.retrieval.evaluate import evaluate
+from liploc.evaluation.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.train import train
 

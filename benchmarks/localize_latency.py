@@ -40,8 +40,8 @@ import torch
 
 from liploc.config import load_config
 from liploc.datasets import load_image, open_dataset
+from liploc.localization.localize import Localizer, build_map
 from liploc.models import create_model
-from liploc.retrieval.localize import Localizer, build_map
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.losses import build_loss
 from liploc.training.train import _save_training_checkpoint

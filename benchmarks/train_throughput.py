@@ -41,10 +41,11 @@ from torch.utils.data import DataLoader
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import open_dataset
 from liploc.models import create_model
+from liploc.runtime.device import autocast_dtype
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training import distributed
 from liploc.training.losses import build_loss
-from liploc.training.train import _determinism, _Trainer, autocast_dtype
+from liploc.training.train import _determinism, _Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from liploc.config import Config, load_config
+from liploc.runtime.data_roots import resolve_data_roots
 from liploc.training import distributed
-from liploc.training.data import resolve_data_roots
 from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

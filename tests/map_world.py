@@ -13,7 +13,7 @@ import pytest
 from corridor_world import write_corridor
 
 from liploc.config import load_config
-from liploc.retrieval.localize import build_map
+from liploc.localization.localize import build_map
 from liploc.training.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from liploc.cli import app
 from liploc.config import Config, load_config
-from liploc.retrieval.embedding import EmbeddingCache
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.localization.embedding import EmbeddingCache
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import PairDataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

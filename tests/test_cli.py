@@ -21,7 +21,7 @@ from liploc.cli import app, matches_table
 from liploc.console import print_table, table_lines
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import DataError
-from liploc.retrieval.metrics import evaluate_retrieval, within_noise_of_chance
+from liploc.evaluation.metrics import evaluate_retrieval, within_noise_of_chance
 
 REPO = Path(__file__).resolve().parents[1]
 

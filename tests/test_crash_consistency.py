@@ -21,9 +21,9 @@ from state_observer import observe_file_changes
 
 from liploc.config import Config, load_config
 from liploc.errors import DataError, LiplocError
-from liploc.training.checkpoint import load_checkpoint, metadata_path
-from liploc.training.data import resolve_data_roots
-from liploc.training.run_folder import read_csv_rows
+from liploc.runtime.checkpoint import load_checkpoint, metadata_path
+from liploc.runtime.data_roots import resolve_data_roots
+from liploc.runtime.run_folder import read_csv_rows
 from liploc.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_a_second_writer_is_refused_naming_the_holder(corridor: Path, tmp_path: 
 def test_a_killed_writer_releases_the_run_at_once(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
-        "from liploc.training.run_folder import RunLock\n"
+        "from liploc.runtime.run_folder import RunLock\n"
         "lock = RunLock(sys.argv[1]).acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
@@ -164,7 +164,7 @@ def test_a_killed_writer_releases_the_run_at_once(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        from liploc.training.run_folder import RunLock
+        from liploc.runtime.run_folder import RunLock
 
         with pytest.raises(LiplocError, match=f"pid {proc.pid}"):
             RunLock(tmp_path).acquire()

@@ -15,20 +15,12 @@ from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import load_scan
 from liploc.errors import ConfigError, DataError
 from liploc.lidar import lidar_range_input
-from liploc.training.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EpochSampler,
-    ImageDataset,
-    LidarDataset,
-    PairDataset,
-    PreprocessCache,
-    build_transforms,
-    resize_chw,
-    resolve_data_roots,
-    split_frames,
-    training_splits,
-)
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import ImageDataset, LidarDataset, PairDataset
+from liploc.runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, build_transforms, resize_chw
+from liploc.runtime.preprocess_cache import PreprocessCache
+from liploc.training.samplers import EpochSampler
+from liploc.training.splits import training_splits
 
 SIZE = (24, 40)  # (height, width) of the network inputs in these tests
 

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 _GRADIENTS = """
 import hashlib, sys, torch
 from liploc.config import load_config
-from liploc.demo import pinned_torch_threads
+from liploc.commands.demo import pinned_torch_threads
 from liploc.models import create_model
 
 torch.set_num_threads(int(sys.argv[1]))  # this machine's default: one thread per core

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from liploc.config import DatasetSplit, load_config
-from liploc.retrieval.evaluate import evaluate
+from liploc.evaluation.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.train import train
 

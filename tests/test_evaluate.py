@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from liploc.cli import app
 from liploc.config import load_config
 from liploc.errors import ConfigError, DataError, ModelMismatchError
-from liploc.retrieval.evaluate import evaluate
-from liploc.retrieval.localize import Localizer, build_map
+from liploc.evaluation.evaluate import evaluate
+from liploc.localization.localize import Localizer, build_map
 from liploc.training.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -266,7 +266,7 @@ def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def hand_made(monkeypatch: pytest.MonkeyPatch) -> None:
-    import liploc.retrieval.evaluate as evaluate_module
+    import liploc.evaluation.evaluate as evaluate_module
 
     monkeypatch.setattr(evaluate_module, "embed_with_cache", _hand_made_sets)
 
@@ -288,7 +288,7 @@ def test_preset_recall_on_hand_made_embeddings(
     r5: float,
     own_scan: bool,
 ) -> None:
-    from liploc.retrieval.protocols import evaluate_protocol
+    from liploc.evaluation.protocols import evaluate_protocol
 
     report = evaluate_protocol(
         protocol_world["run"], protocol_world["root"], preset, out_dir=protocol_world["run"] / preset
@@ -331,8 +331,8 @@ def test_exclude_self_and_thresholds_change_the_recall(
 def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Path]) -> None:
     from liploc.config import Config
     from liploc.datasets.sequence_range import parse_ranges
-    from liploc.retrieval.protocols import PRESETS
-    from liploc.retrieval.training_overlap import refuse_training_data
+    from liploc.evaluation.protocols import PRESETS
+    from liploc.evaluation.training_overlap import refuse_training_data
 
     kitti_a = Config()
     kitti_a.data.datasets[0].train = ["00[0:3000]"]
@@ -353,7 +353,7 @@ def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Pa
 def test_without_preset_the_configs_test_split_is_evaluated(
     protocol_world: dict[str, Path], hand_made: None
 ) -> None:
-    from liploc.retrieval.protocols import evaluate_protocol
+    from liploc.evaluation.protocols import evaluate_protocol
 
     # The run's config: test ['02', '00[3000:]'], eval.protocol same-sequence, thresholds [10, 20].
     report = evaluate_protocol(
@@ -385,7 +385,7 @@ def test_cli_evaluate_json_and_sequence_names_as_typed(world: dict[str, Path], t
 def test_failed_or_interrupted_evaluation_leaves_no_folder(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import liploc.retrieval.evaluate as evaluation
+    import liploc.evaluation.evaluate as evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

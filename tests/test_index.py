@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from liploc.errors import DataError, EmbeddingError
-from liploc.retrieval.index import EmbeddingIndex, check_embeddings, l2_normalize
-from liploc.retrieval.metrics import TimeWindowExclusion
+from liploc.evaluation.metrics import TimeWindowExclusion
+from liploc.localization.index import EmbeddingIndex, check_embeddings, l2_normalize
 
 
 def random_embeddings(n: int, dim: int = 24, seed: int = 0) -> np.ndarray:

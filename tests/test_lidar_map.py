@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
-from liploc.retrieval.index import l2_normalize
-from liploc.retrieval.lidar_map import LidarMap
+from liploc.localization.index import l2_normalize
+from liploc.localization.lidar_map import LidarMap
 
 FINGERPRINT = "sha256:model-a"
 MODEL_CONFIG = {"image_encoder": "resnet50", "lidar_encoder": "resnet50", "embed_dim": 16}

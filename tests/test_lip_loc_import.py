@@ -23,11 +23,11 @@ from liploc.cli import app
 from liploc.config import Config
 from liploc.datasets import load_scan, open_dataset
 from liploc.errors import DataError
+from liploc.evaluation.evaluate import evaluate
 from liploc.interop.lip_loc import import_lip_loc
 from liploc.lidar import RangeProjector
-from liploc.retrieval.evaluate import evaluate
-from liploc.training.data import build_transforms, camera_input, lidar_input
-from liploc.training.run_folder import load_model_from_checkpoint
+from liploc.runtime.inputs import build_transforms, camera_input, lidar_input
+from liploc.runtime.run_folder import load_model_from_checkpoint
 
 REFERENCE = SHARED_DATA / "lip-loc-reference"
 CHECKPOINT = REFERENCE / "lip-loc-test_resnet.pth"
@@ -335,7 +335,7 @@ def test_cli_refusal_is_one_error_line(tmp_path: Path) -> None:
 def test_map_build_and_localize_use_the_imported_run(
     imported: Path, reference, frames, tmp_path: Path
 ) -> None:
-    from liploc.retrieval.localize import Localizer, build_map
+    from liploc.localization.localize import Localizer, build_map
 
     build_map(imported, POSED, [DRIVE], tmp_path / "map", device="cpu", onnx=False)
     localizer = Localizer.open(tmp_path / "map", device="cpu")

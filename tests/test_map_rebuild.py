@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from liploc.cli import app
 from liploc.config import load_config
 from liploc.errors import LiplocError
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.localize import Localizer, build_map
+from liploc.localization.lidar_map import LidarMap
+from liploc.localization.localize import Localizer, build_map
 from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

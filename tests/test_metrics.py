@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 
 from liploc.console import table_lines
-from liploc.retrieval.index import l2_normalize
-from liploc.retrieval.metrics import (
+from liploc.evaluation.metrics import (
     TimeWindowExclusion,
     chance_hit_probability,
-    count_positives_within,
     evaluate_retrieval,
     one_percent_k,
-    positives_within,
     recall_at_k,
     score_retrieval,
     xy_from_poses,
 )
+from liploc.localization.index import l2_normalize
+from liploc.localization.neighbours import count_positives_within, positives_within
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KITTI_POSES = SHARED / "kitti-odometry-poses"
@@ -308,7 +307,7 @@ def test_kitti00_revisit_positives_appear_only_where_the_drive_returns() -> None
 
 
 def test_same_scan_exclusion_removes_only_the_querys_own_scan() -> None:
-    from liploc.retrieval.metrics import SameScanExclusion
+    from liploc.evaluation.metrics import SameScanExclusion
 
     xy = np.array([[0.0, 0.0], [5.0, 0.0], [30.0, 0.0]])
     db = np.eye(3, dtype=np.float32)

@@ -19,11 +19,12 @@ from liploc.cli import app
 from liploc.config import Config, load_config
 from liploc.datasets import open_dataset
 from liploc.errors import DataError
-from liploc.retrieval.embedding import embed_frames
-from liploc.retrieval.localize import Localizer, build_map
-from liploc.training.data import ValidationBatches, resolve_data_roots
+from liploc.localization.embedding import embed_frames
+from liploc.localization.localize import Localizer, build_map
+from liploc.runtime.data_roots import resolve_data_roots
+from liploc.runtime.run_folder import load_model_from_checkpoint
 from liploc.training.data_fingerprint import DataChangedError
-from liploc.training.run_folder import load_model_from_checkpoint
+from liploc.training.samplers import ValidationBatches
 from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -101,7 +102,7 @@ def test_resume_on_changed_data_is_refused_naming_the_change(tmp_path: Path) -> 
 
 
 def test_the_demo_starts_a_fresh_run_when_the_data_changed(tmp_path: Path) -> None:
-    from liploc.demo import train_or_restart
+    from liploc.commands.demo import train_or_restart
 
     data = corridor(tmp_path / "data")
     cfg = tiny(data)

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from liploc.cli import app
 from liploc.errors import DataError, ModelMismatchError
 from liploc.interop.camera_preprocess import CameraPreprocess
-from liploc.interop.onnx_localizer import OnnxLocalizer
+from liploc.localization.onnx_localizer import OnnxLocalizer
+from liploc.runtime.inputs import build_transforms, camera_image_input
+from liploc.runtime.run_folder import load_model_from_checkpoint
 from liploc.serving.app import create_app
 from liploc.serving.engine import MapService
-from liploc.training.data import build_transforms, camera_image_input
-from liploc.training.run_folder import load_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,7 +221,7 @@ def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # n
     # torch made unimportable: the ONNX path must not need it.
     script = (
         "import sys; sys.modules['torch'] = None\n"
-        "from liploc.interop.onnx_localizer import OnnxLocalizer\n"
+        "from liploc.localization.onnx_localizer import OnnxLocalizer\n"
         f"loc = OnnxLocalizer.open({str(map_world['map'])!r})\n"
         f"m = loc.localize([{str(query_image(map_world['root'], 4))!r}], 3)[0]\n"
         "print(len(m), m[0].frame_id, 'torch' in sys.modules and sys.modules['torch'] is not None)\n"

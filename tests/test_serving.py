@@ -20,7 +20,7 @@ from map_world import MAP_FRAMES, MAP_SEQUENCE, map_world, query_image  # noqa: 
 from PIL import Image
 
 from liploc.errors import ModelMismatchError
-from liploc.retrieval.localize import Localizer
+from liploc.localization.localize import Localizer
 from liploc.serving.app import create_app
 from liploc.serving.engine import MapService
 from liploc.serving.settings import ServeSettings

@@ -14,15 +14,17 @@ from torch import nn
 
 from liploc.config import load_config
 from liploc.errors import LiplocError
+from liploc.localization import embedding
+from liploc.localization.embedding import embed_frames
+from liploc.localization.lidar_map import LidarMap
+from liploc.localization.localize import Localizer
+from liploc.localization.map_folder import MODEL_DIR
 from liploc.models import ImageTower, create_model
-from liploc.retrieval import embedding
-from liploc.retrieval.embedding import embed_frames
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.localize import MODEL_DIR, Localizer
-from liploc.training.checkpoint import load_checkpoint
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.runtime.checkpoint import load_checkpoint
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.preprocess_cache import preprocess_cache_dir
 from liploc.training.losses import ClipLoss, build_loss
-from liploc.training.preprocess_cache import preprocess_cache_dir
 from liploc.training.train import _needs_buffer_broadcast, _save_training_checkpoint, train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

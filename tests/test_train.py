@@ -20,10 +20,11 @@ from liploc.cli import app
 from liploc.config import Config, TrainConfig, load_config
 from liploc.errors import ConfigError, DataError
 from liploc.models import create_model
-from liploc.training.checkpoint import load_checkpoint, metadata_path, strip_prefix
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.runtime.checkpoint import load_checkpoint, metadata_path, strip_prefix
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
-from liploc.training.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.train import LrSchedule, train, validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

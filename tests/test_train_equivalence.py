@@ -16,7 +16,7 @@ from conftest import write_kitti_odometry
 from corridor_world import write_corridor
 from ddp_runs import EQUIVALENCE, PLATEAU, config
 
-from liploc.training.checkpoint import load_checkpoint
+from liploc.runtime.checkpoint import load_checkpoint
 from liploc.training.train import train
 
 HERE = Path(__file__).resolve().parent

@@ -12,7 +12,7 @@ from corridor_world import write_corridor
 
 from liploc.config import load_config
 from liploc.datasets import Calibration, Frame
-from liploc.training.data import resolve_data_roots
+from liploc.runtime.data_roots import resolve_data_roots
 from liploc.training.train import train
 from liploc.training.validation_split import block_split, min_train_val_distance, random_split
 

@@ -151,7 +151,7 @@ def info(
     ] = True,
 ) -> None:
     """Describe a dataset folder: layout, sequences, frames, calibration and every problem found."""
-    from liploc.info import describe_dataset
+    from liploc.commands.info import describe_dataset
 
     try:
         summary = describe_dataset(data_root, layout=layout, console=console, check_files=check_files)
@@ -420,7 +420,7 @@ def evaluate(
     """Recall@1/5/10 and @1% of camera queries against LiDAR scans; writes JSON and an HTML report."""
     import json
 
-    from liploc.retrieval.sequences import SequenceSettings
+    from liploc.localization.sequences import SequenceSettings
 
     if (odometry or odometry_noise is not None) and seq_len is None:
         _fail(ConfigError("--odometry and --odometry-noise need --seq-len (sequence matching)"))
@@ -430,7 +430,7 @@ def evaluate(
         settings = SequenceSettings(seq_len=seq_len, **extra)
     try:
         if sequence is None:
-            from liploc.retrieval.protocols import evaluate_protocol
+            from liploc.evaluation.protocols import evaluate_protocol
 
             options = {"protocol": protocol, "map_sequence": map_sequence, "threshold": threshold}
             options.update({"revisit_window": revisit_window, "exclude_self": exclude_self})
@@ -457,7 +457,7 @@ def evaluate(
             return
         if preset is not None:
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
-        from liploc.retrieval.evaluate import evaluate as run_evaluation
+        from liploc.evaluation.evaluate import evaluate as run_evaluation
 
         output = run_evaluation(
             run,
@@ -515,7 +515,7 @@ def map_build(
     ] = True,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
-    from liploc.retrieval.localize import build_map
+    from liploc.localization.localize import build_map
 
     try:
         build_map(
@@ -595,7 +595,7 @@ def localize(
     """Top-k map poses (x, y, yaw, score) for each camera image (or for the last one, --sequence)."""
     import json
 
-    from liploc.retrieval.query_images import check_query_image, expand_query_paths
+    from liploc.localization.query_images import check_query_image, expand_query_paths
 
     if travelled is not None and not sequence:
         _fail(ConfigError("--travelled needs --sequence"))
@@ -619,11 +619,11 @@ def localize(
         if backend == "onnx":
             if checkpoint is not None:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
-            from liploc.interop.onnx_localizer import OnnxLocalizer
+            from liploc.localization.onnx_localizer import OnnxLocalizer
 
             results = OnnxLocalizer.open(map_dir, onnx_dir).localize(paths, k)
         else:
-            from liploc.retrieval.localize import Localizer
+            from liploc.localization.localize import Localizer
 
             results = Localizer.open(map_dir, checkpoint, device).localize(paths, k)
     except LiplocError as err:
@@ -665,7 +665,7 @@ def _localize_backend(
 
     from liploc.config import resolved_precision
     from liploc.interop.onnx_encoder import SPEC_FILE
-    from liploc.interop.onnx_localizer import MAP_ONNX_DIR
+    from liploc.localization.map_folder import MAP_ONNX_DIR
 
     export = onnx_dir if onnx_dir is not None else map_dir / MAP_ONNX_DIR
     if (
@@ -700,7 +700,7 @@ def matches_table(title: str, matches: list) -> Table:
             str(m.frame_index),
             f"{m.xy[0]:.1f}",
             f"{m.xy[1]:.1f}",
-            f"{math.degrees(m.yaw):.0f}",
+            f"{m.yaw_deg:.0f}",
         )
     return table
 
@@ -882,11 +882,11 @@ def _localize_sequence(
             # within 1e-4 but not bit for bit, and sequence matching imports torch anyway.
             if checkpoint is not None:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
-            from liploc.interop.onnx_localizer import OnnxLocalizer
+            from liploc.localization.onnx_localizer import OnnxLocalizer
 
             localizer = OnnxLocalizer.open(map_dir, onnx_dir).sequence_localizer()
         else:
-            from liploc.retrieval.localize import Localizer
+            from liploc.localization.localize import Localizer
 
             localizer = Localizer.open(map_dir, checkpoint, device)
         result = localizer.localize_sequence(images, k, travelled_m=distances)
@@ -928,7 +928,7 @@ def _localize_sequence(
             str(m.frame_index),
             f"{m.xy[0]:.1f}",
             f"{m.xy[1]:.1f}",
-            f"{m.yaw * 57.29577951308232:.0f}",
+            f"{m.yaw_deg:.0f}",
         )
     console.print(table)
     path = Table(title="best path (oldest image first)")
@@ -974,7 +974,7 @@ def demo(
     ] = None,
 ) -> None:
     """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
-    from liploc.demo import DemoOptions, run_demo
+    from liploc.commands.demo import DemoOptions, run_demo
 
     try:
         extra: dict[str, Any] = {"config": config} if config is not None else {}
@@ -1017,7 +1017,8 @@ def cache_warm(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
 ) -> None:
     """Preprocess every frame of a config's datasets into the shared cache, with all cores."""
-    from liploc.training.preprocess_cache import cache_usage, human_bytes, warm_cache
+    from liploc.runtime.cache_warming import warm_cache
+    from liploc.runtime.preprocess_cache import cache_usage, human_bytes
     from liploc.training.train import configure_run
 
     try:
@@ -1046,7 +1047,7 @@ def _progress() -> Any:  # a rich Progress, imported lazily
 
 
 def _cache_folder(cache_dir: Path | None) -> Path:
-    from liploc.training.preprocess_cache import default_cache_dir
+    from liploc.runtime.preprocess_cache import default_cache_dir
 
     return cache_dir if cache_dir is not None else default_cache_dir()
 
@@ -1054,7 +1055,7 @@ def _cache_folder(cache_dir: Path | None) -> Path:
 @cache_app.command("info")
 def cache_info(cache_dir: CacheDirOption = None) -> None:
     """Entries and size of the preprocessing cache, per preprocessing setting."""
-    from liploc.training.preprocess_cache import cache_usage, human_bytes
+    from liploc.runtime.preprocess_cache import cache_usage, human_bytes
 
     usage = cache_usage(_cache_folder(cache_dir))
     console.print(f"{usage.folder}: {usage.entries} entries, {human_bytes(usage.bytes)}")
@@ -1065,7 +1066,7 @@ def cache_info(cache_dir: CacheDirOption = None) -> None:
 @cache_app.command("clear")
 def cache_clear(cache_dir: CacheDirOption = None) -> None:
     """Remove every entry of the preprocessing cache (it is rebuilt as needed)."""
-    from liploc.training.preprocess_cache import clear_cache, human_bytes
+    from liploc.runtime.preprocess_cache import clear_cache, human_bytes
 
     usage = clear_cache(_cache_folder(cache_dir))
     console.print(f"cleared {usage.folder}: freed {human_bytes(usage.bytes)} ({usage.entries} entries)")

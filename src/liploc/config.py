@@ -271,7 +271,7 @@ def resolved_precision(precision: str, *, cuda_bf16: bool) -> str:
 
 class EvalConfig(_Section):
     preset: Literal["lip-loc", "kitti-b", "kitti-a"] | None = None
-    """The literature's protocol this config trains for (``liploc.retrieval.protocols``);
+    """The literature's protocol this config trains for (``liploc.evaluation.protocols``);
     ``liploc evaluate RUN`` without ``--sequence`` runs its test sequences and prints its table."""
     protocol: Literal["same-sequence", "cross-drive", "revisit"] = "same-sequence"
     """Protocol of ``liploc evaluate`` when ``--protocol`` is not given (no preset)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -96,3 +97,17 @@ def _plain(cell: object) -> str:
     if isinstance(cell, Text):
         return cell.plain
     return Text.from_markup(str(cell)).plain
+
+
+def progress_bar(console: Console | None) -> Progress | None:
+    """A transient rich progress bar on ``console``, or None when quiet."""
+    if console is None:
+        return None
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )

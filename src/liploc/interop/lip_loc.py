@@ -376,8 +376,8 @@ def import_lip_loc(
             its embeddings (same tensors as ``CLIPModelV1``, so the file cannot tell).
     """
     from liploc.models import create_model
-    from liploc.training.checkpoint import save_checkpoint
-    from liploc.training.run_folder import MODEL_PREFIX, RunFolder
+    from liploc.runtime.checkpoint import save_checkpoint
+    from liploc.runtime.run_folder import MODEL_PREFIX, RunFolder
 
     path = Path(checkpoint)
     run = RunFolder(Path(out))

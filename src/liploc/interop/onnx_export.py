@@ -65,8 +65,8 @@ def export_onnx(
         LiplocError: the export does not match torch within ``PARITY_TOLERANCE``.
         DataError: ``out`` exists and is not an export folder, or the checkpoint is unreadable.
     """
-    from liploc.training.data import build_transforms
-    from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
+    from liploc.runtime.inputs import build_transforms
+    from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SPEC_FILE).is_file())):

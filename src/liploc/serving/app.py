@@ -41,7 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from liploc.errors import ConfigError, DataError
-from liploc.retrieval.lidar_map import Match
+from liploc.localization.lidar_map import Match
+from liploc.localization.map_folder import match_json
 from liploc.serving.batching import MicroBatcher
 from liploc.serving.engine import MapService, UnknownFrame
 from liploc.serving.images import BadRequest, DecodedQuery, decode_query
@@ -95,24 +96,6 @@ class UploadLimit:
 
 def _too_large(size: int, limit: int) -> str:
     return f"the upload is {size} bytes or more; the limit is {limit} bytes (--max-upload-mb)"
-
-
-def match_json(m: Match) -> dict[str, Any]:
-    """One retrieved map entry as JSON: frame id, score, x, y, yaw and the full 4 x 4 pose."""
-    return {
-        "rank": m.rank,
-        "score": round(float(m.score), 6),
-        "frame_id": m.frame_id,
-        "sequence": m.sequence,
-        "frame": m.frame_index,
-        "timestamp_s": m.timestamp,
-        "x": float(m.pose[0, 3]),
-        "y": float(m.pose[1, 3]),
-        "z": float(m.pose[2, 3]),
-        "yaw_rad": m.yaw,
-        "yaw_deg": m.yaw * 57.29577951308232,
-        "pose": m.pose.tolist(),
-    }
 
 
 def create_app(service: MapService, settings: ServeSettings | None = None) -> FastAPI:
@@ -369,7 +352,7 @@ def _path_json(query: DecodedQuery, m: Match | None) -> dict[str, Any]:
         "x": float(m.pose[0, 3]),
         "y": float(m.pose[1, 3]),
         "yaw_rad": m.yaw,
-        "yaw_deg": m.yaw * 57.29577951308232,
+        "yaw_deg": m.yaw_deg,
         "similarity": round(float(m.score), 6),
     }
 

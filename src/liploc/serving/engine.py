@@ -21,10 +21,11 @@ import numpy as np
 
 from liploc.config import Config, ProjectionConfig
 from liploc.errors import ConfigError, DataError, LiplocError
-from liploc.retrieval.lidar_map import MANIFEST, LidarMap, Match
+from liploc.localization.lidar_map import LidarMap, Match
+from liploc.localization.map_folder import MANIFEST
 
 if TYPE_CHECKING:
-    from liploc.retrieval.localize import SequenceLocalization
+    from liploc.localization.localize import SequenceLocalization
 
 Backend = Literal["torch", "onnx"]
 RANGE_CACHE_SIZE = 256
@@ -143,7 +144,7 @@ class MapService:
         if backend == "onnx":
             if checkpoint is not None:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
-            from liploc.interop.onnx_localizer import OnnxLocalizer, export_config
+            from liploc.localization.onnx_localizer import OnnxLocalizer, export_config
 
             loc = OnnxLocalizer.open(map_dir, onnx_dir, threads=threads)
             config = export_config(loc.encoder.folder)
@@ -151,7 +152,7 @@ class MapService:
         elif backend == "torch":
             if onnx_dir is not None:
                 raise ConfigError("--onnx is for the onnx backend (--backend onnx)")
-            from liploc.retrieval.localize import Localizer
+            from liploc.localization.localize import Localizer
 
             torch_loc = Localizer.open(map_dir, checkpoint, device)
             config = torch_loc.config
@@ -199,7 +200,7 @@ class MapService:
             else:
                 if self.config is None:
                     raise ConfigError("sequence localization needs the model's configuration")
-                from liploc.interop.onnx_localizer import onnx_sequence_localizer
+                from liploc.localization.onnx_localizer import onnx_sequence_localizer
 
                 self._sequencer = onnx_sequence_localizer(self.lidar_map, self.encoder, self.config)
         return self._sequencer.localize_sequence(list(images), k, travelled_m=travelled_m)

@@ -19,7 +19,6 @@ inside the loss, so do not wrap the loss in DDP; give its parameters to the opti
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -42,11 +41,6 @@ class _Batch:
     lidar_all: Tensor  # [N, D]
     positives: Tensor  # [n, N] bool: column j is a positive of local row i (diagonal included)
     offset: int  # global index of local row 0
-
-
-def world_code(world: str) -> int:
-    """A stable int64 code of a world-frame id (the same in every process and run)."""
-    return int.from_bytes(hashlib.sha1(world.encode("utf-8")).digest()[:8], "little", signed=True)
 
 
 def positive_mask(

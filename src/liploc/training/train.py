@@ -4,7 +4,7 @@ One call, :func:`train`, runs a whole training in one process or, under ``torchr
 process of a DDP job (gloo on CPU, NCCL on CUDA). Only rank 0 writes files.
 
 Exact resume: everything random is a function of the seed and the position in training, never of
-the history of a random generator. Data order comes from :class:`~liploc.training.data.EpochSampler`
+the history of a random generator. Data order comes from :class:`~liploc.training.samplers.EpochSampler`
 (seed + epoch), augmentation from ``(seed, epoch, index)`` per sample, and the torch generator
 (dropout) is reseeded from ``(seed, step, rank)`` before every optimiser step. A checkpoint
 therefore only needs the weights, the optimiser and schedule states, and the position (epoch and
@@ -34,10 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from liploc.atomic import append_text, atomic_write_text
-from liploc.config import Config, TrainConfig, config_from_dict, load_config, resolved_precision, save_config
+from liploc.config import Config, TrainConfig, config_from_dict, load_config, save_config
 from liploc.errors import ConfigError, DataError, LiplocError
-from liploc.training import distributed
-from liploc.training.checkpoint import (
+from liploc.runtime.checkpoint import (
     load_newest_checkpoint,
     save_checkpoint,
     state_to_tensors,
@@ -45,18 +44,16 @@ from liploc.training.checkpoint import (
     sweep_checkpoint_folder,
     tensors_to_state,
 )
-from liploc.training.data import (
-    EpochSampler,
-    PairDataset,
-    ValidationBatches,
-    collate_or_none,
-    resolve_data_roots,
-    training_splits,
-)
+from liploc.runtime.data_roots import resolve_data_roots
+from liploc.runtime.device import autocast_dtype, capped_num_workers, resolve_device
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.preprocess_cache import preprocess_cache_dir
+from liploc.runtime.run_folder import MODEL_PREFIX, CsvLog, RunFolder, RunLock
+from liploc.training import distributed
 from liploc.training.data_fingerprint import FILENAME as FINGERPRINT_FILE
 from liploc.training.data_fingerprint import check_unchanged, data_listing, digest, write_listing
-from liploc.training.preprocess_cache import preprocess_cache_dir
-from liploc.training.run_folder import MODEL_PREFIX, CsvLog, RunFolder, RunLock
+from liploc.training.samplers import EpochSampler, ValidationBatches, collate_or_none
+from liploc.training.splits import training_splits
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -82,44 +79,6 @@ class TrainResult:
     """``finished`` (all epochs or ``max_steps``) or ``interrupted`` (signal; resumable)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Latest train loss, validation loss and in-batch top-1, throughput."""
-
-
-# --- devices, precision, seeds --------------------------------------------------------------------
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this process's GPU under torchrun) when present, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: '{name}' is not a torch device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device is '{name}' but CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """dtype of autocast for ``train.precision`` on ``device`` (None: full fp32)."""
-    cuda_bf16 = precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
-        resolved_precision(precision, cuda_bf16=cuda_bf16)
-    ]
-
-
-def capped_num_workers(requested: int, cores: int | None = None) -> tuple[int, str | None]:
-    """Loader workers: ``data.num_workers``, lowered to the cores this process may use.
-
-    Returns the count and the one line that says so when it was lowered (more workers than
-    cores only add memory and context switches; torch would warn about it for every loader).
-    """
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if requested <= cores:
-        return requested, None
-    return cores, f"data.num_workers {requested} lowered to {cores}, the CPU cores available here"
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -597,8 +556,8 @@ def train(
 
     Args:
         config: full configuration; every dataset entry needs its ``root``
-            (see :func:`liploc.training.data.resolve_data_roots`).
-        out_dir: run folder (see :mod:`liploc.training.run_folder`). A folder that already holds a run is
+            (see :func:`liploc.runtime.data_roots.resolve_data_roots`).
+        out_dir: run folder (see :mod:`liploc.runtime.run_folder`). A folder that already holds a run is
             refused unless ``resume``.
         resume: continue from ``checkpoints/last.safetensors`` of ``out_dir``.
         progress: show a progress bar (rank 0).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,62 +24,13 @@ from liploc.atomic import atomic_write_bytes, sweep_stale_temporary_files
 from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame
-from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.errors import DataError, LiplocError
 from liploc.models import TwoTowerModel
-from liploc.training.data import ImageDataset, LidarDataset, PairDataset
-from liploc.training.preprocess_cache import preprocess_cache_dir
-from liploc.training.train import autocast_dtype, resolve_device
+from liploc.runtime.device import embedding_precision, loader_cores, loader_workers, precision_dtype
+from liploc.runtime.frame_dataset import ImageDataset, LidarDataset, PairDataset
+from liploc.runtime.preprocess_cache import preprocess_cache_dir
 
 Modality = Literal["image", "lidar"]
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (``auto``), else CPU; or the named torch device.
-
-    Errors name ``--device``, the option through which evaluation and localization get it.
-    """
-    try:
-        return resolve_device(name)
-    except ConfigError as err:
-        raise ConfigError(str(err).replace("train.device", "--device")) from None
-
-
-_PRECISION_DTYPES: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
-def precision_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision name (None: fp32, no autocast)."""
-    if precision not in _PRECISION_DTYPES:
-        raise ValueError(f"unknown embedding precision {precision!r} (fp32, bf16, fp16)")
-    return _PRECISION_DTYPES[precision]
-
-
-def embedding_precision(config: Config, device: torch.device) -> str:
-    """Name (``fp32``, ``bf16``, ``fp16``) of the precision ``train.precision`` gives on ``device``.
-
-    Queries and map must be embedded alike (a bf16 map searched with fp32 queries loses recall
-    for no reason): the map records this name and localization embeds its queries with it.
-    """
-    dtype = autocast_dtype(config.train.precision, device)
-    return next(name for name, d in _PRECISION_DTYPES.items() if d == dtype)
-
-
-def loader_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def loader_workers(requested: int, batches: int) -> int:
-    """Worker processes for embedding: ``requested`` (``data.num_workers``), at most one per CPU
-    core this process may use and one per batch (a worker costs a process start)."""
-    return max(0, min(requested, loader_cores(), batches))
 
 
 class _FrameSets(Dataset):
@@ -142,7 +92,7 @@ def embed_frame_sets(
         batch_size: frames per forward pass.
         num_workers: DataLoader worker processes for loading and preprocessing; None:
             ``data.num_workers`` of ``config``. Capped by :func:`loader_workers`.
-        cache_dir: preprocessing cache folder (see :class:`liploc.training.data.PreprocessCache`);
+        cache_dir: preprocessing cache folder (see :class:`liploc.runtime.preprocess_cache.PreprocessCache`);
             None: the shared one of ``data.cache_dir`` (the user's cache folder by default)
             when ``data.cache`` is on, as training uses.
         progress: a ``rich.progress.Progress`` to report to, or None.

@@ -26,7 +26,7 @@ from rich.table import Table
 from liploc.atomic import atomic_write_text
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.errors import ConfigError
-from liploc.retrieval.evaluate import evaluate
+from liploc.evaluation.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train

@@ -33,10 +33,10 @@ from liploc.config import Config
 from liploc.datasets import open_dataset
 from liploc.datasets.sequence_range import SequenceRange, parse_ranges
 from liploc.errors import ConfigError, DataError
-from liploc.retrieval.evaluate import evaluate, protocol_label, run_dir_of
-from liploc.retrieval.metrics import format_percent
-from liploc.retrieval.training_overlap import refuse_training_data
-from liploc.training.run_folder import load_model_from_checkpoint
+from liploc.evaluation.evaluate import evaluate, protocol_label, run_dir_of
+from liploc.evaluation.metrics import format_percent
+from liploc.evaluation.training_overlap import refuse_training_data
+from liploc.runtime.run_folder import load_model_from_checkpoint
 
 
 @dataclass(frozen=True)

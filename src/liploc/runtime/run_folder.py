@@ -14,8 +14,8 @@ Layout::
       tensorboard/                 TensorBoard events (config train.log = tensorboard, when installed)
       .lock                        held by the one process writing the run (pid and host inside)
 
-Checkpoints are saved atomically (see :mod:`liploc.training.checkpoint`). Preprocessed inputs
-live in the shared user cache (:mod:`liploc.training.preprocess_cache`), not in the run.
+Checkpoints are saved atomically (see :mod:`liploc.runtime.checkpoint`). Preprocessed inputs
+live in the shared user cache (:mod:`liploc.runtime.preprocess_cache`), not in the run.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RunFolder:
 
     def has_run(self) -> bool:
         """Whether a training run already wrote a checkpoint here."""
-        from liploc.training.checkpoint import checkpoint_exists
+        from liploc.runtime.checkpoint import checkpoint_exists
 
         return checkpoint_exists(self.last_checkpoint)
 
@@ -227,7 +227,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         run = RunFolder(path)
-        from liploc.training.checkpoint import checkpoint_exists
+        from liploc.runtime.checkpoint import checkpoint_exists
 
         for candidate in (run.best_checkpoint, run.last_checkpoint):
             if checkpoint_exists(candidate):
@@ -235,7 +235,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise DataError(
             path, "no checkpoints/best.safetensors or checkpoints/last.safetensors in this run folder"
         )
-    from liploc.training.checkpoint import checkpoint_exists
+    from liploc.runtime.checkpoint import checkpoint_exists
 
     if not checkpoint_exists(path):
         raise DataError(path, "checkpoint not found")
@@ -256,7 +256,7 @@ def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> tuple[T
     Never unpickles; a tampered or truncated checkpoint is refused by the checkpoint module.
     """
     from liploc.models import create_model, inference_config
-    from liploc.training.checkpoint import load_newest_checkpoint, strip_prefix
+    from liploc.runtime.checkpoint import load_newest_checkpoint, strip_prefix
 
     file = resolve_checkpoint(path)
     tensors, metadata, note = load_newest_checkpoint(file)

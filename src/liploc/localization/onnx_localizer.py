@@ -1,6 +1,6 @@
 """Localization on onnxruntime: a map and the ONNX export of its model, no torch in the loop.
 
-The counterpart of :class:`liploc.retrieval.localize.Localizer` for ``--backend onnx``. The export
+The counterpart of :class:`liploc.localization.localize.Localizer` for ``--backend onnx``. The export
 defaults to the map's ``model/onnx`` folder (``liploc export MAP/model/model.safetensors --format
 onnx --out MAP/model/onnx`` makes it); an export of another model than the map's is refused.
 """
@@ -17,14 +17,12 @@ import numpy as np
 from liploc.datasets import load_image
 from liploc.errors import DataError
 from liploc.interop.onnx_encoder import OnnxImageEncoder
-from liploc.retrieval.lidar_map import LidarMap, Match
+from liploc.localization.lidar_map import LidarMap, Match
+from liploc.localization.map_folder import MapFolder
 
 if TYPE_CHECKING:
     from liploc.config import Config
-    from liploc.retrieval.localize import Localizer
-
-MAP_ONNX_DIR = Path("model") / "onnx"
-"""Where in a map folder ``--backend onnx`` looks for the export by default."""
+    from liploc.localization.localize import Localizer
 
 
 @dataclass
@@ -42,12 +40,12 @@ class OnnxLocalizer:
         map_dir = Path(map_dir)
         lidar_map = LidarMap.load(map_dir)
         if onnx_dir is None:
-            onnx_dir = map_dir / MAP_ONNX_DIR
+            onnx_dir = MapFolder(map_dir).onnx_dir
             if not onnx_dir.is_dir():
                 raise DataError(
                     onnx_dir,
                     "no ONNX export of the map's model; make it with `liploc export "
-                    f"{map_dir / 'model' / 'model.safetensors'} --format onnx --out {onnx_dir}` "
+                    f"{MapFolder(map_dir).checkpoint} --format onnx --out {onnx_dir}` "
                     "or pass --onnx DIR",
                 )
         encoder = OnnxImageEncoder(onnx_dir, threads=threads)
@@ -70,7 +68,7 @@ class OnnxLocalizer:
 
 
 class OnnxImageEmbedder:
-    """The :class:`liploc.retrieval.localize.ImageEmbedder` seam on onnxruntime: lets a
+    """The :class:`liploc.localization.localize.ImageEmbedder` seam on onnxruntime: lets a
     ``Localizer`` (its sequence localization) run the camera tower of an ONNX export.
 
     The Localizer hands over images already resized to the network's input (uint8 scale), so the
@@ -105,7 +103,7 @@ def onnx_sequence_localizer(lidar_map: LidarMap, encoder: OnnxImageEncoder, conf
     resizes with it. The Localizer's preprocessing and sequence matching import torch; the
     network runs on onnxruntime.
     """
-    from liploc.retrieval.localize import Localizer
+    from liploc.localization.localize import Localizer
 
     return Localizer(
         lidar_map,

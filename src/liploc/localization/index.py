@@ -34,7 +34,7 @@ _SEARCH_PAIRS = 4_000_000  # most candidates held at once when filtering exclusi
 class Exclusion(Protocol):
     """Database entries that must not be retrieved for a query (e.g. scans taken at the same time).
 
-    Implemented by :class:`liploc.retrieval.metrics.TimeWindowExclusion`.
+    Implemented by :class:`liploc.evaluation.metrics.TimeWindowExclusion`.
     """
 
     @property
@@ -97,7 +97,7 @@ def check_embeddings(
         if abs(norms[worst] - 1.0) > tolerance:
             raise EmbeddingError(
                 f"{name}: rows must be L2-normalised (row {worst} has norm {norms[worst]:.4f}); "
-                "normalise them with liploc.retrieval.index.l2_normalize"
+                "normalise them with liploc.localization.index.l2_normalize"
             )
     return x
 

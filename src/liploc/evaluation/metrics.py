@@ -21,23 +21,26 @@ Conventions (those of the visual place recognition literature, which LIP-Loc fol
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
-from liploc.retrieval.index import EmbeddingIndex, Exclusion, IndexKind
+from liploc.localization.index import EmbeddingIndex, Exclusion, IndexKind
+from liploc.localization.neighbours import (
+    DISTANCE_CHUNK_PAIRS,
+    check_xy,
+    count_positives_within,
+    ground_distance,
+)
 
 DEFAULT_THRESHOLDS_M: tuple[float, ...] = (20.0, 10.0)
 """20 m as in the LIP-Loc paper, 10 m as in later cross-modal localization work."""
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_CURVE_K = 25
 """Recall@K is also computed for every K = 1 .. this, for the recall curve of the report."""
-
-_DISTANCE_CHUNK_PAIRS = 4_000_000  # most query x database pairs in one block of distances
-_QUERY_BLOCK = 256  # queries per block of the positives sweep
 
 
 def one_percent_k(db_size: int) -> int:
@@ -51,19 +54,6 @@ def xy_from_poses(poses: np.ndarray) -> np.ndarray:
     if poses.ndim != 3 or poses.shape[1:] != (4, 4):
         raise ValueError(f"expected poses of shape (N, 4, 4), got {tuple(poses.shape)}")
     return poses[:, :2, 3].copy()
-
-
-def _check_xy(xy: np.ndarray, name: str) -> np.ndarray:
-    xy = np.asarray(xy, dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"{name}: expected ground-plane positions of shape (N, 2), got {tuple(xy.shape)}")
-    bad = ~np.isfinite(xy).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"{name}: {int(bad.sum())} positions are not finite (first at row {int(np.argmax(bad))}); "
-            "leave frames without a pose out of the evaluation"
-        )
-    return xy
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,88 +184,16 @@ class SameScanExclusion:
         return (q >= 0) & (q == self._db_codes[np.asarray(db_indices)])
 
 
-def _ground_distance(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    # One formula everywhere, so that a retrieval counts as a hit exactly when it is a positive.
-    return np.sqrt(dx * dx + dy * dy)
-
-
-def _candidate_blocks(
-    query_xy: np.ndarray, db_xy: np.ndarray, radius_m: float
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (query rows, database candidates, (rows, candidates) ground-plane distances).
-
-    Every database entry within ``radius_m`` of a query of the block is among the candidates:
-    queries and database are swept in order along the wider axis, and each block of queries only
-    meets the database slice within ``radius_m`` of its span on that axis. Blocks are sized so that
-    memory stays bounded even when everything lies on one line across the sweep axis.
-    """
-    axis = int(np.argmax(np.ptp(db_xy, axis=0))) if len(db_xy) else 0
-    q_order = np.argsort(query_xy[:, axis], kind="stable")
-    d_order = np.argsort(db_xy[:, axis], kind="stable")
-    d_sorted = db_xy[d_order, axis]
-    step = max(1, min(_QUERY_BLOCK, _DISTANCE_CHUNK_PAIRS // max(1, len(db_xy))))
-    for start in range(0, len(q_order), step):
-        rows = q_order[start : start + step]
-        lo = np.searchsorted(d_sorted, query_xy[rows[0], axis] - radius_m, side="left")
-        hi = np.searchsorted(d_sorted, query_xy[rows[-1], axis] + radius_m, side="right")
-        cand = np.sort(d_order[lo:hi])
-        d = _ground_distance(
-            query_xy[rows, 0, None] - db_xy[None, cand, 0], query_xy[rows, 1, None] - db_xy[None, cand, 1]
-        )
-        yield rows, cand, d
-
-
-def positives_within(
-    query_xy: np.ndarray,
-    db_xy: np.ndarray,
-    radius_m: float,
-    exclude: Exclusion | None = None,
-) -> list[np.ndarray]:
-    """Database indices (sorted, int64) within ``radius_m`` (inclusive) of each query, in x, y.
-
-    Entries excluded for a query (``exclude``) are not positives. Exact float64 distances on the
-    candidates of a sweep along one axis: 5000 x 5000 takes a fraction of a second.
-    """
-    query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
-    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(query_xy)
-    for rows, cand, d in _candidate_blocks(query_xy, db_xy, radius_m):
-        near = d <= radius_m
-        if exclude is not None:
-            near &= ~exclude.excluded(rows[:, None], cand[None, :])
-        for row, flags in zip(rows, near, strict=True):
-            out[row] = cand[flags].astype(np.int64)
-    return out
-
-
-def count_positives_within(
-    query_xy: np.ndarray,
-    db_xy: np.ndarray,
-    radii_m: Sequence[float],
-    exclude: Exclusion | None = None,
-) -> np.ndarray:
-    """(len(radii), Q) number of database positives of each query at each radius (inclusive)."""
-    query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
-    counts = np.zeros((len(radii_m), len(query_xy)), dtype=np.int64)
-    if not len(radii_m) or not len(query_xy) or not len(db_xy):
-        return counts
-    for rows, cand, d in _candidate_blocks(query_xy, db_xy, max(radii_m)):
-        if exclude is not None:
-            d = np.where(exclude.excluded(rows[:, None], cand[None, :]), np.inf, d)
-        for i, r in enumerate(radii_m):
-            counts[i, rows] = np.count_nonzero(d <= r, axis=1)
-    return counts
-
-
 def retrieval_distances(retrieved: np.ndarray, query_xy: np.ndarray, db_xy: np.ndarray) -> np.ndarray:
     """(Q, K) ground-plane distance from each query to each retrieved entry (inf where index is -1)."""
     retrieved = np.asarray(retrieved, dtype=np.int64)
-    query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
+    query_xy, db_xy = check_xy(query_xy, "query positions"), check_xy(db_xy, "database positions")
     if retrieved.ndim != 2 or len(retrieved) != len(query_xy):
         raise ValueError(f"retrieved: expected shape (Q={len(query_xy)}, K), got {tuple(retrieved.shape)}")
     if retrieved.size and retrieved.max() >= len(db_xy):
         raise ValueError(f"retrieved: index {int(retrieved.max())} is outside the database of {len(db_xy)}")
     pos = db_xy[np.maximum(retrieved, 0)]
-    d = _ground_distance(pos[..., 0] - query_xy[:, None, 0], pos[..., 1] - query_xy[:, None, 1])
+    d = ground_distance(pos[..., 0] - query_xy[:, None, 0], pos[..., 1] - query_xy[:, None, 1])
     return np.where(retrieved < 0, np.inf, d)
 
 
@@ -532,7 +450,7 @@ def score_retrieval(
         raise ValueError("give at least one distance threshold")
     if any(k < 1 for k in ks) or curve_k < 1:
         raise ValueError("every k must be >= 1")
-    query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
+    query_xy, db_xy = check_xy(query_xy, "query positions"), check_xy(db_xy, "database positions")
     retrieved = np.asarray(retrieved, dtype=np.int64)
     if scores is None:
         scores = np.full(retrieved.shape, np.nan, dtype=np.float32)
@@ -600,7 +518,7 @@ def _excluded_counts(exclude: Exclusion, num_queries: int, db_size: int) -> np.n
         return np.asarray(counts, dtype=np.int64)
     # A generic exclusion: count in blocks.
     out = np.zeros(num_queries, dtype=np.int64)
-    step = max(1, _DISTANCE_CHUNK_PAIRS // max(1, db_size))
+    step = max(1, DISTANCE_CHUNK_PAIRS // max(1, db_size))
     db_ids = np.arange(db_size)[None, :]
     for start in range(0, num_queries, step):
         rows = np.arange(start, min(start + step, num_queries))
@@ -639,7 +557,7 @@ def evaluate_retrieval(
         unit_norm: the embeddings are L2-normalised (cosine); False: rank by the raw dot product
             of un-normalised embeddings (the paper's model).
     """
-    query_xy, db_xy = _check_xy(query_xy, "query positions"), _check_xy(db_xy, "database positions")
+    query_xy, db_xy = check_xy(query_xy, "query positions"), check_xy(db_xy, "database positions")
     if len(query_emb) != len(query_xy):
         raise ValueError(f"{len(query_emb)} query embeddings but {len(query_xy)} query positions")
     if len(db_emb) != len(db_xy):

@@ -39,12 +39,12 @@ from liploc.atomic import dir_mode, reporting_full_disk
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
 from liploc.faults import fault_point
-from liploc.retrieval.index import EmbeddingIndex, IndexKind, check_embeddings
+from liploc.localization.index import EmbeddingIndex, IndexKind, check_embeddings
+from liploc.localization.map_folder import DATA_FILES as _FILES
+from liploc.localization.map_folder import MANIFEST
 
 MAP_FORMAT = "liploc-lidar-map"
 MAP_VERSION = 1
-MANIFEST = "manifest.json"
-_FILES = ("embeddings.npy", "poses.npy", "frames.json", "index.faiss")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +72,11 @@ class Match:
     def frame_id(self) -> str:
         """``sequence/frame_index``, e.g. ``08/000123``."""
         return f"{self.sequence}/{self.frame_index:06d}"
+
+    @property
+    def yaw_deg(self) -> float:
+        """Heading in degrees (see :attr:`yaw`)."""
+        return math.degrees(self.yaw)
 
     @property
     def xy(self) -> np.ndarray:

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from liploc.atomic import atomic_write, atomic_write_text
-from liploc.retrieval.metrics import RetrievalResult, format_percent
+from liploc.evaluation.metrics import RetrievalResult, format_percent
 
 # Okabe-Ito colours (safe for the common colour-vision deficiencies); every group also has its own
 # marker shape, so the plots read in grey print too.

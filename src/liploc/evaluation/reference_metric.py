@@ -28,7 +28,7 @@ import numpy as np
 from rich.table import Table
 
 from liploc.datasets import Frame
-from liploc.retrieval.metrics import RetrievalResult, format_percent
+from liploc.evaluation.metrics import RetrievalResult, format_percent
 
 DESCRIPTION = (
     "LIP-Loc reference evaluate.py: top-1 correct if sqrt(dy^2 + dz^2) < threshold, with y, z the "

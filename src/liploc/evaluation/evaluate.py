@@ -30,20 +30,18 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
-from liploc.console import print_line, print_table
+from liploc.console import print_line, print_table, progress_bar
 from liploc.datasets import DatasetReader, Frame, load_image, load_scan, open_dataset
+from liploc.datasets.base import require_sequences
+from liploc.datasets.frame import frame_times
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError, DataError
-from liploc.lidar import RangeProjector
-from liploc.models import TwoTowerModel
-from liploc.retrieval.embedding import EmbeddingCache, embed_with_cache, pick_device
-from liploc.retrieval.metrics import (
+from liploc.evaluation.metrics import (
     DEFAULT_CURVE_K,
     RetrievalResult,
     SameScanExclusion,
@@ -53,19 +51,23 @@ from liploc.retrieval.metrics import (
     one_percent_k,
     score_retrieval,
 )
-from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
-from liploc.retrieval.sequences import (
+from liploc.evaluation.report import RetrievalExample, example_rank_name, select_examples, write_report
+from liploc.evaluation.training_overlap import refuse_training_data
+from liploc.lidar import RangeProjector
+from liploc.localization.embedding import EmbeddingCache, embed_with_cache
+from liploc.localization.sequences import (
     MapTrack,
     SequenceMatcher,
     SequenceSettings,
     sequence_search,
     stream_windows,
 )
-from liploc.retrieval.training_overlap import refuse_training_data
-from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
+from liploc.models import TwoTowerModel
+from liploc.runtime.data_roots import posed
+from liploc.runtime.device import pick_device
+from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
 PROTOCOLS = ("same-sequence", "cross-drive", "revisit")
-FALLBACK_FRAME_RATE_HZ = 10.0  # KITTI's LiDAR rate, for sequences without timestamps
 
 
 @dataclass
@@ -78,20 +80,6 @@ class EvaluationOutput:
     skipped_without_pose: int = 0
     sequence_result: RetrievalResult | None = None
     """Sequence matching over the last ``seq_len`` images (``evaluate(seq_len=...)``), else None."""
-
-
-def posed_frames(frames: list[Frame]) -> tuple[list[Frame], int]:
-    """Frames that have a pose, and how many were left out."""
-    kept = [f for f in frames if f.pose is not None]
-    return kept, len(frames) - len(kept)
-
-
-def require_sequences(reader: DatasetReader, data_root: str | Path, sequences: list[str]) -> None:
-    """Raise a DataError naming the folder when one of ``sequences`` is not in the dataset."""
-    known = reader.sequences()
-    for s in sequences:
-        if s not in known:
-            raise DataError(data_root, f"no sequence '{s}' (found: {', '.join(known) or 'none'})")
 
 
 def require_one_world(reader: DatasetReader, sequence: str, map_sequence: str) -> None:
@@ -121,28 +109,6 @@ def protocol_label(protocol: str, threshold_m: float, exclude_self: bool) -> str
     else:
         own = "database from another drive"
     return f"{protocol}, {threshold_m:g} m, {own}"
-
-
-def frame_times(frames: list[Frame]) -> np.ndarray:
-    """Timestamps of frames; the frame index at 10 Hz where a sequence has none."""
-    return np.array(
-        [f.timestamp if f.timestamp is not None else f.index / FALLBACK_FRAME_RATE_HZ for f in frames],
-        dtype=np.float64,
-    )
-
-
-def progress_bar(console: Console | None) -> Progress | None:
-    """A transient rich progress bar on ``console``, or None when quiet."""
-    if console is None:
-        return None
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
@@ -194,10 +160,10 @@ def evaluate(
         out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
         also_reference_metric: also compute the LIP-Loc reference code's Recall@1 (distance from
-            pose columns 1 and 2, see :mod:`liploc.retrieval.reference_metric`), print it beside
+            pose columns 1 and 2, see :mod:`liploc.evaluation.reference_metric`), print it beside
             liploc's and store it under ``reference_metric`` in metrics.json.
         seq_len: also evaluate sequence matching over the last ``seq_len`` query images of the drive
-            (:mod:`liploc.retrieval.sequences`); the first images of the drive use what they have.
+            (:mod:`liploc.localization.sequences`); the first images of the drive use what they have.
         odometry: sequence matching knows the distance travelled between query images (simulated
             from the true poses with ``sequence_settings.odometry_noise``); else speed ratios.
         sequence_settings: other sequence-matching settings (``seq_len`` overrides its own).
@@ -241,10 +207,10 @@ def evaluate(
     require_sequences(reader, data_root, [sequence, map_sequence or sequence])
     if protocol == "cross-drive":
         require_one_world(reader, sequence, map_sequence)  # type: ignore[arg-type]
-    queries, skipped_q = posed_frames(query_range.select(reader.frames(sequence)))
+    queries, skipped_q = posed(query_range.select(reader.frames(sequence)))
     if protocol == "cross-drive":
         assert map_range is not None
-        database, skipped_db = posed_frames(map_range.select(reader.frames(map_range.sequence)))
+        database, skipped_db = posed(map_range.select(reader.frames(map_range.sequence)))
     else:
         database, skipped_db = queries, skipped_q
     if not queries or not database:
@@ -326,7 +292,7 @@ def evaluate(
         )
     reference = None
     if also_reference_metric:
-        from liploc.retrieval.reference_metric import reference_metric
+        from liploc.evaluation.reference_metric import reference_metric
 
         reference = reference_metric(result, queries, database, layout=reader.name)
 

@@ -16,12 +16,22 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from liploc.errors import DataError, LiplocError
+from liploc.runtime.inputs import Modality
+
 if TYPE_CHECKING:
     from liploc.config import Config, DataConfig
+
+PREPROCESS_VERSION = 1
+"""Bumped when preprocessing changes, so that old cache entries are not reused."""
 
 CACHE_DIR_ENV = "LIPLOC_CACHE_DIR"
 """Environment variable that moves the preprocessing cache (tests point it at a temporary folder)."""
@@ -112,74 +122,59 @@ def human_bytes(n: float) -> str:
 
 
 @dataclass(frozen=True)
-class WarmResult:
-    """What :func:`warm_cache` did."""
+class PreprocessCache:
+    """Preprocessed inputs kept as checked ``.npy`` files under ``folder/<settings key>/<modality>/``.
 
-    folder: Path
-    made: int
-    present: int
-    frames: int
+    Keys and sharing: see :mod:`liploc.runtime.preprocess_cache`. An entry that fails its
+    checksum is made again, rewritten, and reported once (a warning naming the file); a write that
+    fails (read-only or full disk) only costs speed.
+    """
 
+    def __init__(self, folder: str | Path, config: Config) -> None:
+        from liploc.runtime.preprocess_cache import settings_key
 
-class _WarmItems:
-    """Dataset of (frame, modality) items that preprocess into the cache (run in loader workers)."""
+        self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
+        self._write_failure_reported = False
+        # resolve() walks every component of the path (a tenth of a millisecond per entry read);
+        # what a path resolves to is fixed for a run, its size and time are checked on each read.
+        self._resolved: dict[Path, str] = {}
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-        self.items = [(i, m) for i in range(len(dataset.frames)) for m in ("image", "lidar")]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int) -> int:
-        from liploc.errors import DataError
-        from liploc.training.data import WorkerDataError
-
-        index, modality = self.items[k]
-        frame = self.dataset.frames[index]
-        source = frame.image_path if modality == "image" else frame.scan_path
+    def path_for(self, source: Path, modality: Modality) -> Path:
+        """Cache file of ``source`` (raises DataError when the source is missing)."""
         try:
-            present = self.dataset.cache.path_for(source, modality).is_file()
-            self.dataset.preprocessed(index, modality)
-        except DataError as err:
-            import torch.utils.data
+            st = source.stat()
+        except OSError as err:
+            raise DataError(source, f"cannot read file ({err.strerror or err})") from None
+        resolved = self._resolved.get(source)
+        if resolved is None:
+            resolved = self._resolved[source] = str(source.resolve())
+        ident = f"{resolved}|{st.st_size}|{st.st_mtime_ns}"
+        return self.folder / modality / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
 
-            if torch.utils.data.get_worker_info() is None:
-                raise
-            raise WorkerDataError(str(err)) from None
-        return int(present)
+    def get(self, source: Path, modality: Modality, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached array for ``source``, made (and stored) with ``make()`` when absent or damaged."""
+        from liploc.checked_array import DamagedEntry, read_checked, write_checked
 
-
-def warm_cache(
-    config: Config, cache_dir: str | Path | None = None, workers: int | None = None, progress: Any = None
-) -> WarmResult:
-    """Preprocess every frame of every split of ``config`` into the cache, with ``workers``
-    loader processes (default: all cores). ``progress``: a rich Progress to report to.
-    Temporary files older than an hour (killed writers') are swept first."""
-    from torch.utils.data import DataLoader
-
-    from liploc.atomic import sweep_stale_temporary_files
-    from liploc.training.data import PairDataset, split_frames
-
-    folder = Path(cache_dir) if cache_dir is not None else preprocess_cache_dir(config.data)
-    if folder.is_dir():
-        sweep_stale_temporary_files(folder)  # what killed writers left (live ones' are young)
-    frames, seen = [], set()
-    for split in ("train", "val", "test"):
-        for frame in split_frames(config.data, split):
-            key = (str(frame.image_path), str(frame.scan_path))
-            if key not in seen:
-                seen.add(key)
-                frames.append(frame)
-    dataset = PairDataset(frames, config, cache_dir=folder)
-    items = _WarmItems(dataset)
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(items, batch_size=None, num_workers=workers)  # type: ignore[arg-type]
-    task = progress.add_task("warming cache", total=len(items)) if progress is not None else None
-    present = 0
-    for flag in loader:
-        present += int(flag)
-        if task is not None:
-            progress.advance(task)
-    assert dataset.cache is not None
-    return WarmResult(dataset.cache.folder, len(items) - present, present, len(frames))
+        path = self.path_for(source, modality)
+        try:
+            return read_checked(path)
+        except FileNotFoundError:
+            pass
+        except (OSError, DamagedEntry) as err:
+            warnings.warn(
+                f"{path}: damaged preprocessing cache entry of {source} ({err}); rebuilt it",
+                UserWarning,
+                stacklevel=2,
+            )
+        array = make()
+        try:
+            write_checked(path, array)
+        except (OSError, LiplocError) as err:  # a read-only or full disk only costs speed
+            if not self._write_failure_reported:
+                self._write_failure_reported = True
+                warnings.warn(
+                    f"the preprocessing cache could not be written, which only costs speed: {err}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return array

@@ -1,6 +1,6 @@
 """LiDAR maps from a trained model, and localization of camera images against them.
 
-A map folder (see :mod:`liploc.retrieval.lidar_map`) holds the LiDAR embeddings, poses and faiss index of
+A map folder (see :mod:`liploc.localization.lidar_map`) holds the LiDAR embeddings, poses and faiss index of
 one or more sequences, plus a copy of the model checkpoint that made them (``model/``), so that a
 deployed map is self-contained: ``liploc localize MAP IMAGE`` needs nothing else. A query embedded
 by another model (``--checkpoint`` of another run) is refused by the map's fingerprint check.
@@ -21,13 +21,12 @@ from torch import nn
 
 from liploc.config import Config
 from liploc.errors import ConfigError, DataError
-from liploc.retrieval.lidar_map import LidarMap, Match
-from liploc.retrieval.sequences import MapTrack, SequenceMatcher, SequenceSettings
+from liploc.localization.lidar_map import LidarMap, Match
+from liploc.localization.map_folder import MapFolder
+from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-MODEL_DIR = "model"
 
 
 def build_map(
@@ -57,12 +56,16 @@ def build_map(
     and says so.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
+    from liploc.console import progress_bar
     from liploc.datasets import open_dataset
+    from liploc.datasets.base import require_sequences
+    from liploc.datasets.frame import frame_times
     from liploc.datasets.sequence_names import resolve_sequence_name
-    from liploc.retrieval.embedding import embed_frames, embedding_precision, pick_device
-    from liploc.retrieval.evaluate import frame_times, posed_frames, progress_bar, require_sequences
-    from liploc.training.checkpoint import copy_checkpoint
-    from liploc.training.run_folder import load_model_from_checkpoint, resolve_checkpoint
+    from liploc.localization.embedding import embed_frames
+    from liploc.runtime.checkpoint import copy_checkpoint
+    from liploc.runtime.data_roots import posed
+    from liploc.runtime.device import embedding_precision, pick_device
+    from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -73,7 +76,7 @@ def build_map(
     require_sequences(reader, data_root, list(sequences))
     frames = []
     for seq in sequences:
-        kept, skipped = posed_frames(reader.frames(seq))
+        kept, skipped = posed(reader.frames(seq))
         if skipped and console is not None:
             console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
         frames.extend(kept)
@@ -107,7 +110,7 @@ def build_map(
     ckpt = resolve_checkpoint(checkpoint)
 
     def add_model(folder: Path) -> None:
-        copy_checkpoint(ckpt, folder / MODEL_DIR / "model.safetensors")
+        copy_checkpoint(ckpt, MapFolder(folder).checkpoint)
         if onnx:
             _export_camera_tower(folder, console)
 
@@ -120,10 +123,9 @@ def build_map(
 def _export_camera_tower(map_dir: Path, console: Console | None) -> None:
     """The map's ONNX export of its camera tower (``model/onnx``), or a warning why there is none."""
     from liploc.interop.onnx_export import export_onnx
-    from liploc.interop.onnx_localizer import MAP_ONNX_DIR
 
     try:
-        export_onnx(map_dir / MODEL_DIR / "model.safetensors", map_dir / MAP_ONNX_DIR, towers=("image",))
+        export_onnx(MapFolder(map_dir).checkpoint, MapFolder(map_dir).onnx_dir, towers=("image",))
     except OSError:
         raise  # a full disk is the map's failure, not the export's
     except Exception as err:  # the exporter's many failure types; the map works without
@@ -162,9 +164,8 @@ class TorchImageEmbedder:
         fingerprint: str,
         precision: str | None = None,
     ) -> None:
-        from liploc.retrieval.embedding import precision_dtype
-        from liploc.training.data import build_transforms
-        from liploc.training.train import autocast_dtype
+        from liploc.runtime.device import autocast_dtype, precision_dtype
+        from liploc.runtime.inputs import build_transforms
 
         self.fingerprint = fingerprint
         self.device = device
@@ -181,7 +182,7 @@ class TorchImageEmbedder:
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> np.ndarray:
-        from liploc.retrieval.embedding import embed_batch
+        from liploc.localization.embedding import embed_batch
 
         x = self.transform.on_device(images, None, self.device)
         if self.channels_last:
@@ -238,12 +239,12 @@ class Localizer:
     ) -> Localizer:
         """Load a map folder and the camera tower of its model (the map's own copy unless
         ``checkpoint`` is given); the LiDAR tower is never built."""
-        from liploc.retrieval.embedding import pick_device
+        from liploc.runtime.device import pick_device
 
         map_dir = Path(map_dir)
         lidar_map = LidarMap.load(map_dir)
         if checkpoint is None:
-            checkpoint = map_dir / MODEL_DIR / "model.safetensors"
+            checkpoint = MapFolder(map_dir).checkpoint
             if not checkpoint.is_file():
                 raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
         tower, config, fingerprint = load_image_tower_from_checkpoint(checkpoint)
@@ -252,7 +253,7 @@ class Localizer:
     def preprocess(self, image: ImageInput) -> np.ndarray:
         """uint8 (3, H, W) model-size input of one query (decoded and resized as in training)."""
         from liploc.datasets import load_image
-        from liploc.training.data import camera_image_input
+        from liploc.runtime.inputs import camera_image_input
 
         array = load_image(Path(image)) if not isinstance(image, np.ndarray) else image
         if array.ndim != 3 or array.shape[2] != 3:
@@ -340,8 +341,8 @@ def load_image_tower_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module,
     """
     from liploc.config import config_from_dict
     from liploc.models import architecture_of, inference_config, load_image_tower, state_fingerprint
-    from liploc.training.checkpoint import load_checkpoint, strip_prefix
-    from liploc.training.run_folder import MODEL_PREFIX, resolve_checkpoint
+    from liploc.runtime.checkpoint import load_checkpoint, strip_prefix
+    from liploc.runtime.run_folder import MODEL_PREFIX, resolve_checkpoint
 
     file = resolve_checkpoint(checkpoint)
     tensors, metadata = load_checkpoint(file)

@@ -159,7 +159,7 @@ def _links(
     empty = np.zeros(0, np.int64)
     if radius_m <= 0 or len(names) < 2:
         return empty, empty, np.zeros(0, bool)
-    from liploc.retrieval.metrics import positives_within  # exact radius search, swept along one axis
+    from liploc.localization.neighbours import positives_within
 
     world_of = np.array([(worlds or {}).get(s, s) if worlds else s for s in names])
     near = positives_within(xy, xy, radius_m)
