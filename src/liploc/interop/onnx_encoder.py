@@ -8,7 +8,6 @@ torch model the export came from, so a map refuses an export of another model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError
 from liploc.interop.camera_preprocess import CameraPreprocess
+from liploc.versioned_json import read_versioned_json
 
 # Names repeated from onnx_export so that this module does not import torch through it.
 EXPORT_FORMAT = "liploc-onnx-export"
@@ -33,17 +33,15 @@ def read_export_spec(folder: str | Path) -> dict[str, Any]:
         raise DataError(
             folder, "ONNX export folder not found (make one with `liploc export RUN --format onnx`)"
         )
-    if not path.is_file():
-        raise DataError(path, "missing: this folder is not a liploc ONNX export")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"unreadable export description ({err})") from err
-    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
-        raise DataError(path, f"not a liploc ONNX export description (format is not {EXPORT_FORMAT!r})")
-    if spec.get("version") != EXPORT_VERSION:
-        raise DataError(path, f"export version {spec.get('version')} is not supported; export again")
-    return spec
+    return read_versioned_json(
+        path,
+        fmt=EXPORT_FORMAT,
+        version=EXPORT_VERSION,
+        missing="missing: this folder is not a liploc ONNX export",
+        unreadable="unreadable export description",
+        other_format=f"not a liploc ONNX export description (format is not {EXPORT_FORMAT!r})",
+        other_version="export version {version} is not supported; export again",
+    )
 
 
 class OnnxImageEncoder:

@@ -42,6 +42,7 @@ from liploc.faults import fault_point
 from liploc.localization.index import EmbeddingIndex, IndexKind, check_embeddings
 from liploc.localization.map_folder import DATA_FILES as _FILES
 from liploc.localization.map_folder import MANIFEST
+from liploc.versioned_json import read_versioned_json
 
 MAP_FORMAT = "liploc-lidar-map"
 MAP_VERSION = 1
@@ -325,20 +326,16 @@ class LidarMap:
         if not directory.is_dir():
             raise DataError(directory, "map folder not found")
         manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            raise DataError(manifest_path, "missing: this folder is not a liploc map (no manifest)")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(manifest_path, f"unreadable map manifest ({err})") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != MAP_FORMAT:
-            raise DataError(manifest_path, f"not a liploc map manifest (format is not {MAP_FORMAT!r})")
-        if manifest.get("version") != MAP_VERSION:
-            raise DataError(
-                manifest_path,
-                f"map format version {manifest.get('version')} is not supported (this liploc reads "
-                f"version {MAP_VERSION}); rebuild the map",
-            )
+        manifest = read_versioned_json(
+            manifest_path,
+            fmt=MAP_FORMAT,
+            version=MAP_VERSION,
+            missing="missing: this folder is not a liploc map (no manifest)",
+            unreadable="unreadable map manifest",
+            other_format=f"not a liploc map manifest (format is not {MAP_FORMAT!r})",
+            other_version="map format version {version} is not supported (this liploc reads "
+            f"version {MAP_VERSION}); rebuild the map",
+        )
         try:
             files = manifest["files"]
             n = int(manifest["num_entries"])

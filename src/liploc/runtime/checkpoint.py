@@ -53,6 +53,7 @@ from liploc.atomic import (
 )
 from liploc.errors import DataError
 from liploc.faults import fault_point
+from liploc.versioned_json import read_versioned_json
 
 FORMAT = "liploc-checkpoint"
 FORMAT_VERSION = 1
@@ -293,20 +294,16 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def _read_record_at(json_path: Path, path: Path) -> dict[str, Any]:
-    if not json_path.is_file():
-        raise DataError(
-            json_path,
-            f"metadata file of checkpoint {path.name} is missing (a checkpoint is a .safetensors "
-            "file with its .json beside it)",
-        )
-    try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(json_path, f"checkpoint metadata is not readable JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise DataError(json_path, f'not a liploc checkpoint record (no "format": "{FORMAT}")')
-    if record.get("version") != FORMAT_VERSION:
-        raise DataError(json_path, f"checkpoint format version {record.get('version')} is not supported")
+    record = read_versioned_json(
+        json_path,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        missing=f"metadata file of checkpoint {path.name} is missing (a checkpoint is a .safetensors "
+        "file with its .json beside it)",
+        unreadable="checkpoint metadata is not readable JSON",
+        other_format=f'not a liploc checkpoint record (no "format": "{FORMAT}")',
+        other_version="checkpoint format version {version} is not supported",
+    )
     for key, kind in (("size", int), ("sha256", str), ("metadata", dict)):
         if not isinstance(record.get(key), kind):
             raise DataError(json_path, f"checkpoint record lacks a valid '{key}'")
