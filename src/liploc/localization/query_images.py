@@ -14,8 +14,9 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from liploc.datasets.scan import NOT_CAMERA_MODES, check_image_header, open_image_header
 from liploc.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -25,7 +26,6 @@ MIN_SIDE_PX = 32
 """Smaller images hold too little of a street to localize (the network input is 224 px)."""
 ASPECT_TOLERANCE = 0.25
 """Relative aspect-ratio difference to the expected camera above which a warning is printed."""
-_NOT_CAMERA_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,10 @@ def check_query_image(path: Path, expected_size: tuple[int, int] = KITTI_IMAGE_S
         DataError: naming the file, its size and the expected size and aspect.
     """
     try:
-        with Image.open(path) as image:
+        with open_image_header(path) as image:
             width, height = image.size
             mode = image.mode
+        check_image_header(path, width, height)
     except UnidentifiedImageError:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from None
     except OSError as err:
@@ -81,7 +82,7 @@ def check_query_image(path: Path, expected_size: tuple[int, int] = KITTI_IMAGE_S
     expected = f"expected a camera frame like {ew}x{eh} px (aspect {ew / eh:.1f}:1)"
     if min(width, height) < MIN_SIDE_PX:
         raise DataError(path, f"image of {width}x{height} px is too small to localize; {expected}")
-    if mode in _NOT_CAMERA_MODES:
+    if mode in NOT_CAMERA_MODES:
         raise DataError(
             path, f"{mode} image (16-bit or floating-point grey, e.g. depth): {expected} in 8-bit colour"
         )
