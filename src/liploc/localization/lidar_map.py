@@ -19,14 +19,9 @@ Queries must come from the model that built the map: ``localize`` compares finge
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import json
 import math
 import os
-import re
-import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from liploc.atomic import dir_mode, reporting_full_disk
+from liploc.atomic_folder import real_folder, replace_folder, scratch_path, sweep_folder_leftovers
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
 from liploc.faults import fault_point
@@ -257,8 +253,9 @@ class LidarMap:
             raise DataError(directory, "exists and is not a liploc map folder; refusing to overwrite it")
         with reporting_full_disk(directory):
             directory.parent.mkdir(parents=True, exist_ok=True)
-        sweep_map_leftovers(directory)
-        tmp = _scratch_path(directory, "tmp")
+        directory = real_folder(directory)  # through a symlink: replace what it points to
+        sweep_folder_leftovers(directory)
+        tmp = scratch_path(directory, "tmp")
         needed = self.embeddings.nbytes * 2 + self.poses.nbytes + 64 * len(self)
         try:
             with reporting_full_disk(tmp, needed):
@@ -268,7 +265,7 @@ class LidarMap:
                 if add_files is not None:
                     add_files(tmp)
             fault_point("map.folder_written")
-            _replace_dir(tmp, directory)
+            replace_folder(tmp, directory, swapped_fault="map.swapped")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -413,75 +410,3 @@ def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     if array.shape != shape:
         raise DataError(path, f"expected shape {shape}, found {array.shape}")
     return array
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2``); False where the system cannot."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
-        return False  # file system without exchange: fall back to two renames
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _scratch_path(target: Path, kind: str) -> Path:
-    """``.NAME.<pid>.<random>.<kind>`` beside ``target``: the pid lets a later save tell a
-    killed builder's leftovers from a running one's."""
-    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_map_leftovers(target: str | Path) -> list[Path]:
-    """Remove the temporary folders killed saves of the map ``target`` left beside it."""
-    target = Path(target)
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)\.[0-9A-Za-z]+\.(tmp|old)$")
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    for entry in target.parent.iterdir():
-        match = pattern.match(entry.name)
-        if match and int(match[1]) != os.getpid() and not _pid_alive(int(match[1])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` at ``target`` in one atomic step; an existing ``target`` is swapped out
-    and removed. Without an atomic exchange, the old folder is moved aside first (a reader may
-    then briefly find no map)."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    if _exchange(new, target):
-        fault_point("map.swapped")
-        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old map
-        return
-    old = _scratch_path(target, "old")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.replace(old, target)  # put the previous map back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
