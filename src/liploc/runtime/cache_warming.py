@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from liploc.config import Config
 
 
+@dataclass(frozen=True)
 class WarmResult:
     """What :func:`warm_cache` did."""
 

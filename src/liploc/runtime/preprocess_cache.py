@@ -121,7 +121,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-@dataclass(frozen=True)
 class PreprocessCache:
     """Preprocessed inputs kept as checked ``.npy`` files under ``folder/<settings key>/<modality>/``.
 
