@@ -5,7 +5,7 @@ For each config, side by side in one run:
 - ``model_only``: full optimiser steps (both towers forward and backward, the configured loss,
   AdamW, autocast) on random tensors already on the device: the model's ceiling, the figure
   this benchmark reported before issue 11.
-- ``train_step``: the real ``liploc train`` step (:class:`liploc.training.train._Trainer`: uint8
+- ``train_step``: the real ``liploc train`` step (:class:`liploc.training.loop.Trainer`: uint8
   inputs normalised and dropped out on the device, channels-last, fused AdamW, per-step seeding,
   losses read at log steps) fed batches already on the device.
 - ``full``: the same loop fed by its DataLoader (``--workers`` persistent workers) from a warm
@@ -44,8 +44,9 @@ from liploc.models import create_model
 from liploc.runtime.device import autocast_dtype
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training import distributed
+from liploc.training.determinism import determinism
+from liploc.training.loop import Trainer
 from liploc.training.losses import build_loss
-from liploc.training.train import _determinism, _Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -135,8 +136,8 @@ def pipeline_rates(
     config.train.batch_size = batch_size
     config.data.num_workers = workers
     rates: dict[str, float] = {}
-    with _determinism(config.train.deterministic, device):
-        trainer = _Trainer(
+    with determinism(config.train.deterministic, device):
+        trainer = Trainer(
             config, work / "run", False, False, distributed.DistributedInfo(), device, console=None
         )
         trainer.start_time = time.perf_counter()

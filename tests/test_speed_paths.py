@@ -24,8 +24,10 @@ from liploc.runtime.checkpoint import load_checkpoint
 from liploc.runtime.data_roots import resolve_data_roots, split_frames
 from liploc.runtime.frame_dataset import PairDataset
 from liploc.runtime.preprocess_cache import preprocess_cache_dir
+from liploc.training.checkpointing import save_training_checkpoint
+from liploc.training.distributed import _needs_buffer_broadcast
 from liploc.training.losses import ClipLoss, build_loss
-from liploc.training.train import _needs_buffer_broadcast, _save_training_checkpoint, train
+from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -136,7 +138,7 @@ def tiny_map(drive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     lidar_map.save(out)
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
     (out / MODEL_DIR).mkdir()
-    _save_training_checkpoint(
+    save_training_checkpoint(
         out / MODEL_DIR / "model.safetensors", cfg, model, build_loss(cfg.loss), position, {}
     )
     return out, model

@@ -25,7 +25,9 @@ from liploc.runtime.data_roots import resolve_data_roots, split_frames
 from liploc.runtime.frame_dataset import PairDataset
 from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
-from liploc.training.train import LrSchedule, train, validate
+from liploc.training.schedule import LrSchedule
+from liploc.training.train import train
+from liploc.training.validation import validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -106,7 +108,7 @@ def test_best_checkpoint_follows_the_chosen_metric(
 ) -> None:
     # Scripted validation: the loss is lowest at epoch 1 while the retrieval accuracy peaks at
     # epoch 2, as on a leak-free validation set where the model grows confident.
-    import liploc.training.train as train_module
+    import liploc.training.loop as loop_module
 
     script = iter([(1.0, 0.1), (2.0, 0.5), (3.0, 0.3)])
 
@@ -119,7 +121,7 @@ def test_best_checkpoint_follows_the_chosen_metric(
             "val_pairs": 16.0,
         }
 
-    monkeypatch.setattr(train_module, "validate", scripted_validate)
+    monkeypatch.setattr(loop_module, "validate", scripted_validate)
     cfg = tiny_config(corridor, "train.epochs=3", "train.scheduler=none", f"train.best_metric={metric}")
     result = train(cfg, tmp_path / "run", progress=False)
     epochs = read_csv_rows(tmp_path / "run" / "epochs.csv")

@@ -19,7 +19,7 @@ from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
 from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
-from liploc.training.train import validate
+from liploc.training.validation import validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
