@@ -361,6 +361,22 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread during the test; a module asks for it in every test with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+
+    Tiny models run many small ops: one thread is as fast and immune to other processes competing
+    for the cores (OpenMP threads on a busy 2-core machine slow them down many times over).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def kitti_odometry_root(tmp_path: Path) -> Path:
     """A KITTI odometry folder with sequence ``00`` (5 frames, poses), from :func:`write_kitti_odometry`."""
     write_kitti_odometry(tmp_path)
