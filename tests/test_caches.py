@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tiny_runs
 from corridor_world import corridor_fixture
+from tiny_runs import TINY
 from typer.testing import CliRunner
 
 from liploc.cli import app
@@ -18,10 +19,6 @@ from liploc.config import Config
 from liploc.localization.embedding import EmbeddingCache
 from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-
 
 corridor = corridor_fixture(12, 6)
 

@@ -25,7 +25,6 @@ from liploc.runtime.run_folder import read_csv_rows
 from liploc.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
