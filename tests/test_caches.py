@@ -9,30 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corridor_world import write_corridor
+import tiny_runs
+from corridor_world import corridor_fixture
+from tiny_runs import TINY
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import Config, load_config
+from liploc.config import Config
 from liploc.localization.embedding import EmbeddingCache
-from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 12, seed=0)
-    write_corridor(root, "01", 6, seed=100)
-    return root
+corridor = corridor_fixture(12, 6)
 
 
 def tiny_config(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", "data.image_size=[32, 32]", *overrides])
-    return resolve_data_roots(cfg, [root])
+    return tiny_runs.tiny_config(root, "data.image_size=[32, 32]", *overrides)
 
 
 def _flip_data_byte(path: Path) -> None:

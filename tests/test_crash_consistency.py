@@ -11,44 +11,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from corridor_world import write_corridor
+import tiny_runs
+from corridor_world import corridor_fixture
 from state_observer import observe_file_changes
 
-from liploc.config import Config, load_config
+from liploc.config import Config
 from liploc.errors import DataError, LiplocError
 from liploc.runtime.checkpoint import load_checkpoint, metadata_path
-from liploc.runtime.data_roots import resolve_data_roots
 from liploc.runtime.run_folder import read_csv_rows
 from liploc.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-@pytest.fixture(scope="module")
-def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 64, seed=0)
-    write_corridor(root, "01", 32, seed=100)
-    return root
+corridor = corridor_fixture(64, 32)
 
 
 def tiny_config(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", "data.image_size=[32, 32]", *overrides])
-    return resolve_data_roots(cfg, [root])
+    return tiny_runs.tiny_config(root, "data.image_size=[32, 32]", *overrides)
 
 
 class Killed(BaseException):

@@ -7,46 +7,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corridor_world import write_corridor
+from corridor_world import write_corridors
+from tiny_runs import train_on_00, train_tiny
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import load_config
 from liploc.errors import ConfigError, DataError, ModelMismatchError
 from liploc.evaluation.evaluate import evaluate
 from liploc.localization.localize import Localizer, build_map
-from liploc.training.train import train
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-def _train_run(root: Path, out: Path, seed: int, steps: int) -> Path:
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['00'], val: ['01']}}]",
-            "data.image_size=[32, 32]",
-            f"train.max_steps={steps}",
-            f"train.seed={seed}",
-            "train.batch_size=16",
-        ],
-    )
-    train(cfg, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 64, seed=1)
-    write_corridor(root, "01", 24, seed=2)
-    write_corridor(root, "02", 40, seed=3)
-    write_corridor(root, "03", 40, seed=4)
+    root = write_corridors(
+        tmp_path_factory.mktemp("corridor"), ("00", 64, 1), ("01", 24, 2), ("02", 40, 3), ("03", 40, 4)
+    )
     runs = tmp_path_factory.mktemp("runs")
     return {
         "root": root,
-        "run": _train_run(root, runs / "a", seed=0, steps=6),
-        "other_run": _train_run(root, runs / "b", seed=1, steps=2),
+        "run": train_on_00(root, runs / "a", seed=0, steps=6, batch_size=16),
+        "other_run": train_on_00(root, runs / "b", seed=1, steps=2, batch_size=16),
     }
 
 
@@ -248,19 +228,11 @@ def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_kitti_odometry(root, "00", n_frames=3060, skip_scans=range(60, 3000), skip_images=range(60, 3000))
     for name in PROTOCOL_SEQUENCES:
         write_kitti_odometry(root, name, n_frames=60 if name != "01" else 24)
-    run = tmp_path_factory.mktemp("protocol_run") / "run"
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['01'], val: [], test: ['02', '00[3000:]']}}]",
-            "data.image_size=[32, 32]",
-            "data.val_fraction=0",
-            "train.max_steps=1",
-            "train.batch_size=8",
-            "eval.thresholds_m=[10.0, 20.0]",
-        ],
+    run = train_tiny(
+        tmp_path_factory.mktemp("protocol_run") / "run",
+        f"{{root: '{root}', train: ['01'], val: [], test: ['02', '00[3000:]']}}",
+        *("data.val_fraction=0", "train.max_steps=1", "train.batch_size=8", "eval.thresholds_m=[10.0, 20.0]"),
     )
-    train(cfg, run, progress=False)
     return {"root": root, "run": run}
 
 

@@ -9,37 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corridor_world import write_corridor
+from corridor_world import write_corridors
 from state_observer import observe_file_changes
+from tiny_runs import train_tiny
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import load_config
 from liploc.errors import LiplocError
 from liploc.localization.lidar_map import LidarMap
 from liploc.localization.localize import Localizer, build_map
-from liploc.training.train import train
-
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 32, seed=1)
-    write_corridor(root, "01", 8, seed=2)
-    write_corridor(root, "02", 12, seed=3)
-    cfg = load_config(
-        TINY,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['00'], val: ['01']}}]",
-            "data.image_size=[32, 32]",
-            "data.num_workers=0",
-            "train.max_steps=1",
-        ],
+    root = write_corridors(tmp_path_factory.mktemp("corridor"), ("00", 32, 1), ("01", 8, 2), ("02", 12, 3))
+    run = train_tiny(
+        tmp_path_factory.mktemp("runs") / "a",
+        f"{{root: '{root}', train: ['00'], val: ['01']}}",
+        *("data.num_workers=0", "train.max_steps=1"),
     )
-    run = tmp_path_factory.mktemp("runs") / "a"
-    train(cfg, run, progress=False)
     return {"root": root, "run": run}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retrieval_reference import brute_force_search
 
 from liploc.console import table_lines
 from liploc.evaluation.metrics import (
@@ -41,16 +42,6 @@ def kitti00_lidar_xy() -> np.ndarray:
         calib[key] = np.array(values.split(), dtype=float)
     tr = np.vstack([calib["Tr"].reshape(3, 4), [0.0, 0.0, 0.0, 1.0]])
     return xy_from_poses(np.linalg.inv(tr) @ poses @ tr)
-
-
-def brute_force_search(
-    query_emb: np.ndarray, db_emb: np.ndarray, k: int, excluded: np.ndarray | None = None
-) -> np.ndarray:
-    """Top-k indices by cosine similarity with excluded pairs (Q, N) removed: the reference."""
-    sim = query_emb.astype(np.float64) @ db_emb.astype(np.float64).T
-    if excluded is not None:
-        sim = np.where(excluded, -np.inf, sim)
-    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
 # --- positives -------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from corridor_world import write_corridor
+from corridor_world import corridor_fixture
+from tiny_runs import TINY
+from tiny_runs import tiny_config as _config
 from torch import nn
 
 from liploc.config import load_config
@@ -21,7 +23,7 @@ from liploc.localization.localize import Localizer
 from liploc.localization.map_folder import MODEL_DIR
 from liploc.models import ImageTower, create_model
 from liploc.runtime.checkpoint import load_checkpoint
-from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
 from liploc.runtime.preprocess_cache import preprocess_cache_dir
 from liploc.training.checkpointing import save_training_checkpoint
@@ -29,19 +31,7 @@ from liploc.training.distributed import _needs_buffer_broadcast
 from liploc.training.losses import ClipLoss, build_loss
 from liploc.training.train import train
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 40, seed=0)
-    write_corridor(root, "01", 16, seed=100)
-    return root
-
-
-def _config(root: Path, *overrides: str):
-    return resolve_data_roots(load_config(TINY, ["data.num_workers=0", *overrides]), [root])
+drive = corridor_fixture(40, 16, name="drive")
 
 
 def test_raw_worker_inputs_with_device_transform_equal_the_cpu_transform(drive: Path) -> None:

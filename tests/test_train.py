@@ -6,22 +6,22 @@ import json
 import math
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from corridor_world import write_corridor
+from corridor_world import corridor_fixture
+from tiny_runs import TINY, tiny_config
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import Config, TrainConfig, load_config
+from liploc.config import TrainConfig
 from liploc.errors import ConfigError, DataError
 from liploc.models import create_model
 from liploc.runtime.checkpoint import load_checkpoint, metadata_path, strip_prefix
-from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
 from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
@@ -29,31 +29,10 @@ from liploc.training.schedule import LrSchedule
 from liploc.training.train import train
 from liploc.training.validation import validate
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models run many small ops: one thread is as fast and immune to other processes
-    # competing for the cores (two threads can then be an order of magnitude slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Toy drives: 64 training places (sequence 00), 32 other places for validation (01)."""
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 64, seed=0)
-    write_corridor(root, "01", 32, seed=100)
-    return root
-
-
-def tiny_config(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", *overrides])
-    return resolve_data_roots(cfg, [root])
+corridor = corridor_fixture(64, 32)  # 64 training places (sequence 00), 32 for validation (01)
 
 
 def test_untrained_loss_is_near_log_n(corridor: Path) -> None:
