@@ -173,9 +173,10 @@ def test_classifier_sees_a_street_scene_in_real_kitti_frames(name: str) -> None:
 
 
 def test_auto_normalisation_is_the_one_the_weights_were_trained_with() -> None:
-    # The stem's batch norm keeps the variance of its inputs during ImageNet training. On real
-    # frames, the stem's outputs match it with mean = std = 0.5 (TensorFlow EfficientNet-Lite's
-    # (x - 127) / 128) and are several times too large with ImageNet's statistics.
+    # The stem's batch norm kept the variance of its inputs during ImageNet training. On real
+    # frames (as liploc feeds them: the whole frame squashed to 224 x 224), the stem's outputs come
+    # near it with mean = std = 0.5 (TensorFlow EfficientNet-Lite's (x - 127) / 128) and are
+    # several times larger with ImageNet's statistics.
     require_packaged()
     model = pw.packaged_classifier("efficientnet-lite0")
     (mean, std), _ = tower_mean_std(DataConfig(), packaged_model_config())
@@ -189,7 +190,8 @@ def test_auto_normalisation_is_the_one_the_weights_were_trained_with() -> None:
 
     ours = log_variance_ratio(normalise(frames, mean, std))
     imagenet = log_variance_ratio(normalise(frames, IMAGENET_MEAN, IMAGENET_STD))
-    assert abs(ours) < 0.5 and imagenet > 1.5, (ours, imagenet)
+    # Measured: 0.43 (1.5 times the kept variance) and 2.02 (7.5 times).
+    assert abs(ours) < 0.75 and imagenet > 1.5 and imagenet > 3 * abs(ours), (ours, imagenet)
 
 
 # --- configuration ---------------------------------------------------------------------------------

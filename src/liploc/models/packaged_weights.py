@@ -11,12 +11,13 @@ What the files are, measured (not taken from their documentation):
   a port of the TensorFlow EfficientNet-Lite), in timm's order and with timm's shapes. That network
   is timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding, batch-norm eps 1e-3): with the
   tensors mapped in order its logits equal the package's exactly, while ``efficientnet_lite0``
-  (symmetric padding, eps 1e-5) takes the same tensors but its logits differ by up to 3.5 and its
-  top class changes. So a packaged name only loads into its ``tf_`` architecture.
+  (symmetric padding, eps 1e-5) takes the same tensors but its logits differ by up to 3.5 (on the
+  first kitti-raw-sample frame it sees a suspension bridge where the ``tf_`` model sees a tow
+  truck). So a packaged name only loads into its ``tf_`` architecture.
 - They expect inputs normalised with mean = std = 0.5 (TensorFlow's EfficientNet-Lite takes
   ``(x - 127) / 128``), not ImageNet's statistics, though the package's example uses the latter:
-  the first batch-norm's running variance matches the stem's outputs on real KITTI frames within
-  a factor of 1.3 with 0.5/0.5 and is 6.5 times too small with ImageNet's; on matplotlib's
+  on real KITTI frames the stem's outputs have 1.3-1.5 times the variance its batch norm kept
+  from training with 0.5/0.5, and 6-7.5 times with ImageNet's statistics; on matplotlib's
   Grace Hopper photo 'military uniform' wins under both, with 0.47 against 0.37 (lite0). This is
   timm's data config of ``tf_efficientnet_lite0`` too; ``data.normalize: auto`` uses it.
 
