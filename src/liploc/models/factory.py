@@ -11,7 +11,8 @@ def create_model(cfg: ModelConfig) -> TwoTowerModel:
     """Build the two towers (timm encoders + projection heads) described by ``cfg``.
 
     Encoders come from ``timm.create_model(name, pretrained=cfg.pretrained, num_classes=0)``;
-    ``cfg.image_weights`` / ``cfg.lidar_weights`` load a local safetensors backbone instead.
+    ``cfg.image_weights`` / ``cfg.lidar_weights`` load a local safetensors backbone or packaged
+    ImageNet weights (``efficientnet-lite0``, :mod:`liploc.models.packaged_weights`) instead.
     Unknown names, unreadable or mismatched weight files raise liploc errors with the cause.
     """
     image_encoder, image_features = create_encoder(
@@ -36,7 +37,9 @@ def create_model(cfg: ModelConfig) -> TwoTowerModel:
 def inference_config(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` for rebuilding a trained model before loading its checkpoint: no weight loading.
 
-    The weights come from the checkpoint, so pretrained downloads and local backbone files (which
-    may not exist on this machine) are skipped; the architecture and fingerprint stay the same.
+    The weights come from the checkpoint, so pretrained downloads, local backbone files (which
+    may not exist on this machine) and packaged weights are skipped; the architecture and
+    fingerprint stay the same. Normalise inputs with the original ``cfg`` (``data.normalize: auto``
+    follows packaged weights).
     """
     return cfg.model_copy(update={"pretrained": False, "image_weights": None, "lidar_weights": None})
