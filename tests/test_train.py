@@ -79,6 +79,10 @@ def test_tiny_config_learns_the_corridor(corridor: Path, tmp_path: Path) -> None
     last_model, _ = load_model_from_checkpoint(result.last_checkpoint)
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"step": 60' in summary and last_model.embed_dim == cfg.model.embed_dim
+    # The run records the input normalisation its towers were trained with, and where it came from.
+    normalization = json.loads(summary)["input_normalization"]
+    assert normalization["setting"] == cfg.data.normalize
+    assert set(normalization) == {"setting", "image", "lidar"} and "source" in normalization["image"]
 
 
 @pytest.mark.parametrize(("metric", "best_epoch"), [("val_top1", 2), ("val_loss", 1)])

@@ -20,6 +20,7 @@ import torch
 
 from liploc.atomic import atomic_write_text
 from liploc.errors import LiplocError
+from liploc.models.input_normalization import normalization_record
 from liploc.training import distributed
 from liploc.training.checkpointing import Snapshot, save_training_checkpoint
 from liploc.training.determinism import step_seed
@@ -254,6 +255,7 @@ class Trainer(RunSetup):
                 "train_pairs": len(self.splits.train),
                 "val_pairs": len(self.splits.val),
                 "splits": self.splits.summary(self.config.data),
+                "input_normalization": normalization_record(self.config.data, self.config.model),
                 "data_fingerprint": self.data_digest,
                 "processes": self.info.world_size,
                 "device": str(self.device),
