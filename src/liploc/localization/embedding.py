@@ -218,7 +218,8 @@ class EmbeddingCache:
                 raise DataError(source, f"cannot read file ({err.strerror or err})") from None
             digest.update(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         seq = frames[0].sequence if frames else "empty"
-        return self.folder / f"{seq}-{modality}-{digest.hexdigest()[:16]}.npy"
+        # v2: entries' checksums cover their key (liploc.checked_array)
+        return self.folder / f"{seq}-{modality}-v2-{digest.hexdigest()[:16]}.npy"
 
     def get_or_make(self, frames: Sequence[Frame], modality: Modality, make) -> tuple[np.ndarray, bool]:
         """(embeddings, came_from_cache)."""

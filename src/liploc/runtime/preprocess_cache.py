@@ -30,7 +30,7 @@ from liploc.runtime.inputs import Modality
 if TYPE_CHECKING:
     from liploc.config import Config, DataConfig
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 """Bumped when preprocessing changes, so that old cache entries are not reused."""
 
 CACHE_DIR_ENV = "LIPLOC_CACHE_DIR"
@@ -134,6 +134,8 @@ class PreprocessCache:
 
         self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
         self._write_failure_reported = False
+        self._size_hw = tuple(config.data.image_size)
+        self._channels: dict[str, int] = {"image": 3, "lidar": config.model.lidar_in_chans}
         # resolve() walks every component of the path (a tenth of a millisecond per entry read);
         # what a path resolves to is fixed for a run, its size and time are checked on each read.
         self._resolved: dict[Path, str] = {}
@@ -156,7 +158,11 @@ class PreprocessCache:
 
         path = self.path_for(source, modality)
         try:
-            return read_checked(path)
+            array = read_checked(path)
+            expected = (self._channels[modality], *self._size_hw)
+            if array.shape != expected or array.dtype not in (np.uint8, np.float32):
+                raise DamagedEntry(f"holds a {array.dtype} array of shape {array.shape}, not {expected}")
+            return array
         except FileNotFoundError:
             pass
         except (OSError, DamagedEntry) as err:
