@@ -342,7 +342,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}'{_nearest_key_hint(e['loc'])}")
         else:
-            lines.append(f"  {loc}: {e['msg']}")
+            # pydantic prefixes the messages of our own validators with "Value error, "
+            msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -391,8 +393,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = safe_yaml_load(raw, f"override '{item}'")
     return data
+
+
+MAX_CONFIG_BYTES = 1_000_000
+"""A config is a few kilobytes; larger files are refused before parsing."""
+MAX_CONFIG_NODES = 100_000
+"""YAML nodes a config may expand to, aliases counted at every use (an alias bomb of a few
+lines expands to 10^8 leaves)."""
+
+
+def safe_yaml_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of a config, refusing documents too large or whose aliases expand too far."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters; a config holds at most {MAX_CONFIG_BYTES:,}")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def expanded(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a recursive alias counts once where it closes the loop
+        size = 1
+        if isinstance(n, yaml.SequenceNode):
+            size += sum(expanded(child) for child in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            size += sum(expanded(k) + expanded(v) for k, v in n.value)
+        sizes[id(n)] = size = min(size, MAX_CONFIG_NODES + 1)
+        return size
+
+    if expanded(node) > MAX_CONFIG_NODES:
+        raise ConfigError(
+            f"{source}: the YAML expands to more than {MAX_CONFIG_NODES:,} values (aliases counted at "
+            "each use); a config is far smaller"
+        )
+    return yaml.safe_load(text)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -406,10 +447,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = path.read_text()
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        loaded = safe_yaml_load(text, str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
