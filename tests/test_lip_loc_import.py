@@ -188,6 +188,15 @@ def test_refuses_a_pickle_with_code(tmp_path: Path, capsys) -> None:
     assert "this pickle runs code" not in capsys.readouterr().out
 
 
+def test_random_bytes_are_not_called_a_pickle_with_code(tmp_path: Path) -> None:
+    # Fault found from outside: torch says "weights only load failed" for any bytes it cannot
+    # unpickle, and liploc reported random bytes as "refused: the pickle refers to code".
+    path = tmp_path / "noise.pth"
+    path.write_bytes(np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    text = _refused(path, "not a torch.save file")
+    assert "refers to code" not in text
+
+
 def test_refuses_a_truncated_file(tmp_path: Path) -> None:
     _need_reference()
     path = tmp_path / "cut.pth"
