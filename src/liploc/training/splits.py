@@ -148,7 +148,12 @@ def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
     entry lists some; else ``val_fraction`` of the training frames, held out by ``val_split``:
     contiguous blocks with a ``val_gap_m`` gap (default) or at random (the paper's reference code).
     """
-    from liploc.training.validation_split import block_split, min_train_val_distance, random_split
+    from liploc.training.validation_split import (
+        block_split,
+        min_train_val_distance,
+        random_split,
+        val_frames_within,
+    )
 
     data, missing = check_named_sequences(data)
     notes: list[str] = []
@@ -196,7 +201,16 @@ def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
     if val:
         notes.append(
             "smallest train-validation distance: "
-            + (f"{distance:.1f} m (same sequence)" if distance is not None else "none (no sequence in both)")
+            + (f"{distance:.1f} m (same world)" if distance is not None else "none (no world in both)")
+        )
+    if val_split == "sequences" and distance is not None and distance < data.val_gap_m:
+        near = val_frames_within(train, val, data.val_gap_m)
+        notes.append(
+            f"warning: validation leaks: {near} of {len(val)} validation frames lie within "
+            f"{data.val_gap_m:g} m of a training frame (the val sequences pass where training drives "
+            "do, e.g. a partner drive in the next lane), so validation figures overstate; name val "
+            "sequences on other streets, or leave val empty to hold out a leak-free block "
+            "(data.val_split: blocks)"
         )
     return TrainingSplits(
         train=train,
