@@ -31,7 +31,7 @@ from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny.yaml"
 DEMO_TORCH_THREADS = 2
 """The threads of the README's reference machine (2 cores); the demo's figures are for this count."""
 
