@@ -17,11 +17,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from liploc import __version__
-from liploc.cli import app, matches_table
+from liploc.cli import app
 from liploc.console import print_table, table_lines
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.errors import DataError
 from liploc.evaluation.metrics import evaluate_retrieval, within_noise_of_chance
+from liploc.localization.results import matches_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,6 +153,7 @@ def test_localize_table_keeps_raw_drive_names_whole() -> None:
         frame_index=1234,
         xy=(-1234.5, 4321.0),
         yaw=-3.1,
+        yaw_deg=-177.6,
     )
     console = Console(width=80, record=True, force_terminal=True)
     print_table(console, matches_table("/a/very/long/path/" * 5 + "image.png", [match] * 5))

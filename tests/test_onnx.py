@@ -51,30 +51,30 @@ def test_a_built_map_localizes_without_torch_by_default(map_world) -> None:  # n
 
 
 def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path) -> None:
-    from liploc.cli import _localize_backend
+    from liploc.localization.backend import choose_backend
 
     map_dir = tmp_path / "map"
     (map_dir / "model" / "onnx").mkdir(parents=True)
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "fp32"}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"  # no export yet
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"  # no export yet
     (map_dir / "model" / "onnx" / "preprocessing.json").write_text("{}")
-    assert _localize_backend(map_dir, None, None, "auto", False) == "onnx"
-    assert _localize_backend(map_dir, None, None, "cpu", False) == "onnx"
-    assert _localize_backend(map_dir, None, None, "cuda", False) == "torch"
-    assert _localize_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
-    assert _localize_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
-    assert _localize_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "onnx"
+    assert choose_backend(map_dir, None, None, "cpu", False) == "onnx"
+    assert choose_backend(map_dir, None, None, "cuda", False) == "torch"
+    assert choose_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
+    assert choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
     # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"
     # A map that did not record its precision: the model's train.precision decides, as it does
     # for torch's queries (auto and fp32 are fp32 on a CPU); no model file to tell: torch.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": None}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"
     for precision, backend in (("auto", "onnx"), ("fp32", "onnx"), ("bf16", "torch"), ("fp16", "torch")):
         config = {"train": {"precision": precision}}
         (map_dir / "model" / "model.json").write_text(json.dumps({"metadata": {"config": config}}))
-        assert _localize_backend(map_dir, None, None, "auto", False) == backend, precision
+        assert choose_backend(map_dir, None, None, "auto", False) == backend, precision
 
 
 @pytest.fixture(scope="module")

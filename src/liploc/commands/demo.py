@@ -20,18 +20,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from liploc.atomic import atomic_write_text
 from liploc.config import Config, DatasetSplit, load_config
+from liploc.console import progress_bar
 from liploc.errors import ConfigError
 from liploc.evaluation.evaluate import evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny.yaml"
 DEMO_TORCH_THREADS = 2
 """The threads of the README's reference machine (2 cores); the demo's figures are for this count."""
 
@@ -145,43 +145,9 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    # 1. Synthetic town (reused when an identical one is already there).
     console.rule("[bold]1/3 synthetic town")
-    synth = SynthOptions(
-        town_seed=options.town_seed,
-        drives=options.drives,
-        held_out_drives=options.held_out_drives,
-        frames=options.frames,
-        frame_spacing_m=options.spacing_m,
-        size="small",
-        blocks=options.blocks,
-        pairs="same-direction",  # cross-drive queries see the map drive's view of the street
-    )
-    with Progress(
-        TextColumn("rendering drives"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task("synth", total=None)
-        summary = generate_dataset(
-            out / "data", synth, progress=lambda d, t: bar.update(task, completed=d, total=t)
-        )
-    train_seqs = summary.train_sequences()
-    test_pairs = summary.pairs(role="test")
-    if not test_pairs:
-        raise ConfigError(
-            "the synthetic town has no pair of held-out drives; raise --drives/--held-out-drives"
-        )
-    test_seq, partner = test_pairs[0]
-    speed = "reused" if summary.reused else f"{summary.frames_per_s:.1f} frames/s"
-    console.print(
-        f"{summary.frames_total} frames ({speed}); "
-        f"training drives {', '.join(train_seqs)}; held-out drives {test_seq} and {partner} (same streets)"
-    )
+    train_seqs, test_seq, partner = _make_town(out / "data", options, console)
 
-    # 2. Train the tiny model.
     console.rule("[bold]2/3 training (tiny config, CPU)")
     config = _demo_config(options, out / "data", train_seqs)
     run_dir = out / "run"
@@ -193,54 +159,15 @@ def run_demo(
         result = train_or_restart(config, run_dir, console)
     console.print(f"trained {result.step} steps; checkpoints in {run_dir / 'checkpoints'}")
 
-    # 3. Evaluate on the held-out drives.
     console.rule("[bold]3/3 evaluation on held-out streets")
-    metrics: dict[str, dict[str, Any]] = {}
     runs = {
         "same-sequence": dict(sequence=test_seq, protocol="same-sequence"),
         "cross-drive": dict(sequence=partner, protocol="cross-drive", map_sequence=test_seq),
     }
+    metrics: dict[str, dict[str, Any]] = {}
     reports = {}
-    windows = options.sequence_windows_m
     for name, kwargs in runs.items():
-        # The first window's evaluation writes the report with example queries; each further
-        # window gets its own folder beside it, without examples (the embeddings are cached, so
-        # it costs little more than the matching).
-        sequences = []
-        for k, window_m in enumerate(windows or (0.0,)):
-            seq = {"seq_len": options.seq_len(window_m), "odometry": True} if window_m > 0 else {}
-            eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
-            with pinned_torch_threads(options.torch_threads):
-                output = evaluate(
-                    run_dir, out / "data", out_dir=eval_dir, console=None, num_examples=3 if k == 0 else 0,
-                    **kwargs, **seq,  # type: ignore[arg-type]
-                )  # fmt: skip
-            if k == 0:
-                ev = output
-            if output.sequence_result is not None:
-                sequences.append(
-                    _sequence_metrics(output.sequence_result, window_m, options.seq_len(window_m))
-                )
-        main = ev.result.main
-        metrics[name] = {
-            "recall_at_1": main.recall[1],
-            "recall_at_5": main.recall[5],
-            "recall_at_10": main.recall[10],
-            "recall_at_1_percent": main.recall_one_percent,
-            "chance_at_1": main.chance[1],
-            "chance_at_5": main.chance[5],
-            "threshold_m": main.threshold_m,
-            "own_scan_in_database": ev.result.info["own_scan_in_database"],
-            "median_error_m": main.median_error_m,
-            "queries": main.num_counted,
-            "database": ev.result.db_size,
-            "query_sequence": kwargs["sequence"],
-            "map_sequence": kwargs.get("map_sequence", kwargs["sequence"]),
-            "recall_at_1_10m": _recall_at(ev.result, 10.0),
-        }
-        if sequences:
-            metrics[name]["sequences"] = sequences
-        reports[name] = ev.files["html"]
+        metrics[name], reports[name] = _evaluate_protocol(out, name, kwargs, options)
     seconds = time.perf_counter() - started
     payload = {
         **metrics,
@@ -255,6 +182,83 @@ def run_demo(
         console.print(f"report ({name}): {path}")
     console.print(f"metrics: {out / 'metrics.json'}  |  total {seconds / 60:.1f} min")
     return DemoResult(out, metrics, seconds)
+
+
+def _make_town(data: Path, options: DemoOptions, console: Console) -> tuple[list[str], str, str]:
+    """Step 1: the synthetic town (reused when an identical one is already there); its training
+    drives, and the first pair of held-out drives over the same streets."""
+    synth = SynthOptions(
+        town_seed=options.town_seed,
+        drives=options.drives,
+        held_out_drives=options.held_out_drives,
+        frames=options.frames,
+        frame_spacing_m=options.spacing_m,
+        size="small",
+        blocks=options.blocks,
+        pairs="same-direction",  # cross-drive queries see the map drive's view of the street
+    )
+    with progress_bar(console, transient=False, elapsed=True) as bar:
+        task = bar.add_task("rendering drives", total=None)
+        summary = generate_dataset(data, synth, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    train_seqs = summary.train_sequences()
+    test_pairs = summary.pairs(role="test")
+    if not test_pairs:
+        raise ConfigError(
+            "the synthetic town has no pair of held-out drives; raise --drives/--held-out-drives"
+        )
+    test_seq, partner = test_pairs[0]
+    speed = "reused" if summary.reused else f"{summary.frames_per_s:.1f} frames/s"
+    console.print(
+        f"{summary.frames_total} frames ({speed}); "
+        f"training drives {', '.join(train_seqs)}; held-out drives {test_seq} and {partner} (same streets)"
+    )
+    return train_seqs, test_seq, partner
+
+
+def _evaluate_protocol(
+    out: Path, name: str, kwargs: dict[str, Any], options: DemoOptions
+) -> tuple[dict[str, Any], Path]:
+    """Step 3, one protocol: single images, and a row per sequence window; its metrics and report.
+
+    The first window's evaluation writes the report with example queries; each further window
+    gets its own folder beside it, without examples (the embeddings are cached, so it costs
+    little more than the matching).
+    """
+    sequences = []
+    first = None
+    for k, window_m in enumerate(options.sequence_windows_m or (0.0,)):
+        seq = {"seq_len": options.seq_len(window_m), "odometry": True} if window_m > 0 else {}
+        eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
+        with pinned_torch_threads(options.torch_threads):
+            output = evaluate(
+                out / "run", out / "data", out_dir=eval_dir, console=None, num_examples=3 if k == 0 else 0,
+                **kwargs, **seq,  # type: ignore[arg-type]
+            )  # fmt: skip
+        if k == 0:
+            first = output
+        if output.sequence_result is not None:
+            sequences.append(_sequence_metrics(output.sequence_result, window_m, options.seq_len(window_m)))
+    assert first is not None
+    main = first.result.main
+    metrics = {
+        "recall_at_1": main.recall[1],
+        "recall_at_5": main.recall[5],
+        "recall_at_10": main.recall[10],
+        "recall_at_1_percent": main.recall_one_percent,
+        "chance_at_1": main.chance[1],
+        "chance_at_5": main.chance[5],
+        "threshold_m": main.threshold_m,
+        "own_scan_in_database": first.result.info["own_scan_in_database"],
+        "median_error_m": main.median_error_m,
+        "queries": main.num_counted,
+        "database": first.result.db_size,
+        "query_sequence": kwargs["sequence"],
+        "map_sequence": kwargs.get("map_sequence", kwargs["sequence"]),
+        "recall_at_1_10m": _recall_at(first.result, 10.0),
+    }
+    if sequences:
+        metrics["sequences"] = sequences
+    return metrics, first.files["html"]
 
 
 def _sequence_metrics(result: Any, window_m: float, seq_len: int) -> dict[str, Any]:

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
+import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from liploc.commands._common import console as cli_console
+from liploc.commands._common import reported_errors
+from liploc.commands.options import EXAMPLES, EXISTING_DIR, Layout
 from liploc.console import print_line, print_table
-from liploc.datasets import Calibration, Frame, open_dataset
-from liploc.datasets.paired_reader import PairedFramesReader
-from liploc.datasets.registry import detect_layout
-from liploc.datasets.scan import check_scan_size, read_image_size
 from liploc.errors import DataError
+
+if TYPE_CHECKING:  # numpy and the readers load when a dataset is read, not with the CLI
+    import numpy as np
+
+    from liploc.datasets import Calibration, Frame
 
 
 @dataclass
@@ -101,6 +106,10 @@ def describe_dataset(
         DataError: when ``root`` is not a folder or no layout matches it. Problems inside the
             dataset are reported, not raised.
     """
+    from liploc.datasets import open_dataset
+    from liploc.datasets.paired_reader import PairedFramesReader
+    from liploc.datasets.registry import detect_layout
+
     console = console or Console()
     root = Path(root)
     layout_name = detect_layout(root) if layout in ("auto", None) else layout
@@ -141,6 +150,8 @@ def describe_dataset(
 
 
 def _summarise_frames(sequence: SequenceSummary, frames: list[Frame]) -> None:
+    import numpy as np
+
     sequence.n_frames = len(frames)
     sequence.n_without_pose = sum(f.pose is None for f in frames)
     if frames:
@@ -154,6 +165,8 @@ def _summarise_frames(sequence: SequenceSummary, frames: list[Frame]) -> None:
 
 
 def _add_calibration(summary: DatasetSummary, calib: Calibration, sequence: str) -> None:
+    import numpy as np
+
     for known, names in summary.calibrations:
         if (
             known.image_size == calib.image_size
@@ -166,6 +179,8 @@ def _add_calibration(summary: DatasetSummary, calib: Calibration, sequence: str)
 
 
 def _check_files(scans: list[Path], images: list[Path], progress: Progress, sequence: str) -> list[str]:
+    from liploc.datasets.scan import check_scan_size, read_image_size
+
     problems: list[str] = []
     task = progress.add_task(f"checking {sequence}", total=len(scans) + len(images))
     for path in scans:
@@ -268,3 +283,32 @@ def _calibration_table(calib: Calibration, sequences: list[str]) -> Table:
     table.add_row("P", _format_matrix(calib.P))
     table.add_row("T_cam_lidar", _format_matrix(calib.T_cam_lidar))
     return table
+
+
+# --- the command ---------------------------------------------------------------------------------
+EPILOG = (
+    f"{EXAMPLES}"
+    "  liploc info /data/kitti/dataset\n\n"
+    "  liploc info /data/kitti_raw --layout kitti_raw --no-check-files\n\n"
+    "Exit status: 0 when the folder reads cleanly, 1 when a problem or no sequence is found."
+)
+
+
+def info(
+    data_root: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA_ROOT", help="Dataset folder (KITTI, SemanticKITTI, KITTI-360, raw).", **EXISTING_DIR
+        ),
+    ],
+    layout: Layout = "auto",
+    check_files: Annotated[
+        bool, typer.Option("--check-files/--no-check-files", help="Check every scan's size and image header.")
+    ] = True,
+) -> None:
+    """Describe a dataset folder: layout, sequences, frames, calibration and every problem found."""
+    with reported_errors():
+        summary = describe_dataset(data_root, layout=layout, console=cli_console, check_files=check_files)
+    # A script (or CI) can tell a clean dataset from one with problems by the exit status.
+    if summary.problems or not summary.sequences:
+        raise typer.Exit(code=1)

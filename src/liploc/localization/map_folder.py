@@ -11,11 +11,13 @@ A map folder::
     model/onnx/          the camera tower's ONNX export (``liploc localize`` without torch)
 
 Commands, the service and the ONNX backend ask a :class:`MapFolder` for these paths instead of
-spelling them; :func:`match_json` is the one JSON form of a retrieved entry (CLI and service).
+spelling them; :func:`match_json` is the one JSON form of a retrieved entry and
+:func:`path_json` of a step of a sequence's best path (CLI and service).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +75,15 @@ class MapFolder:
         """True when the folder holds a map's manifest."""
         return self.manifest.is_file()
 
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest as JSON, unchecked (OSError or ValueError when unreadable);
+        :meth:`LidarMap.load <liploc.localization.lidar_map.LidarMap.load>` checks it."""
+        return json.loads(self.manifest.read_text())
+
+    def read_checkpoint_metadata(self) -> dict[str, Any]:
+        """The JSON beside the map's checkpoint copy (its config and step), unchecked."""
+        return json.loads(self.checkpoint_metadata.read_text())
+
 
 def match_json(m: Match) -> dict[str, Any]:
     """One retrieved map entry as JSON: frame id, score, x, y, yaw and the full 4 x 4 pose."""
@@ -97,3 +108,17 @@ def place_json(m: Match) -> dict[str, Any]:
         "yaw_deg": m.yaw_deg,
         "pose": m.pose.tolist(),
     }
+
+
+PLACE_KEYS = (
+    "frame_id", "sequence", "frame", "timestamp_s", "x", "y", "z", "yaw_rad", "yaw_deg", "pose",
+)  # fmt: skip
+"""The keys of :func:`place_json`."""
+
+
+def path_json(image: str, m: Match | None) -> dict[str, Any]:
+    """One image's step on a sequence's best path: the image, its map place and its cosine
+    similarity to it; every place key None where the path ran off the map."""
+    place = place_json(m) if m is not None else dict.fromkeys(PLACE_KEYS)
+    similarity = round(float(m.score), 6) if m is not None else None
+    return {"image": image, **place, "similarity": similarity}

@@ -41,8 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from liploc.errors import ConfigError, DataError
-from liploc.localization.lidar_map import Match
-from liploc.localization.map_folder import match_json
+from liploc.localization.map_folder import place_json
+from liploc.localization.results import LocalizedImage, LocalizedSequence
 from liploc.serving.batching import MicroBatcher
 from liploc.serving.engine import MapService, UnknownFrame
 from liploc.serving.images import BadRequest, DecodedQuery, decode_query
@@ -107,33 +107,14 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         settings.max_wait_ms / 1000.0,
         thread_init=service.encoder.init_thread,
     )
-    # Uploads are decoded (and resized for the network) in these threads, in parallel with each
-    # other and with the batch on the device; the event loop only moves bytes.
-    decoders = ThreadPoolExecutor(
-        settings.decode_threads, thread_name_prefix="liploc-decode", initializer=service.encoder.init_thread
-    )
-    identity = {
-        "map": service.name,
-        "model_fingerprint": service.encoder.fingerprint,
-        "backend": service.encoder.backend,
-    }
-    started = time.time()
-
-    async def decode(uploads: list[tuple[str, bytes]], *, for_network: bool = True) -> list[DecodedQuery]:
-        loop = asyncio.get_running_loop()
-        prepare = service.encoder.prepare if for_network else None
-        jobs = [
-            loop.run_in_executor(decoders, decode_query, data, settings, name, prepare)
-            for name, data in uploads
-        ]
-        return list(await asyncio.gather(*jobs))
+    decoder = QueryDecoder(service, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         yield
         await batcher.stop()
-        decoders.shutdown(wait=True)
+        decoder.shutdown()
 
     app = FastAPI(
         title="liploc",
@@ -144,8 +125,45 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    _add_page(app)
+    _add_map_routes(app, service, settings, batcher)
+    _add_localize_routes(app, service, settings, batcher, decoder)
+    return app
 
-    # --- errors: always JSON, never a traceback -----------------------------------------------------
+
+class QueryDecoder:
+    """Decodes uploads (and resizes them for the network) in its own threads, in parallel with
+    each other and with the batch on the device; the event loop only moves bytes."""
+
+    def __init__(self, service: MapService, settings: ServeSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.threads = ThreadPoolExecutor(
+            settings.decode_threads,
+            thread_name_prefix="liploc-decode",
+            initializer=service.encoder.init_thread,
+        )
+
+    async def __call__(
+        self, uploads: list[tuple[str, bytes]], *, for_network: bool = True
+    ) -> list[DecodedQuery]:
+        """The uploads decoded, checked and (``for_network``) prepared as the network's inputs."""
+        loop = asyncio.get_running_loop()
+        prepare = self.service.encoder.prepare if for_network else None
+        jobs = [
+            loop.run_in_executor(self.threads, decode_query, data, self.settings, name, prepare)
+            for name, data in uploads
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    def shutdown(self) -> None:
+        self.threads.shutdown(wait=True)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors are always JSON (:func:`error_body`), never a traceback."""
+
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, err: BadRequest) -> JSONResponse:
         return JSONResponse(error_body(err.code, err.detail), status_code=err.status)
@@ -174,14 +192,23 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             status_code=500,
         )
 
-    # --- the page -----------------------------------------------------------------------------------
+
+def _add_page(app: FastAPI) -> None:
+    """The map page: static HTML and script, no build step."""
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    # --- the map ------------------------------------------------------------------------------------
+
+def _add_map_routes(
+    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher
+) -> None:
+    """/health and the map: its metadata, trajectory, entries and their range images."""
+    started = time.time()
+
     @app.get("/health", summary="Liveness, the map, the backend and the batching counters")
     async def health() -> dict[str, Any]:
         return {
@@ -215,7 +242,7 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             entry = service.frame_info(sequence, frame)
         except UnknownFrame as err:
             raise BadRequest(404, "unknown_frame", str(err)) from None
-        return {k: v for k, v in match_json(entry).items() if k not in ("rank", "score")}
+        return place_json(entry)
 
     @app.get(
         "/map/frames/{sequence}/{frame}/range.png",
@@ -232,7 +259,18 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             raise BadRequest(404, "range_images_unavailable", str(err)) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    # --- localization -------------------------------------------------------------------------------
+
+def _add_localize_routes(
+    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher, decode: QueryDecoder
+) -> None:
+    """POST /localize, /localize/batch and /localize/sequence: the JSON of ``liploc localize
+    --json`` (:mod:`liploc.localization.results`), each image described by name and size, with
+    the map, model and backend that answered and the time taken."""
+    identity = {
+        "map": service.name,
+        "model_fingerprint": service.encoder.fingerprint,
+        "backend": service.encoder.backend,
+    }
     k_query = Query(
         None, ge=1, le=settings.max_k, description=f"Poses to return (default {settings.default_k})."
     )
@@ -251,15 +289,10 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         kk = k or settings.default_k
         matches = (await batcher.submit([query.input], kk))[0]
         t2 = time.perf_counter()
+        result = LocalizedImage(query.name, matches).to_json()
         # A Response, not a dict: FastAPI's encoder would walk every number of the 4 x 4 poses.
         return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "image": _image_json(query),
-                "matches": [match_json(m) for m in matches],
-                "time_ms": _times(t0, t1, t2),
-            }
+            {**identity, "k": kk, **result, "image": _image_json(query), "time_ms": _times(t0, t1, t2)}
         )
 
     @app.post(
@@ -276,29 +309,16 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         kk = k or settings.default_k
         results = await batcher.submit([q.input for q in queries], kk)
         t2 = time.perf_counter()
-        return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "results": [
-                    {"image": _image_json(q), "matches": [match_json(m) for m in matches]}
-                    for q, matches in zip(queries, results, strict=True)
-                ],
-                "time_ms": _times(t0, t1, t2),
-            }
-        )
+        answers = [
+            {**LocalizedImage(q.name, matches).to_json(), "image": _image_json(q)}
+            for q, matches in zip(queries, results, strict=True)
+        ]
+        return JSONResponse({**identity, "k": kk, "results": answers, "time_ms": _times(t0, t1, t2)})
 
     @app.post(
         "/localize/sequence",
         summary="Pose of the last of several consecutive camera images, by sequence matching",
-        description=(
-            "Several images in driving order (multipart, one file field `image` per image, oldest "
-            "first) and, optionally, the metres travelled between consecutive images (text field "
-            "`travelled`: comma-separated, one value fewer than images; the semantics of "
-            "`liploc localize --sequence --travelled`). Returns the last image's top-k poses "
-            "(the /localize shape; `score` is the path's mean normalised similarity, z-score "
-            "units) and the best path: each image's map place with its cosine similarity."
-        ),
+        description=SEQUENCE_DESCRIPTION,
         openapi_extra=_sequence_body(),
     )
     async def localize_sequence(request: Request, k: int | None = k_query) -> Response:
@@ -308,53 +328,26 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         t1 = time.perf_counter()
         kk = k or settings.default_k
         try:
-            result = await batcher.run_alone(
+            found = await batcher.run_alone(
                 service.localize_sequence, [q.input for q in queries], kk, travelled
             )
         except ConfigError as err:  # the Localizer's own checks of the window
             raise BadRequest(422, "invalid_sequence", str(err)) from None
         t2 = time.perf_counter()
-        return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "image": _image_json(queries[-1]),
-                "images": [_image_json(q) for q in queries],
-                "travelled_m": travelled,
-                "matches": [match_json(m) for m in result.matches],
-                "path": [_path_json(q, m) for q, m in zip(queries, result.path, strict=True)],
-                "time_ms": _times(t0, t1, t2),
-            }
-        )
-
-    return app
+        names = [q.name for q in queries]
+        result = LocalizedSequence(names, found.matches, found.path, travelled).to_json()
+        images = {"image": _image_json(queries[-1]), "images": [_image_json(q) for q in queries]}
+        return JSONResponse({**identity, "k": kk, **result, **images, "time_ms": _times(t0, t1, t2)})
 
 
-def _path_json(query: DecodedQuery, m: Match | None) -> dict[str, Any]:
-    """One image's place on the best path: frame id, x, y, yaw and its similarity (None off the map)."""
-    if m is None:
-        return {
-            "image": query.name,
-            "frame_id": None,
-            "sequence": None,
-            "frame": None,
-            "x": None,
-            "y": None,
-            "yaw_rad": None,
-            "yaw_deg": None,
-            "similarity": None,
-        }
-    return {
-        "image": query.name,
-        "frame_id": m.frame_id,
-        "sequence": m.sequence,
-        "frame": m.frame_index,
-        "x": float(m.pose[0, 3]),
-        "y": float(m.pose[1, 3]),
-        "yaw_rad": m.yaw,
-        "yaw_deg": m.yaw_deg,
-        "similarity": round(float(m.score), 6),
-    }
+SEQUENCE_DESCRIPTION = (
+    "Several images in driving order (multipart, one file field `image` per image, oldest "
+    "first) and, optionally, the metres travelled between consecutive images (text field "
+    "`travelled`: comma-separated, one value fewer than images; the semantics of "
+    "`liploc localize --sequence --travelled`). Returns the last image's top-k poses "
+    "(the /localize shape; `score` is the path's mean normalised similarity, z-score "
+    "units) and the best path: each image's map place with its cosine similarity."
+)
 
 
 def _image_json(query: DecodedQuery) -> dict[str, Any]:
