@@ -3,6 +3,7 @@ torch against numpy, the soft splat."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -320,8 +321,39 @@ def test_soft_splat_keeps_the_point_count_and_passes_gradients_to_depth() -> Non
     assert 0 < (dense.grad != 0).sum() < (grad != 0).sum()
 
 
+def test_soft_splat_is_continuous_and_differentiable_in_x_y_z() -> None:
+    s = BevSettings()
+    # One point sliding from a cell centre (x = 10.2) towards the next cell's centre (x = 10.6):
+    # the next cell (one row up) fills in from nothing, its height and density growing with the
+    # point's weight there instead of jumping.
+    row_here, row_next = s.shape[0] - 1 - 25, s.shape[0] - 1 - 26
+    col = s.shape[1] - 1 - 64  # y = 0.2
+    heights, densities = [], []
+    for x in (10.2, 10.201, 10.21, 10.3, 10.4):
+        p = torch.tensor([[[x, 0.2, s.ground_z + 1.0]]], dtype=torch.float64)
+        raster = rasterize_bev_torch(p, settings=s, soft=True)[0]
+        heights.append(raster[0, row_next, col].item())
+        densities.append(raster[1, row_next, col].item())
+        assert raster[0, row_here, col] > 0
+    assert heights[0] == 0 and densities[0] == 0
+    assert heights[1] < 0.01 and densities[1] < 0.01  # 1/400 of the point there
+    assert all(a < b for a, b in itertools.pairwise(heights))
+    assert all(a < b for a, b in itertools.pairwise(densities))
+    # Gradients reach every coordinate of every point.
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(1, 200, 3, generator=g, dtype=torch.float64)
+    # x 5..45 m, y -15..15 m, heights 0.03..1.83 m above the road: inside the grid and the band.
+    scale, offset = torch.tensor([40.0, 30.0, 1.8]), torch.tensor([5.0, -15.0, -1.7])
+    points = points * scale.double() + offset.double()
+    points.requires_grad_(True)
+    raster = rasterize_bev_torch(points, settings=s, soft=True)
+    weights = torch.randn(raster.shape, generator=g, dtype=raster.dtype)
+    (raster * weights).sum().backward()
+    assert (points.grad != 0).all()
+
+
 def test_depth_bev_refuses_intensity() -> None:
-    with pytest.raises(ValueError, match="intensity"):
+    with pytest.raises(ValueError, match="a depth image has no intensity"):
         depth_bev_torch(torch.ones(1, 4, 5), np.eye(3), np.eye(4), BevSettings(intensity=True))
     with pytest.raises(ValueError, match="max_height"):
         BevSettings(min_height=1.0, max_height=0.5)
