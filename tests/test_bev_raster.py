@@ -135,6 +135,10 @@ def test_camera_view_mask_torch_matches_numpy() -> None:
         expected = camera_view_mask(scan, c)
         got = camera_view_mask_torch(torch.tensor(scan)[None], c.P, c.T_cam_lidar, c.image_size)
         np.testing.assert_array_equal(got[0].numpy(), expected)
+    # 3x3 intrinsics: P without its baseline column, on both sides.
+    k_only = type(calib)(T_cam_lidar=calib.T_cam_lidar, P=np.hstack([calib.K, np.zeros((3, 1))]))
+    got = camera_view_mask_torch(torch.tensor(scan)[None], calib.K, calib.T_cam_lidar, calib.image_size)
+    np.testing.assert_array_equal(got[0].numpy(), camera_view_mask(scan, k_only, calib.image_size))
 
 
 # --- the image's BEV against the scan's ----------------------------------------------------------

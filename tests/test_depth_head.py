@@ -138,6 +138,8 @@ def test_camera_depth_model_shares_the_backbone_pass(encoder) -> None:
         pooled, depth = model(images)
         torch.testing.assert_close(pooled, encoder(images))  # what the camera tower pools today
     assert depth.shape == (2, 64, 96)
+    with torch.no_grad():
+        assert CameraDepthModel(encoder, levels=3, output_stride=2)(images)[1].shape == (2, 32, 48)
     model.train()
     pooled, depth = model(images, output_size=(32, 48))
     assert depth.shape == (2, 32, 48)

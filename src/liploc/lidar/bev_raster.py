@@ -143,12 +143,15 @@ def camera_view_mask_torch(
 ) -> Tensor:
     """Batched :func:`camera_view_mask`: (B, N, 3) points -> (B, N) bool.
 
-    ``P`` is (3, 4) or (B, 3, 4), ``T_cam_lidar`` (4, 4) or (B, 4, 4);
+    ``P`` is (3, 3|4) or (B, 3, 3|4), ``T_cam_lidar`` (4, 4) or (B, 4, 4);
     ``image_size`` is (width, height) of the image ``P`` belongs to. Computed in float64.
     """
     b = points.shape[0]
     w, h = image_size
-    P_t = torch.as_tensor(P, dtype=torch.float64, device=points.device).expand(b, 3, 4)
+    P_t = torch.as_tensor(P, dtype=torch.float64, device=points.device)
+    if P_t.shape[-1] == 3:  # 3x3 intrinsics: no offset column
+        P_t = torch.cat([P_t, torch.zeros(*P_t.shape[:-1], 1, dtype=P_t.dtype, device=P_t.device)], dim=-1)
+    P_t = P_t.expand(b, 3, 4)
     T_t = torch.as_tensor(T_cam_lidar, dtype=torch.float64, device=points.device).expand(b, 4, 4)
     m = P_t @ T_t  # (B, 3, 4)
     xyz = points[..., :3].detach().to(torch.float64)

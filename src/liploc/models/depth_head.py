@@ -140,11 +140,17 @@ class CameraDepthModel(nn.Module):
     """A timm encoder (``num_classes=0``) and a :class:`DepthHead` over its last ``levels`` maps.
 
     One pass of the backbone gives both the pooled features the camera tower feeds its projection
-    head (the same as ``encoder(images)``) and the depth.
+    head (the same as ``encoder(images)``) and the depth, by default at the input's resolution
+    divided by ``output_stride``.
     """
 
-    def __init__(self, encoder: nn.Module, levels: int = 4, **head_args: object) -> None:
+    def __init__(
+        self, encoder: nn.Module, levels: int = 4, output_stride: int = 1, **head_args: object
+    ) -> None:
         super().__init__()
+        if output_stride < 1:
+            raise ValueError(f"output_stride must be a positive integer, got {output_stride}")
+        self.output_stride = int(output_stride)
         if not hasattr(encoder, "forward_intermediates"):
             raise ValueError(f"{type(encoder).__name__} has no forward_intermediates (timm >= 1.0 models do)")
         self.encoder = encoder
@@ -152,10 +158,16 @@ class CameraDepthModel(nn.Module):
         self.head = DepthHead(intermediate_channels(encoder, levels), **head_args)  # type: ignore[arg-type]
 
     def forward(self, images: Tensor, output_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W) images -> ((B, F) pooled features, (B, h, w) depth; default h, w = H, W)."""
+        """(B, 3, H, W) images -> ((B, F) pooled features, (B, h, w) depth).
+
+        ``output_size`` (h, w) defaults to ``(ceil(H / output_stride), ceil(W / output_stride))``.
+        """
         final, maps = self.encoder.forward_intermediates(images, indices=self.levels)
         pooled = self.encoder.forward_head(final)
-        return pooled, self.head(maps, output_size or tuple(images.shape[-2:]))
+        if output_size is None:
+            h, w = images.shape[-2:]
+            output_size = (-(-h // self.output_stride), -(-w // self.output_stride))
+        return pooled, self.head(maps, output_size)
 
 
 # --- loss and metrics ----------------------------------------------------------------------------
