@@ -26,7 +26,7 @@ from rich.table import Table
 from liploc.atomic import atomic_write_text
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.errors import ConfigError
-from liploc.evaluation.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train
@@ -212,8 +212,9 @@ def run_demo(
             eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
             with pinned_torch_threads(options.torch_threads):
                 output = evaluate(
-                    run_dir, out / "data", out_dir=eval_dir, console=None, num_examples=3 if k == 0 else 0,
-                    **kwargs, **seq,  # type: ignore[arg-type]
+                    run_dir, out / "data", console=None, settings=EvaluationSettings(
+                        out_dir=eval_dir, num_examples=3 if k == 0 else 0, **kwargs, **seq,  # type: ignore[arg-type]
+                    ),
                 )  # fmt: skip
             if k == 0:
                 ev = output
