@@ -23,7 +23,7 @@ from liploc.cli import app
 from liploc.config import Config
 from liploc.datasets import load_scan, open_dataset
 from liploc.errors import DataError
-from liploc.evaluation.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.interop.lip_loc import import_lip_loc
 from liploc.lidar import RangeProjector
 from liploc.runtime.inputs import build_transforms, camera_input, lidar_input
@@ -155,7 +155,9 @@ def test_liploc_preprocessing_gives_the_reference_embeddings_and_retrievals(
 def test_evaluate_of_the_imported_run_reproduces_the_reference_top1(
     imported: Path, reference, tmp_path
 ) -> None:
-    output = evaluate(imported, POSED, DRIVE, out_dir=tmp_path / "eval", device="cpu", num_examples=0)
+    output = evaluate(
+        imported, POSED, EvaluationSettings(DRIVE, out_dir=tmp_path / "eval", device="cpu", num_examples=0)
+    )
     assert np.array_equal(output.result.retrieved[:, 0], reference["top1"])
     # Raw dot-product scores, not cosines.
     assert output.result.scores[:, 0].max() > 1.5

@@ -163,25 +163,28 @@ def evaluate(
             return
         if preset is not None:
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
+        from liploc.evaluation.evaluate import EvaluationSettings
         from liploc.evaluation.evaluate import evaluate as run_evaluation
 
         output = run_evaluation(
             run,
             data_root,
-            sequence,
-            protocol=protocol,
-            map_sequence=map_sequence,
-            thresholds_m=threshold,
-            revisit_window_s=revisit_window,
-            exclude_self=exclude_self,
-            allow_training_data=allow_training_data,
-            layout=layout,
-            out_dir=out,
-            device=device,
+            EvaluationSettings(
+                sequence,
+                protocol=protocol,
+                map_sequence=map_sequence,
+                thresholds_m=threshold,
+                revisit_window_s=revisit_window,
+                exclude_self=exclude_self,
+                allow_training_data=allow_training_data,
+                layout=layout,
+                out_dir=out,
+                device=device,
+                also_reference_metric=also_reference_metric,
+                sequence_settings=settings,
+                odometry=odometry,
+            ),
             console=messages,
-            also_reference_metric=also_reference_metric,
-            sequence_settings=settings,
-            odometry=odometry,
         )
     if as_json:
         payload = json.loads(output.files["metrics"].read_text())  # what metrics.json holds
