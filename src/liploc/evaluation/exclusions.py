@@ -17,8 +17,24 @@ from liploc.localization.index import Exclusion
 from liploc.localization.neighbours import DISTANCE_CHUNK_PAIRS
 
 
+class _CountedExclusion:
+    """What both exclusions answer from their per-query counts (``_counts``, set at construction)."""
+
+    _counts: np.ndarray
+
+    @property
+    def excluded_counts(self) -> np.ndarray:
+        """(Q,) number of database entries excluded for each query."""
+        return self._counts
+
+    @property
+    def max_excluded(self) -> int:
+        """Largest number of entries excluded for one query."""
+        return int(self._counts.max(initial=0))
+
+
 @dataclass(frozen=True, eq=False)
-class TimeWindowExclusion:
+class TimeWindowExclusion(_CountedExclusion):
     """Leaves out of each query's database the entries taken within ``window_s`` of the query.
 
     This makes the ``revisit`` protocol: a query can only be matched to another pass through
@@ -80,16 +96,6 @@ class TimeWindowExclusion:
         object.__setattr__(self, "_db_codes", d_codes)
         object.__setattr__(self, "_counts", counts)
 
-    @property
-    def excluded_counts(self) -> np.ndarray:
-        """(Q,) number of database entries excluded for each query."""
-        return self._counts
-
-    @property
-    def max_excluded(self) -> int:
-        """Largest number of entries excluded for one query."""
-        return int(self._counts.max(initial=0))
-
     def excluded(self, query_indices: np.ndarray, db_indices: np.ndarray) -> np.ndarray:
         """True where database entry ``db_indices`` is excluded for query ``query_indices`` (broadcast)."""
         q = np.asarray(query_indices)
@@ -100,7 +106,7 @@ class TimeWindowExclusion:
 
 
 @dataclass(frozen=True, eq=False)
-class SameScanExclusion:
+class SameScanExclusion(_CountedExclusion):
     """Leaves the query's own scan out of its database (kitti-b: "own scan removed").
 
     Same-sequence evaluation queries each camera image against the scans of its own drive; its
@@ -128,16 +134,6 @@ class SameScanExclusion:
         object.__setattr__(self, "_query_codes", q)
         object.__setattr__(self, "_db_codes", db)
         object.__setattr__(self, "_counts", np.asarray(counts, dtype=np.int64))
-
-    @property
-    def excluded_counts(self) -> np.ndarray:
-        """(Q,) number of database entries excluded for each query (its own scan: 1, or 0)."""
-        return self._counts
-
-    @property
-    def max_excluded(self) -> int:
-        """Largest number of entries excluded for one query."""
-        return int(self._counts.max(initial=0))
 
     def excluded(self, query_indices: np.ndarray, db_indices: np.ndarray) -> np.ndarray:
         """True where database entry ``db_indices`` is the scan of query ``query_indices`` (broadcast)."""
