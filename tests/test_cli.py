@@ -180,6 +180,28 @@ def test_recall_within_noise_of_chance_is_flagged() -> None:
     assert "chance" not in (perfect.table().caption or "")
 
 
+def test_chance_marker_survives_the_sequence_table() -> None:
+    """--seq-len prints single and sequence rows in one table: a single-image R@1 within noise of
+    chance keeps its ~ and the caption that says what it means (it showed a plain figure)."""
+    from liploc.evaluation.evaluate import single_and_sequence_table
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    xy = np.stack([np.arange(200.0) * 5, np.zeros(200)], axis=1)
+    single = evaluate_retrieval(emb, emb[rng.permutation(200)], xy, xy, thresholds_m=[5.0])
+    info = {"sequence_matching": {"seq_len": 5, "odometry": False, "window_m": 20.0}}
+    sequence = evaluate_retrieval(emb, emb, xy, xy, thresholds_m=[5.0], info=info)
+    assert single.main.near_chance and not sequence.main.near_chance
+    lines = table_lines(single_and_sequence_table(single, sequence, title="00"))
+    single_row = next(line for line in lines if " single " in f" {line} ")
+    sequence_row = next(line for line in lines if "seq L=5" in line)
+    assert f"~{100 * single.main.recall[1]:.1f}%" in single_row
+    assert "~" not in sequence_row
+    assert any("no evidence of skill" in line for line in lines)
+    assert any("sequence window: 5 images" in line for line in lines)  # the caption it had
+
+
 @pytest.mark.parametrize(
     ("typed", "known", "expected"),
     [
