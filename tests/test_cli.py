@@ -163,6 +163,44 @@ def test_localize_table_keeps_raw_drive_names_whole() -> None:
     assert "/a/very/long/path/" * 5 + "image.png" in drawn.replace("\n", "")  # title whole
 
 
+def test_sequence_tables_keep_image_names_whole_and_look_like_the_single_image_table() -> None:
+    from liploc.localization.results import LocalizedSequence
+
+    def match(frame: int, score: float) -> SimpleNamespace:
+        return SimpleNamespace(
+            rank=1, score=score, sequence="02", frame_index=frame, xy=(1.5 * frame, -2.0), yaw_deg=90.0
+        )
+
+    folder = "/data/kitti/dataset/sequences/02/image_2/"
+    images = [f"{folder}{i:06d}.png" for i in range(12, 18)]
+    path = [match(i, 0.5) for i in range(12, 17)] + [None]
+    result = LocalizedSequence(images, [match(17, 2.5), match(16, 2.1)], path, [1.0] * 5)
+    console = Console(width=80, record=True, force_terminal=True)
+    for table in result.tables():
+        print_table(console, table)
+    drawn = console.export_text()
+    assert "…" not in drawn and "│" not in drawn and "┃" not in drawn, drawn  # no box, nothing cut
+    assert all(f"{i:06d}.png" in drawn for i in range(12, 18))
+    assert max(len(line) for line in drawn.splitlines() if folder.rstrip("/") not in line) <= 80
+    assert folder.rstrip("/") in drawn.replace("\n", "")  # the folder, once, whole
+    plain = [line for table in result.tables() for line in table_lines(table)]
+    assert any(line.split()[:2] == ["000017.png", "off"] for line in plain), plain
+
+
+def test_info_keeps_the_world_frame_line_whole_at_80_columns() -> None:
+    from liploc.commands.info import DatasetSummary, SequenceSummary, _print_summary
+
+    frame = "Mercator (one scale and origin for the root)"
+    names = ["2011_09_26_drive_0001_sync", "2011_09_26_drive_0002_sync"]
+    summary = DatasetSummary(
+        Path("/data/raw"), "kitti_raw", [SequenceSummary(n, world_frame=frame) for n in names]
+    )
+    console = Console(width=80, record=True, force_terminal=True)
+    _print_summary(summary, "KITTI raw", console)
+    line = f"world frame: {frame} - {', '.join(names)}"
+    assert line in console.export_text().splitlines(), console.export_text()  # one line, not broken
+
+
 def test_recall_within_noise_of_chance_is_flagged() -> None:
     assert within_noise_of_chance(0.02, 0.005, 120)  # 2 hits more than chance: noise
     assert not within_noise_of_chance(0.40, 0.005, 120)

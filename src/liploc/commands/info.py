@@ -249,7 +249,7 @@ def _print_summary(summary: DatasetSummary, description: str, console: Console) 
         )
     print_table(console, table)
     for line in world_frame_lines(summary.sequences):
-        console.print(line)
+        print_line(console, escape(line))  # whole: the terminal wraps it, rich does not break it
 
     for calib, names in summary.calibrations:
         print_table(console, _calibration_table(calib, names))

@@ -99,9 +99,6 @@ def localize(
             tables = [r.table() for r in results]
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
-    elif sequence:
-        for table in tables:
-            console.print(table)
     else:
         for table in tables:
             print_table(console, table)
