@@ -5,10 +5,13 @@ imported) without a traceback, exit codes, --version, help without Python type n
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,6 +126,70 @@ def test_version_and_help_read_well() -> None:
     assert "same-sequence" in evaluate_help and "revisit" in evaluate_help
     synth_help = CliRunner().invoke(app, ["synth", "--help"]).output
     assert "kitti|small" in synth_help and "same-direction" in synth_help
+
+
+def _leaf_commands() -> dict[str, object]:
+    """Every command a user runs (``map build``, not ``map``), by its words, as click objects."""
+    import typer.main
+
+    found: dict[str, object] = {}
+
+    def walk(command: Any, words: tuple[str, ...]) -> None:
+        if hasattr(command, "commands"):  # a group (typer's own click)
+            for name, sub in command.commands.items():
+                walk(sub, (*words, name))
+        else:
+            found[" ".join(words)] = command
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def _examples_of(text: str) -> list[str]:
+    """The example commands at the end of a help text, continuation lines joined."""
+    body = text.split("Examples", 1)[1].splitlines()
+    commands, current = [], ""
+    for raw in body:
+        line = raw.strip()
+        current = f"{current} {line}".strip() if current else line
+        if current.endswith("\\"):
+            current = current[:-1].rstrip()
+            continue
+        if current.startswith(("liploc ", "torchrun ", "curl ")):
+            commands.append(current)
+        current = ""
+    return commands
+
+
+def test_help_at_80_columns_cuts_nothing_and_its_examples_paste() -> None:
+    leaves = _leaf_commands()
+    assert {"serve", "export", "cache warm", "cache info", "cache clear", "import lip-loc"} <= set(leaves)
+    for words, command in leaves.items():
+        text = CliRunner().invoke(app, [*words.split(), "--help"], env={"COLUMNS": "80"}).output
+        assert "…" not in text, f"{words}: something is cut\n{text}"
+        assert max(len(line) for line in text.splitlines()) <= 80, words
+        for param in command.params:  # every name whole, on one line
+            for name in [*param.opts, *param.secondary_opts]:
+                if name.startswith("-"):
+                    assert re.search(rf"(^|[\s,/]){re.escape(name)}($|[\s,/])", text, re.M), (words, name)
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        placeholders = usage.split("[OPTIONS]", 1)[1].split()
+        assert all(p.strip("[].") == p.strip("[].").upper() for p in placeholders), usage
+        assert "{" not in usage, usage
+        examples = _examples_of(text)
+        assert examples, f"{words} has no examples"
+        for example in examples:  # each option of a liploc example is an option of its command
+            tokens = shlex.split(example.replace("torchrun --nproc_per_node=4 -m ", ""))
+            if tokens[0] != "liploc":
+                continue
+            target = next(c for w, c in leaves.items() if tokens[1 : 1 + len(w.split())] == w.split())
+            names = {n for p in target.params for n in [*p.opts, *p.secondary_opts]}
+            unknown = [t for t in tokens if t.startswith("-") and t.split("=")[0] not in names]
+            assert not unknown, f"{words}: example '{example}' has {unknown}"
+    evaluate_help = CliRunner().invoke(app, ["evaluate", "--help"], env={"COLUMNS": "80"}).output
+    assert len(evaluate_help.splitlines()) <= 80  # was 115, descriptions 20 characters wide
+    line = next(line for line in evaluate_help.splitlines() if "--sequence TEXT" in line)
+    assert len(line) - 2 - line.index("Query sequence") >= 40, line  # the description column
 
 
 def test_metrics_table_fits_80_columns_and_pipes() -> None:
@@ -268,3 +335,130 @@ def test_info_exits_non_zero_when_it_finds_no_sequence(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["info", str(tmp_path), "--layout", "kitti"])
     assert result.exit_code == 1, result.output
     assert "no sequences found" in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path) -> SimpleNamespace:
+    """A dataset (sequences 03 and 04), run folders, a map folder and output folders to refuse."""
+    import fcntl
+
+    from conftest import write_kitti_odometry
+
+    data = tmp_path / "data"
+    write_kitti_odometry(data, "03", 3)
+    write_kitti_odometry(data, "04", 3)
+
+    def run_folder(name: str, protocol: str) -> str:
+        """A run folder whose checkpoint manifest says how it evaluates (no weights: nothing loads)."""
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        config = {"eval": {"protocol": protocol}}
+        manifest = {"format": "liploc-checkpoint", "version": 1, "metadata": {"config": config}}
+        (tmp_path / name / "checkpoints" / "best.json").write_text(json.dumps(manifest))
+        return str(tmp_path / name)
+
+    run, cross = run_folder("run", "same-sequence"), run_folder("cross-run", "cross-drive")
+    empty_run = tmp_path / "empty-run"
+    empty_run.mkdir()
+    trained = tmp_path / "trained"  # holds a training run
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "checkpoints" / "last.json").write_text("{}")
+    (trained / "checkpoints" / "best.json").write_text("{}")
+    busy = tmp_path / "busy"  # another process writes it
+    busy.mkdir()
+    lock = open(busy / ".lock", "w")  # noqa: SIM115 (held until the test ends)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("pid 4242 on host elsewhere\n")
+    lock.flush()
+    full = tmp_path / "full"  # an output folder with something in it
+    full.mkdir()
+    (full / "notes.txt").write_text("keep me")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "preprocessing.json").write_text("{}")
+    map_dir = tmp_path / "map"
+    map_dir.mkdir()
+    (map_dir / "manifest.json").write_text("{}")
+    frames = []
+    for i in range(2):
+        frames.append(tmp_path / f"f{i}.png")
+        Image.new("RGB", (1241, 376)).save(frames[-1])
+    return SimpleNamespace(
+        root=tmp_path,
+        data=str(data),
+        run=run,
+        cross=cross,
+        empty_run=str(empty_run),
+        trained=str(trained),
+        busy=str(busy),
+        full=str(full),
+        export=str(export),
+        map=str(map_dir),
+        frames=[str(f) for f in frames],
+        lock=lock,
+    )
+
+
+def test_refusals_that_read_files_come_before_torch(workspace: SimpleNamespace) -> None:
+    w = workspace
+    ev = ["evaluate", w.run, "--data-root", w.data]
+    cross = [*ev, "--protocol", "cross-drive"]
+    tiny = str(REPO / "configs" / "tiny.yaml")
+    build = ["map", "build", w.run, "--data-root", w.data]
+    cases = {
+        "map drive is the query drive": (
+            [*cross, "--sequence", "3", "--map-sequence", "3"],
+            1,
+            "query drive",
+        ),
+        "the same drive typed two ways": (
+            [*cross, "--sequence", "3", "--map-sequence", "03"],
+            1,
+            "query drive",
+        ),
+        "cross-drive without a map": ([*cross, "--sequence", "3"], 1, "needs --map-sequence"),
+        "the run's cross-drive without a map": (
+            ["evaluate", w.cross, "--data-root", w.data, "--sequence", "3"],
+            1,
+            "needs --map-sequence",
+        ),
+        "unknown sequence": ([*ev, "--sequence", "7"], 1, "no sequence '7'"),
+        "a run without checkpoint": (
+            ["evaluate", w.empty_run, "--data-root", w.data, "--sequence", "3"],
+            1,
+            "no checkpoints/best",
+        ),
+        "unknown map sequence": ([*cross, "--sequence", "3", "--map-sequence", "9"], 1, "no sequence '9'"),
+        "unknown --set key": (["train", tiny, "--set", "train.bach_size=3"], 1, "did you mean"),
+        "invalid --set value": (["train", tiny, "--set", "train.batch_size=abc"], 1, "valid integer"),
+        "--set without a value": (["train", tiny, "--set", "train"], 1, "expected key=value"),
+        "cache warm --set": (["cache", "warm", tiny, "--set", "nope=1"], 1, "unknown key 'nope'"),
+        "run folder holds a run": (["train", tiny, "--out", w.trained], 1, "pass --resume"),
+        "nothing to resume": (["train", tiny, "--out", w.full, "--resume"], 1, "cannot resume"),
+        "run folder locked": (["train", tiny, "--out", w.busy], 1, "another process is writing"),
+        "map output exists": ([*build, "--sequence", "3", "--out", w.full], 1, "pass --force"),
+        "map of an unknown sequence": ([*build, "--sequence", "7", "--out", f"{w.root}/m"], 1, "no sequence"),
+        "import over a run": (["import", "lip-loc", w.run, "--out", w.trained], 1, "already exists"),
+        "import of nothing": (
+            ["import", "lip-loc", f"{w.root}/no.pth", "--out", f"{w.root}/r"],
+            2,
+            "does not",
+        ),
+        "export format": (["export", w.run, "--out", f"{w.root}/e", "--format", "tflite"], 2, "onnx"),
+        "export over an export": (["export", w.run, "--out", w.export], 1, "pass --force"),
+        "export over other files": (["export", w.run, "--out", w.full, "--force"], 1, "not a liploc ONNX"),
+        "wrong --travelled count": (
+            ["localize", w.map, *w.frames, "--sequence", "--travelled", "1,2"],
+            1,
+            "2 images need 1",
+        ),
+    }
+    wrong = []
+    for (name, (_args, code, says)), got in zip(
+        cases.items(), _probe([c[0] for c in cases.values()]), strict=True
+    ):
+        text = " ".join(got["output"].replace("│", " ").split())
+        if got["exit_code"] != code or says not in text or "Traceback" in text or got["heavy"]:
+            wrong.append(f"{name}: exit {got['exit_code']}, imported {got['heavy']}: {text[:300]}")
+    assert not wrong, "\n".join(wrong)
+    assert (Path(w.full) / "notes.txt").read_text() == "keep me"  # nothing replaced or removed
+    assert not (w.root / "m").exists()

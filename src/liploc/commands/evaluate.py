@@ -11,24 +11,24 @@ import typer
 
 from liploc.commands._common import console, err_console, fail, reported_errors
 from liploc.commands.options import (
-    EXAMPLES,
     EXISTING,
     DataRoot,
     Device,
     Layout,
     ProtocolName,
     check_thresholds,
+    examples,
 )
 from liploc.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8\n\n"
-    "  liploc evaluate runs/demo/run --data-root runs/demo/data --sequence 28 "
-    "--protocol cross-drive --map-sequence 29 --json > metrics.json"
+EPILOG = examples(
+    "liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8",
+    "liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --preset kitti-b",
+    "liploc evaluate runs/demo/run --data-root runs/demo/data --sequence 28 "
+    "--protocol cross-drive --map-sequence 29 --json > metrics.json",
 )
 
 Run = Annotated[
@@ -163,6 +163,10 @@ def evaluate(
             return
         if preset is not None:
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
+        from liploc.commands.preflight import check_evaluation
+
+        # The protocol, the run's checkpoint and the sequences are checked before torch loads.
+        check_evaluation(run, data_root, layout, sequence, protocol, map_sequence)
         from liploc.evaluation.evaluate import evaluate as run_evaluation
 
         output = run_evaluation(

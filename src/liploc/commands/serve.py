@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import MapArgument, OnnxDir, check_device
+from liploc.commands.options import MapArgument, OnnxDir, check_device, examples
 from liploc.errors import ConfigError
 
 if TYPE_CHECKING:
     from liploc.serving.settings import ServeSettings
+
+EPILOG = examples(
+    "liploc serve maps/08",
+    "liploc serve maps/08 --data-root /data/kitti/dataset --host 0.0.0.0 --port 8080",
+    "curl -F image=@query.png 'http://127.0.0.1:8000/localize?k=5'",
+    notes="The map page is at http://127.0.0.1:8000/, the API's documentation at /docs.",
+)
 
 Host = Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)]
