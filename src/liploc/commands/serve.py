@@ -46,6 +46,10 @@ DecodeThreads = Annotated[
 ]
 MaxK = Annotated[int, typer.Option(help="Largest k a request may ask for.")]
 MaxImagesPerRequest = Annotated[int, typer.Option(help="Most images per /localize/batch.")]
+MaxRequestMegapixels = Annotated[
+    float,
+    typer.Option(help="Most pixels of one request's images together, in millions, from their headers."),
+]
 MaxSequenceImages = Annotated[int, typer.Option(help="Most images per /localize/sequence (its window).")]
 
 
@@ -67,6 +71,7 @@ def serve(
     max_k: MaxK = 100,
     max_images_per_request: MaxImagesPerRequest = 32,
     max_sequence_images: MaxSequenceImages = 64,
+    max_request_megapixels: MaxRequestMegapixels = 100.0,
 ) -> None:
     """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
     GET /, /map, /docs."""
@@ -83,6 +88,7 @@ def serve(
             max_k=max_k,
             max_images_per_request=max_images_per_request,
             max_sequence_images=max_sequence_images,
+            max_request_pixels=int(max_request_megapixels * 1e6),
             network_threads=threads,
             decode_threads=decode_threads,
         )
