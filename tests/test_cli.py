@@ -446,6 +446,8 @@ def test_refusals_that_read_files_come_before_torch(workspace: SimpleNamespace) 
         "export format": (["export", w.run, "--out", f"{w.root}/e", "--format", "tflite"], 2, "onnx"),
         "export over an export": (["export", w.run, "--out", w.export], 1, "pass --force"),
         "export over other files": (["export", w.run, "--out", w.full, "--force"], 1, "not a liploc ONNX"),
+        "--onnx without an export": (["localize", w.map, w.frames[0], "--onnx", w.full], 1, "no ONNX export"),
+        "serve --onnx without an export": (["serve", w.map, "--onnx", w.full], 1, "no ONNX export"),
         "wrong --travelled count": (
             ["localize", w.map, *w.frames, "--sequence", "--travelled", "1,2"],
             1,

@@ -16,7 +16,7 @@ from map_world import map_world, query_image  # noqa: F401
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.errors import DataError, ModelMismatchError
+from liploc.errors import ConfigError, DataError, ModelMismatchError
 from liploc.interop.camera_preprocess import CameraPreprocess
 from liploc.localization.onnx_localizer import OnnxLocalizer
 from liploc.runtime.inputs import build_transforms, camera_image_input
@@ -63,7 +63,12 @@ def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path
     assert choose_backend(map_dir, None, None, "cuda", False) == "torch"
     assert choose_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
     assert choose_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
-    assert choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
+    # --onnx DIR is what the user asked for: onnx, or a refusal that says why (it was ignored).
+    with pytest.raises(ConfigError, match="no ONNX export there"):
+        choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False)
+    assert choose_backend(map_dir, map_dir / "model" / "onnx", None, "auto", True) == "onnx"
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        choose_backend(map_dir, map_dir / "model" / "onnx", tmp_path / "other.safetensors", "auto", False)
     # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
     assert choose_backend(map_dir, None, None, "auto", False) == "torch"

@@ -377,8 +377,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop_signal) -> None:  # noqa: F811
+@pytest.mark.parametrize(("stop_signal", "backend"), [(signal.SIGTERM, "auto"), (signal.SIGINT, "torch")])
+def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop_signal, backend) -> None:  # noqa: F811
+    """``serve`` starts on the map's ONNX export by default (auto, as ``localize``), on torch when asked."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(
@@ -392,6 +393,7 @@ def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop
             str(port),
             "--device",
             "cpu",
+            *(["--backend", backend] if backend != "auto" else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -412,6 +414,7 @@ def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop
         image = query_image(map_world["root"], 5).read_bytes()
         res = httpx.post(f"http://127.0.0.1:{port}/localize", files={"image": image}, timeout=30)
         assert res.status_code == 200 and len(res.json()["matches"]) == 5
+        assert res.json()["backend"] == ("onnx" if backend == "auto" else "torch")
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=30)
     finally:

@@ -42,9 +42,9 @@ BackendOption = Annotated[
     Literal["auto", "torch", "onnx"],
     typer.Option(
         metavar="BACKEND",
-        help="onnx: onnxruntime on an ONNX export (no torch); torch; auto: onnx on the CPU when "
-        "the map holds an export (map build makes one) and neither --checkpoint, --sequence nor "
-        "a CUDA --device asks for torch, else torch.",
+        help="onnx: onnxruntime on an ONNX export (no torch); torch; auto: onnx with --onnx DIR, "
+        "or on the CPU when the map holds an export (map build makes one) and neither --checkpoint, "
+        "--sequence nor a CUDA --device asks for torch, else torch.",
     ),
 ]
 SequenceFlag = Annotated[

@@ -27,7 +27,12 @@ Device = Annotated[
     str, typer.Option(help="auto, cpu, cuda or cuda:N (torch backend).", callback=check_device)
 ]
 BackendOption = Annotated[
-    Literal["torch", "onnx"], typer.Option(metavar="BACKEND", help="torch, or onnx (onnxruntime, no torch).")
+    Literal["auto", "torch", "onnx"],
+    typer.Option(
+        metavar="BACKEND",
+        help="auto (as localize's: onnxruntime on the map's ONNX export on the CPU, ready in a "
+        "fraction of the time, torch where the export could answer otherwise), torch or onnx.",
+    ),
 ]
 Checkpoint = Annotated[Path | None, typer.Option(help="Embed queries with this model (must be the map's).")]
 DataRoot = Annotated[
@@ -58,7 +63,7 @@ def serve(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     device: Device = "auto",
-    backend: BackendOption = "torch",
+    backend: BackendOption = "auto",
     onnx_dir: OnnxDir = None,
     checkpoint: Checkpoint = None,
     data_root: DataRoot = None,
@@ -75,10 +80,14 @@ def serve(
 ) -> None:
     """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
     GET /, /map, /docs."""
-    from liploc.serving.engine import MapService
-    from liploc.serving.server import serve as run_server
+    from liploc.localization.backend import choose_backend
 
     with reported_errors():
+        if backend == "auto":
+            backend = choose_backend(map_dir, onnx_dir, checkpoint, device)
+        from liploc.serving.engine import MapService
+        from liploc.serving.server import serve as run_server
+
         settings = _settings(
             host=host,
             port=port,
