@@ -422,6 +422,12 @@ def test_refusals_that_read_files_come_before_torch(workspace: SimpleNamespace) 
             "needs --map-sequence",
         ),
         "unknown sequence": ([*ev, "--sequence", "7"], 1, "no sequence '7'"),
+        "--exclude-self across drives": (
+            [*cross, "--sequence", "3", "--map-sequence", "4", "--exclude-self"],
+            1,
+            "--exclude-self is for same-sequence",
+        ),
+        "a preset with a protocol": ([*ev, "--preset", "kitti-b", "--protocol", "revisit"], 1, "fixed by"),
         "a run without checkpoint": (
             ["evaluate", w.empty_run, "--data-root", w.data, "--sequence", "3"],
             1,

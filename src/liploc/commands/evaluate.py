@@ -166,7 +166,7 @@ def evaluate(
         from liploc.commands.preflight import check_evaluation
 
         # The protocol, the run's checkpoint and the sequences are checked before torch loads.
-        check_evaluation(run, data_root, layout, sequence, protocol, map_sequence)
+        check_evaluation(run, data_root, layout, sequence, protocol, map_sequence, exclude_self)
         from liploc.evaluation.evaluate import evaluate as run_evaluation
 
         output = run_evaluation(
@@ -206,15 +206,15 @@ def _evaluate_preset(
     messages: Console,
 ) -> Any:
     """All test sequences of ``preset`` (or of the run's config) in one table; the options that
-    the preset fixes (``fixed``: name -> value, None when not given) are refused."""
-    from liploc.evaluation.protocols import evaluate_protocol
-
+    the preset fixes (``fixed``: name -> value, None when not given) are refused, before torch."""
     given = [f"--{k.replace('_', '-')}" for k, v in fixed.items() if v is not None]
     if given:
         what = f"the preset {preset}" if preset else "the config's test split"
         raise ConfigError(f"{', '.join(given)}: fixed by {what}; give --sequence to set them yourself")
     if also_reference_metric:
         raise ConfigError("--also-reference-metric works with --sequence (one sequence at a time)")
+    from liploc.evaluation.protocols import evaluate_protocol
+
     return evaluate_protocol(
         run,
         data_root,

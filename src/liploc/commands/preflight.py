@@ -92,9 +92,11 @@ def check_evaluation(
     sequence: str,
     protocol: str | None,
     map_sequence: str | None,
+    exclude_self: bool | None = None,
 ) -> None:
     """``liploc evaluate --sequence``: the protocol (given, else the run's ``eval.protocol``)
-    against ``--map-sequence``, the run's checkpoint, and the sequences against the dataset.
+    against ``--map-sequence`` and ``--exclude-self``, the run's checkpoint, and the sequences
+    against the dataset (the checks of liploc.evaluation.evaluate, with its words).
 
     Cross-drive localizes one drive in the map of another: a map drive that is the query drive
     (``--sequence 3 --map-sequence 03``) would report same-sequence figures as cross-drive ones.
@@ -106,6 +108,13 @@ def check_evaluation(
         raise ConfigError("the cross-drive protocol needs --map-sequence (the drive the map comes from)")
     if protocol not in (None, "cross-drive") and map_sequence and map_sequence != sequence:
         raise ConfigError(f"--map-sequence is only used by the cross-drive protocol, not by '{protocol}'")
+    if exclude_self and protocol not in (None, "same-sequence"):
+        why = (
+            "queries and database are different drives"
+            if protocol == "cross-drive"
+            else "the revisit window already removes the query's own scan"
+        )
+        raise ConfigError(f"--exclude-self is for same-sequence evaluation, not '{protocol}' ({why})")
     require_checkpoint(run)
     typed = [sequence, *([map_sequence] if map_sequence else [])]
     names = dataset_sequences(data_root, layout, typed)
