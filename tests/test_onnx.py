@@ -16,7 +16,7 @@ from map_world import map_world, query_image  # noqa: F401
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.errors import DataError, ModelMismatchError
+from liploc.errors import ConfigError, DataError, ModelMismatchError
 from liploc.interop.camera_preprocess import CameraPreprocess
 from liploc.localization.onnx_localizer import OnnxLocalizer
 from liploc.runtime.inputs import build_transforms, camera_image_input
@@ -63,7 +63,12 @@ def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path
     assert choose_backend(map_dir, None, None, "cuda", False) == "torch"
     assert choose_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
     assert choose_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
-    assert choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
+    # --onnx DIR is what the user asked for: onnx, or a refusal that says why (it was ignored).
+    with pytest.raises(ConfigError, match="no ONNX export there"):
+        choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False)
+    assert choose_backend(map_dir, map_dir / "model" / "onnx", None, "auto", True) == "onnx"
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        choose_backend(map_dir, map_dir / "model" / "onnx", tmp_path / "other.safetensors", "auto", False)
     # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
     assert choose_backend(map_dir, None, None, "auto", False) == "torch"
@@ -91,6 +96,7 @@ def exported(map_world: dict[str, Path]) -> dict[str, Path]:  # noqa: F811
             "onnx",
             "--out",
             str(onnx_dir),
+            "--force",  # map build left the map's own export there
         ],
     )
     assert res.exit_code == 0, res.output
@@ -249,7 +255,7 @@ def test_an_export_of_another_model_or_a_changed_graph_is_refused(exported, map_
     res = CliRunner().invoke(
         app, ["export", str(map_world["run"]), "--format", "tflite", "--out", str(tmp_path / "x")]
     )
-    assert res.exit_code == 1 and "unknown export format" in res.output
+    assert res.exit_code == 2 and "tflite" in res.output  # a usage error, like other bad values
     res = CliRunner().invoke(app, ["localize", str(map_world["map"]), "x.png", "--backend", "tpu"])
     # A usage error, refused by the command line's own check before anything loads.
     assert res.exit_code == 2 and "tpu" in res.output

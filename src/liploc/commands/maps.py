@@ -9,13 +9,13 @@ from typing import Annotated
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING, DataRoot, Device, Layout
+from liploc.commands.options import EXISTING, DataRoot, Device, Layout, examples
 
 HELP = "Build LiDAR maps (embeddings + poses + index) for localization."
 """What ``liploc map --help`` says of the group."""
-BUILD_EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08"
+BUILD_EPILOG = examples(
+    "liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08",
+    "liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08 --force",
 )
 
 Run = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder or checkpoint file.", **EXISTING)]
@@ -45,9 +45,15 @@ def build(
     onnx: Onnx = True,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
-    from liploc.localization.localize import build_map
+    from liploc.commands.preflight import check_map_output, dataset_sequences, require_checkpoint
 
     with reported_errors(writing=out):
+        # The output folder, the run's checkpoint and the sequences are checked before torch loads.
+        check_map_output(out, force)
+        require_checkpoint(run)
+        dataset_sequences(data_root, layout, sequence)
+        from liploc.localization.localize import build_map
+
         build_map(
             run,
             data_root,

@@ -130,18 +130,28 @@ def single_and_sequence_table(single: RetrievalResult, sequence: RetrievalResult
     table.add_column(f"R@1% (K={single.k_one_percent})", justify="right")
     table.add_column("chance R@1", justify="right")
     table.add_column("median err", justify="right")
+    flagged = False
     for t_single, t_seq in zip(single.thresholds, sequence.thresholds, strict=True):
         for name, t, res in (("single", t_single, single), (label, t_seq, sequence)):
+            recalls = [format_percent(t.recall[k]) for k in res.ks]
+            if t.near_chance and 1 in res.ks:  # as RetrievalResult.table marks it
+                recalls[res.ks.index(1)] = "~" + recalls[res.ks.index(1)]
+                flagged = True
             table.add_row(
                 f"{t.threshold_m:g} m",
                 name,
                 f"{t.num_counted}/{res.num_queries}",
-                *(format_percent(t.recall[k]) for k in res.ks),
+                *recalls,
                 format_percent(t.recall_one_percent),
                 format_percent(t.chance[1]),
                 "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} m",
             )
+    captions = []
     window = seq.get("window_m")
     if window is not None:
-        table.caption = f"sequence window: {seq.get('seq_len')} images, median {window:.0f} m driven"
+        captions.append(f"sequence window: {seq.get('seq_len')} images, median {window:.0f} m driven")
+    if flagged:
+        captions.append("~ R@1 within noise of chance (less than 3 sigma above it): no evidence of skill")
+    if captions:
+        table.caption = "\n".join(captions)
     return table
