@@ -366,10 +366,12 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
             t.start()
         queue = app.state.batcher._queue
         deadline = time.monotonic() + 120  # only bounds a failure; nothing here is timed
-        while not (first_batch and queue.qsize() == len(frames) - first_batch[0]):
-            assert time.monotonic() < deadline and not errors, (first_batch, queue.qsize(), errors)
-            time.sleep(0.01)
-        release.set()
+        try:
+            while not (first_batch and queue.qsize() == len(frames) - first_batch[0]):
+                assert time.monotonic() < deadline and not errors, (first_batch, queue.qsize(), errors)
+                time.sleep(0.01)
+        finally:
+            release.set()
         for t in threads:
             t.join()
         stats = c.get("/health").json()["batching"]
