@@ -377,6 +377,30 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Torch on two threads during the test, the count restored after it (as :func:`one_thread`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored() -> Iterator[None]:
+    """Every test leaves torch's thread count as it found it (set it through :func:`one_thread` or
+    :func:`two_threads`): the speed and the rounding of the tests after it depend on the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, (
+        f"the test changed torch's thread count from {threads} to {torch.get_num_threads()}"
+    )
+
+
+@pytest.fixture
 def kitti_odometry_root(tmp_path: Path) -> Path:
     """A KITTI odometry folder with sequence ``00`` (5 frames, poses), from :func:`write_kitti_odometry`."""
     write_kitti_odometry(tmp_path)
