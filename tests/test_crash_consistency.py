@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -232,7 +231,7 @@ def test_no_space_for_a_checkpoint_is_an_error_line_and_keeps_the_previous(
     cli = [sys.executable, "-m", "liploc", "train", str(run), "--resume", "--no-progress"]
     cli += ["--set", "train.max_steps=2", "--set", "data.num_workers=0"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    start = time.monotonic()
+    # A hang would raise TimeoutExpired (the test fails); there is no speed claim here.
     proc = subprocess.run(
         cli,
         capture_output=True,
@@ -241,7 +240,6 @@ def test_no_space_for_a_checkpoint_is_an_error_line_and_keeps_the_previous(
         preexec_fn=lambda: _limited_writes(size // 2),
         timeout=300,
     )
-    assert time.monotonic() - start < 300
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "error:" in proc.stderr, proc.stderr
     assert "could not write" in proc.stderr and "bytes" in proc.stderr
