@@ -7,7 +7,6 @@ The parity tests use ``shared/data/lip-loc-reference`` (what the authors' own co
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, skip_unless_ci
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -37,10 +36,7 @@ DRIVE = "2011_09_26_drive_0013_sync"
 
 def _need_reference() -> None:
     if not (CHECKPOINT.is_file() and POSED.is_dir()):
-        message = f"LIP-Loc reference fixture not found at {REFERENCE} / {POSED}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"LIP-Loc reference fixture not found at {REFERENCE} / {POSED}")
 
 
 @pytest.fixture(scope="module")
