@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from liploc.config import DatasetSplit, load_config
 from liploc.evaluation.evaluate import EvaluationSettings, evaluate
@@ -35,8 +34,8 @@ def town(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("two_threads")  # see conftest.py
 def test_trained_tiny_model_beats_chance_on_held_out_streets(town, tmp_path: Path) -> None:
-    torch.set_num_threads(2)
     config = load_config(CONFIG)
     config.data.datasets = [DatasetSplit(layout="kitti", root=town.root, train=town.train_sequences())]
     config.train.epochs = 20

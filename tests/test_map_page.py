@@ -2,13 +2,12 @@
 
 Loads the page from a real server on 127.0.0.1, checks the trajectory drawing, uploads a synthetic
 camera image through the file input, and checks that the top-k poses are drawn on the map, listed
-with their scores, and that the retrieved scans' range images load. Under CI (CI=true) a missing
+with their scores, and that the retrieved scans' range images load. Under CI (conftest.under_ci) a missing
 Chromium fails the test instead of skipping it: `.ci/run` installs it from Debian.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import skip_unless_ci
 from map_world import MAP_FRAMES, map_world, query_image  # noqa: F401
 
 from liploc.serving.app import create_app
@@ -38,10 +38,7 @@ CHROMIUM_FLAGS = [
 def _require_chromium() -> None:
     if CHROMIUM.is_file():
         return
-    message = f"{CHROMIUM} is missing: apt-get install chromium (the CI script installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_unless_ci(f"{CHROMIUM} is missing: apt-get install chromium (the CI script installs it)")
 
 
 @pytest.fixture(scope="module")

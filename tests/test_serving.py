@@ -332,18 +332,30 @@ def test_internal_failure_is_a_500_json_without_traceback(service, monkeypatch) 
     assert res.json()["error"] == "internal_error" and "Traceback" not in res.text
 
 
-def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, map_world) -> None:  # noqa: F811
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, map_world, monkeypatch) -> None:  # noqa: F811
     frames = list(range(0, MAP_FRAMES, 3))
     expected = dict(zip(frames, expected_matches(map_world, frames, 3), strict=True))
     answers: dict[int, list[dict]] = {}
     errors: list[str] = []
+    # Happens-before, not timing: the first batch is held on the batch thread until every other
+    # request has been queued behind it; then the queue must go out as one batch (the batcher
+    # takes what is queued without waiting), whatever the machine's load.
+    release, first_batch = threading.Event(), []
+    real_batch = service.localize_prepared
+
+    def held_first_batch(images, k):  # type: ignore[no-untyped-def]
+        if not first_batch:
+            first_batch.append(len(images))
+            assert release.wait(120), "the other requests were never queued"
+        return real_batch(images, k)
+
+    monkeypatch.setattr(service, "localize_prepared", held_first_batch)
     settings = ServeSettings(max_wait_ms=200.0, max_batch=16)
-    with TestClient(create_app(service, settings)) as c:
-        barrier = threading.Barrier(len(frames))
+    app = create_app(service, settings)
+    with TestClient(app) as c:
 
         def one(frame: int) -> None:
             data = query_image(map_world["root"], frame).read_bytes()
-            barrier.wait()
             res = c.post("/localize?k=3", files={"image": data})
             if res.status_code != 200:
                 errors.append(res.text)
@@ -353,6 +365,14 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
         threads = [threading.Thread(target=one, args=(f,)) for f in frames]
         for t in threads:
             t.start()
+        queue = app.state.batcher._queue
+        deadline = time.monotonic() + 120  # only bounds a failure; nothing here is timed
+        try:
+            while not (first_batch and queue.qsize() == len(frames) - first_batch[0]):
+                assert time.monotonic() < deadline and not errors, (first_batch, queue.qsize(), errors)
+                time.sleep(0.01)
+        finally:
+            release.set()
         for t in threads:
             t.join()
         stats = c.get("/health").json()["batching"]
@@ -363,7 +383,10 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
     # Scores differ from image to image, so a mixed-up answer would be caught above.
     assert len({round(answers[f][0]["score"], 5) for f in frames}) > len(frames) // 2
     assert stats["requests"] == len(frames)
-    assert stats["largest_batch_images"] > 1 and stats["batches"] < len(frames), stats
+    # The held batch (which may already hold them all: it waits for requests still uploading),
+    # then everything that queued behind it, in one batch.
+    assert stats["batches"] == (1 if first_batch[0] == len(frames) else 2), (first_batch, stats)
+    assert stats["largest_batch_images"] == max(first_batch[0], len(frames) - first_batch[0]) > 1, stats
 
 
 def test_a_service_refuses_another_models_queries(map_world) -> None:  # noqa: F811
