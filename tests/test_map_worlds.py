@@ -9,7 +9,8 @@ import pytest
 from corridor_world import write_corridors
 
 from liploc.errors import ConfigError
-from liploc.localization.localize import build_map, one_world
+from liploc.localization.localize import build_map
+from liploc.localization.map_growth import one_world
 
 
 def test_map_build_refuses_sequences_of_different_worlds(tmp_path: Path) -> None:

@@ -478,6 +478,25 @@ class EmbeddingIndex:
                     "find themselves"
                 )
 
+    def extended(self, vectors: np.ndarray) -> EmbeddingIndex:
+        """A new index holding this one's entries and the rows of ``vectors`` beyond them.
+
+        ``vectors``: the exact embeddings of all entries, this index's first. The exhaustive kinds
+        are rebuilt over them (the same index as a build of the whole); ``hnsw`` and ``ivf-pq``
+        add the new rows to a copy (``ivf-pq`` keeps the codebooks it was trained with). This
+        index is left as it is.
+        """
+        x = check_embeddings(vectors, "map embeddings", dim=self.dim, unit_norm=self.unit_norm)
+        if len(x) < self.ntotal:
+            raise EmbeddingError(f"{len(x)} embeddings cannot extend an index of {self.ntotal}")
+        if self._kind in ("flat", "flat-fp16"):
+            return EmbeddingIndex.build(x, self._kind, unit_norm=self.unit_norm, shortlist=self.shortlist)  # type: ignore[arg-type]
+        # A copy through bytes owns its storage (a loaded index may view a memory-mapped file).
+        index = faiss.deserialize_index(faiss.serialize_index(self.faiss_index))
+        for start in range(self.ntotal, len(x), _ADD_CHUNK):
+            index.add(x[start : start + _ADD_CHUNK])
+        return EmbeddingIndex(index, unit_norm=self.unit_norm, vectors=x, shortlist=self.shortlist)
+
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (faiss format) atomically."""
         atomic_write(path, lambda p: faiss.write_index(self.faiss_index, str(p)))

@@ -118,11 +118,15 @@ class LidarMap:
         index: EmbeddingIndex,
         embedding_precision: str | None = None,
         world: str | None = None,
+        preprocessing: str | None = None,
     ) -> None:
         """Use :meth:`build` or :meth:`load`; this constructor trusts its (consistent) arguments."""
         self.world = world
         """Id of the world frame every pose is in (``DatasetReader.world_id``), or None where
         unknown (maps built before it was recorded, or from frames made by hand)."""
+        self.preprocessing = preprocessing
+        """Identity of the input preprocessing the scans were embedded with
+        (:func:`liploc.localization.map_growth.preprocessing_id`), or None where unknown."""
         self.embedding_precision = embedding_precision
         """Precision the map's scans were embedded with (``fp32``, ``bf16``, ``fp16``); queries are
         embedded with the same one. None for maps written before it was recorded."""
@@ -149,6 +153,7 @@ class LidarMap:
         *,
         max_memory: int | None = None,
         world: str | None = None,
+        preprocessing: str | None = None,
     ) -> LidarMap:
         """Make a map from LiDAR embeddings and their frames.
 
@@ -167,25 +172,13 @@ class LidarMap:
             max_memory: resident bytes the index may take (``auto`` chooses within it; another
                 kind that does not fit is refused with a ConfigError).
             world: id of the world frame of ``poses`` (one for the whole map), recorded.
+            preprocessing: identity of the scans' input preprocessing, recorded (drives added
+                later must match it).
         """
         unit_norm = unit_norm_of(model_config)
         emb = check_embeddings(embeddings, "map embeddings", unit_norm=unit_norm)
         n = len(emb)
-        poses = np.asarray(poses, dtype=np.float64)
-        if poses.shape != (n, 4, 4):
-            raise ValueError(f"poses: expected shape ({n}, 4, 4), got {tuple(poses.shape)}")
-        if not np.all(np.isfinite(poses)):
-            raise ValueError("poses: every map entry needs a finite pose")
-        if len(frame_ids) != n:
-            raise ValueError(f"frame_ids: expected {n} (sequence, index) pairs, got {len(frame_ids)}")
-        sequences = [str(s) for s, _ in frame_ids]
-        frame_indices = np.array([int(i) for _, i in frame_ids], dtype=np.int64)
-        if timestamps is None:
-            times = np.full(n, np.nan)
-        else:
-            times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
-            if times.shape != (n,):
-                raise ValueError(f"timestamps: expected {n} values, got {times.shape}")
+        poses, sequences, frame_indices, times = _checked_entries(n, poses, frame_ids, timestamps)
         if not model_fingerprint:
             raise ValueError("model_fingerprint must be a non-empty string")
         json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
@@ -201,6 +194,35 @@ class LidarMap:
             index,
             embedding_precision,
             world,
+            preprocessing,
+        )
+
+    def appended(
+        self,
+        embeddings: np.ndarray,
+        poses: np.ndarray,
+        frame_ids: Sequence[tuple[str, int]],
+        timestamps: Sequence[float | None] | np.ndarray | None = None,
+    ) -> LidarMap:
+        """A new map holding this map's entries followed by the given ones (arguments as in
+        :meth:`build`; the model, world and preprocessing are this map's, which the caller has
+        checked). The index keeps its kind (see :meth:`EmbeddingIndex.extended`); this map is
+        unchanged. Save the result over this map's folder to publish it in one atomic step."""
+        emb = check_embeddings(embeddings, "added embeddings", dim=self.dim, unit_norm=self.index.unit_norm)
+        poses, sequences, frame_indices, times = _checked_entries(len(emb), poses, frame_ids, timestamps)
+        all_emb = np.concatenate([self.embeddings, emb])
+        return LidarMap(
+            all_emb,
+            np.concatenate([self.poses, poses]),
+            [*self.sequences, *sequences],
+            np.concatenate([self.frame_indices, frame_indices]),
+            np.concatenate([self.timestamps, times]),
+            self.model_fingerprint,
+            self.model_config,
+            self.index.extended(all_emb),
+            self.embedding_precision,
+            self.world,
+            self.preprocessing,
         )
 
     def __len__(self) -> int:
@@ -318,6 +340,7 @@ class LidarMap:
             "index_kind": self.index.kind,
             "index": self.index.params,
             "world": self.world,
+            "preprocessing": self.preprocessing,
             "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
             "embedding_precision": self.embedding_precision,
             "files": {name: {"sha256": file_size_and_sha256(folder / name)[1]} for name in _FILES},
@@ -365,6 +388,7 @@ class LidarMap:
             recorded_kind = manifest.get("index_kind")
             shortlist = int(index_params.get("shortlist", RERANK_SHORTLIST))
             world = manifest.get("world")
+            preprocessing = manifest.get("preprocessing")
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(manifest_path, f"map manifest lacks or mangles an entry ({err})") from err
         for name in _FILES:
@@ -412,7 +436,33 @@ class LidarMap:
             index,
             manifest.get("embedding_precision"),
             world if isinstance(world, str) else None,
+            preprocessing if isinstance(preprocessing, str) else None,
         )
+
+
+def _checked_entries(
+    n: int,
+    poses: np.ndarray,
+    frame_ids: Sequence[tuple[str, int]],
+    timestamps: Sequence[float | None] | np.ndarray | None,
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """(poses, sequences, frame indices, timestamps) of ``n`` entries, checked."""
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.shape != (n, 4, 4):
+        raise ValueError(f"poses: expected shape ({n}, 4, 4), got {tuple(poses.shape)}")
+    if not np.all(np.isfinite(poses)):
+        raise ValueError("poses: every map entry needs a finite pose")
+    if len(frame_ids) != n:
+        raise ValueError(f"frame_ids: expected {n} (sequence, index) pairs, got {len(frame_ids)}")
+    sequences = [str(s) for s, _ in frame_ids]
+    frame_indices = np.array([int(i) for _, i in frame_ids], dtype=np.int64)
+    if timestamps is None:
+        times = np.full(n, np.nan)
+    else:
+        times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
+        if times.shape != (n,):
+            raise ValueError(f"timestamps: expected {n} values, got {times.shape}")
+    return poses, sequences, frame_indices, times
 
 
 def _folder_identity(directory: Path) -> int | None:

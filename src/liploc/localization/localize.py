@@ -24,12 +24,11 @@ from liploc.errors import ConfigError, DataError
 from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
+from liploc.localization.map_growth import one_world, preprocessing_id
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from liploc.datasets.base import DatasetReader
 
 
 def build_map(
@@ -118,6 +117,7 @@ def build_map(
         index_kind=index_kind,
         max_memory=max_memory,
         world=world,
+        preprocessing=preprocessing_id(config),
     )
     # The checkpoint travels with the map (inside it before the swap) so that a deployed map is
     # self-contained and never seen without its model.
@@ -132,26 +132,6 @@ def build_map(
     if console is not None:
         console.print(f"map of {len(lidar_map)} scans ({', '.join(sequences)}) written to {out}")
     return lidar_map
-
-
-def one_world(reader: DatasetReader, sequences: Sequence[str]) -> str | None:
-    """The world-frame id (``reader.world_id``) shared by ``sequences``; None when there are none.
-
-    Raises:
-        ConfigError: two of them are in different world frames (both are named, with their frames).
-    """
-    worlds = {seq: reader.world_id(seq) for seq in sequences}
-    if not sequences:
-        return None
-    first = sequences[0]
-    for seq in sequences[1:]:
-        if worlds[seq] != worlds[first]:
-            raise ConfigError(
-                f"sequences {first} and {seq} are in different world frames "
-                f"({reader.world_frame(first)!r} and {reader.world_frame(seq)!r}): the poses of one map "
-                "must be comparable; build one map per world frame"
-            )
-    return worlds[first]
 
 
 def _export_camera_tower(map_dir: Path, console: Console | None) -> None:
