@@ -21,8 +21,10 @@ from torch import nn
 
 from liploc.config import Config
 from liploc.errors import ConfigError, DataError
+from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
+from liploc.localization.map_growth import one_world, preprocessing_id
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ def build_map(
     precision: str | None = None,
     force: bool = False,
     onnx: bool = True,
+    index_kind: IndexKind = "auto",
+    max_memory: int | None = None,
 ) -> LidarMap:
     """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
 
@@ -54,6 +58,11 @@ def build_map(
     so that ``liploc localize`` answers without loading torch and timm (0.4 s from a cold start
     instead of 4 s on a small CPU); a model the exporter cannot handle leaves a map without one,
     and says so.
+
+    ``index_kind`` and ``max_memory`` (bytes) choose the search index (see
+    :func:`liploc.localization.index.choose_kind`); the map records it. Every sequence must be in
+    one world frame (a map's poses are compared with each other): sequences of different worlds
+    are refused, naming two of them, before the model is loaded.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
     from liploc.console import progress_bar
@@ -70,10 +79,11 @@ def build_map(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
-    model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
     sequences = [resolve_sequence_name(s, reader.sequences(), data_root) for s in sequences]  # "8" -> "08"
     require_sequences(reader, data_root, list(sequences))
+    world = one_world(reader, sequences)
+    model, config = load_model_from_checkpoint(checkpoint)
     frames = []
     for seq in sequences:
         kept, skipped = posed(reader.frames(seq))
@@ -104,6 +114,10 @@ def build_map(
         config.model.model_dump(mode="json"),
         timestamps=frame_times(frames),
         embedding_precision=precision,
+        index_kind=index_kind,
+        max_memory=max_memory,
+        world=world,
+        preprocessing=preprocessing_id(config),
     )
     # The checkpoint travels with the map (inside it before the swap) so that a deployed map is
     # self-contained and never seen without its model.
