@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,8 @@ from liploc.training.train import train
 
 BRIDGE = TINY.parent / "tiny_bridge.yaml"
 MAP_SEQUENCE = "02"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +197,42 @@ def test_an_appearance_run_and_map_are_what_they_were(corridor: Path, tmp_path: 
     assert Localizer.open(map_dir, device="cpu").localize(
         [corridor / "sequences" / "02" / "image_2" / "000003.png"]
     )
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_bridge_run_whose_validation_is_the_single_process_one(
+    corridor: Path, tmp_path: Path
+) -> None:
+    from torch.utils.data import DataLoader
+
+    from liploc.runtime.checkpoint import strip_prefix
+    from liploc.training.losses import build_loss
+    from liploc.training.validation import validate
+
+    run = tmp_path / "run"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "liploc", "train", str(BRIDGE), "--data-root", str(corridor), "--out", str(run),
+        "--no-progress",
+        "--set", "train.max_steps=2", "--set", "train.log_every=1", "--set", "data.num_workers=0",
+        "--set", "train.batch_size=8", "--set", "data.image_size=[32, 32]",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    assert all(np.isfinite(r["depth_loss"]) for r in read_csv_rows(run / "metrics.csv"))
+
+    # The depth metrics the two processes summed over their halves of the held-out frames are the
+    # single-process figures of the saved weights.
+    tensors, meta = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    model, config = load_model_from_checkpoint(run / "checkpoints" / "last.safetensors")
+    loss_fn = build_loss(config.loss)
+    loss_fn.load_state_dict(strip_prefix(tensors, "loss."))
+    loader = DataLoader(PairDataset(split_frames(config.data, "val"), config), batch_size=8)
+    single = validate(model, loss_fn, loader, torch.device("cpu"))
+    for key in ("val_loss", "val_depth_loss", "val_abs_rel", "val_rmse", "val_delta1"):
+        assert single[key] == pytest.approx(meta["metrics"][key], rel=1e-5), key

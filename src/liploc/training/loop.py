@@ -137,14 +137,18 @@ class Trainer(RunSetup):
                 positions = loss_positions(self.loss_fn, batch, device)
                 worlds = batch["world"].to(device, non_blocking=True) if positions is not None else None
                 loss = self.loss_fn(image_emb.float(), lidar_emb.float(), positions, worlds)
+                logged = loss.detach()
                 if self.bridge is not None:
                     # The geometry bridge: depth supervised by the scan, beside the contrastive loss.
                     target = batch["depth"].to(device, non_blocking=True)
                     depth_loss = bridge_depth_loss(out[2], target, self.bridge)
                     loss = loss + self.bridge.depth_weight * depth_loss
+                    # Logged over the global batch, as the contrastive loss is (the same on every
+                    # process); each process's gradient is its share, which DDP averages.
                     depth_losses.append(distributed.all_reduce_mean(depth_loss.detach()))
+                    logged = logged + self.bridge.depth_weight * depth_losses[-1]
                 self.scaler.scale(loss / tc.grad_accum).backward()
-            losses.append(loss.detach())
+            losses.append(logged)
         if hasattr(self.loss_fn, "check_rows"):
             # Training batches are equal on every process by construction (drop_last, equal
             # shares): the first step's check under DDP is enough.
