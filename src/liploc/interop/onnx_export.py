@@ -30,7 +30,7 @@ import torch
 from liploc.atomic import dir_mode, reporting_full_disk
 from liploc.atomic_folder import real_folder, replace_folder, scratch_path, sweep_folder_leftovers
 from liploc.checksums import file_size_and_sha256
-from liploc.errors import DataError, LiplocError
+from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.models import TwoTowerModel
 
 EXPORT_FORMAT = "liploc-onnx-export"
@@ -73,6 +73,12 @@ def export_onnx(
         raise DataError(out, "exists and is not a liploc ONNX export folder; refusing to overwrite it")
     checkpoint = resolve_checkpoint(run)
     model, config = load_model_from_checkpoint(checkpoint)
+    if config.model.method == "bridge":
+        raise ConfigError(
+            f"{checkpoint}: ONNX export of geometry-bridge models (model.method bridge) is not "
+            "supported: their camera tower back-projects its depth and rasterises a BEV, which "
+            "the export does not cover; localize and serve them on torch (--backend auto picks it)"
+        )
     model = model.float().eval()
     fingerprint = model.fingerprint()
     h, w = config.data.image_size

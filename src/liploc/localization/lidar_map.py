@@ -2,8 +2,10 @@
 
 A saved map is a folder::
 
-    manifest.json     format, version, sizes, the model's fingerprint and config, the index's kind
-                      and settings, the drives' world frame, sha256 of each file
+    manifest.json     format, version, sizes, the model's fingerprint and config, its method
+                      (appearance or bridge) and, for bridge maps, the camera calibration of
+                      the map's drives, the index's kind and settings, the drives' world frame,
+                      sha256 of each file
     embeddings.npy    (N, D) float32, L2-normalised LiDAR embeddings
     poses.npy         (N, 4, 4) float64 LiDAR poses in the z-up world frame
     frames.json       sequence name, frame index and timestamp (or null) of each entry
@@ -119,6 +121,7 @@ class LidarMap:
         embedding_precision: str | None = None,
         world: str | None = None,
         preprocessing: str | None = None,
+        camera: dict[str, Any] | None = None,
     ) -> None:
         """Use :meth:`build` or :meth:`load`; this constructor trusts its (consistent) arguments."""
         self.world = world
@@ -127,6 +130,10 @@ class LidarMap:
         self.preprocessing = preprocessing
         """Identity of the input preprocessing the scans were embedded with
         (:func:`liploc.localization.map_growth.preprocessing_id`), or None where unknown."""
+        self.camera = camera
+        """Bridge maps: the camera of the map's drives, ``{"P": 3x4, "T_cam_lidar": 4x4,
+        "image_size": [width, height]}`` (lists), with which query images are back-projected
+        (one rig made the map); None for appearance maps."""
         self.embedding_precision = embedding_precision
         """Precision the map's scans were embedded with (``fp32``, ``bf16``, ``fp16``); queries are
         embedded with the same one. None for maps written before it was recorded."""
@@ -154,6 +161,7 @@ class LidarMap:
         max_memory: int | None = None,
         world: str | None = None,
         preprocessing: str | None = None,
+        camera: dict[str, Any] | None = None,
     ) -> LidarMap:
         """Make a map from LiDAR embeddings and their frames.
 
@@ -174,6 +182,8 @@ class LidarMap:
             world: id of the world frame of ``poses`` (one for the whole map), recorded.
             preprocessing: identity of the scans' input preprocessing, recorded (drives added
                 later must match it).
+            camera: the calibration of the map's camera (see :attr:`camera`); a geometry-bridge
+                model (``model_config`` method ``bridge``) needs it to embed queries.
         """
         unit_norm = unit_norm_of(model_config)
         emb = check_embeddings(embeddings, "map embeddings", unit_norm=unit_norm)
@@ -182,6 +192,8 @@ class LidarMap:
         if not model_fingerprint:
             raise ValueError("model_fingerprint must be a non-empty string")
         json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
+        if method_of(model_config) == "bridge":
+            camera = check_camera(camera)
         index = EmbeddingIndex.build(emb, kind=index_kind, unit_norm=unit_norm, max_memory=max_memory)
         return cls(
             emb,
@@ -195,6 +207,7 @@ class LidarMap:
             embedding_precision,
             world,
             preprocessing,
+            camera,
         )
 
     def appended(
@@ -223,10 +236,17 @@ class LidarMap:
             self.embedding_precision,
             self.world,
             self.preprocessing,
+            self.camera,
         )
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    @property
+    def method(self) -> str:
+        """The model's method: ``appearance`` (LIP-Loc; every map made before the geometry bridge)
+        or ``bridge``."""
+        return method_of(self.model_config)
 
     @property
     def dim(self) -> int:
@@ -342,9 +362,12 @@ class LidarMap:
             "world": self.world,
             "preprocessing": self.preprocessing,
             "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
+            "method": self.method,
             "embedding_precision": self.embedding_precision,
             "files": {name: {"sha256": file_size_and_sha256(folder / name)[1]} for name in _FILES},
         }
+        if self.camera is not None:
+            manifest["camera"] = self.camera
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         for name in (*_FILES, MANIFEST):
             with open(folder / name, "rb+") as f:
@@ -415,6 +438,14 @@ class LidarMap:
             raise DataError(frames_path, f"unreadable frame list ({err})") from err
         if not (len(sequences) == len(frame_indices) == len(times) == n):
             raise DataError(frames_path, f"expected {n} frames as the manifest says")
+        camera = manifest.get("camera")
+        if method_of(model_config) == "bridge":
+            try:
+                camera = check_camera(camera)
+            except ValueError as err:
+                raise DataError(
+                    manifest_path, f"geometry-bridge map without a usable camera ({err})"
+                ) from None
         index_path = directory / "index.faiss"
         index = EmbeddingIndex.load(
             index_path, unit_norm=unit_norm_of(model_config), vectors=embeddings, shortlist=shortlist
@@ -437,6 +468,7 @@ class LidarMap:
             manifest.get("embedding_precision"),
             world if isinstance(world, str) else None,
             preprocessing if isinstance(preprocessing, str) else None,
+            camera,
         )
 
 
@@ -476,6 +508,28 @@ def unit_norm_of(model_config: dict[str, Any]) -> bool:
     """Whether the map's model L2-normalises its embeddings (``model.normalize``; maps made before
     that setting existed hold normalised embeddings)."""
     return bool(model_config.get("normalize", True))
+
+
+def method_of(model_config: dict[str, Any]) -> str:
+    """The method of a map's model config (``appearance`` for configs made before methods)."""
+    return str(model_config.get("method", "appearance"))
+
+
+def check_camera(camera: Any) -> dict[str, Any]:
+    """A bridge map's camera as JSON lists (ValueError naming what is missing or wrong)."""
+    if not isinstance(camera, dict):
+        raise ValueError("a geometry-bridge map needs the camera calibration of its drives")
+    try:
+        P = np.asarray(camera["P"], dtype=np.float64)
+        T = np.asarray(camera["T_cam_lidar"], dtype=np.float64)
+        size = [int(v) for v in camera["image_size"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"camera needs P, T_cam_lidar and image_size ({err})") from None
+    if P.shape != (3, 4) or T.shape != (4, 4) or len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"camera: P {P.shape} must be 3x4, T_cam_lidar {T.shape} 4x4, image_size two sides")
+    if not (np.all(np.isfinite(P)) and np.all(np.isfinite(T))):
+        raise ValueError("camera: P and T_cam_lidar must be finite")
+    return {"P": P.tolist(), "T_cam_lidar": T.tolist(), "image_size": size}
 
 
 def _describe_model(config: dict[str, Any]) -> str:

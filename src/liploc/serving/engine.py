@@ -240,6 +240,7 @@ class MapService:
                 "y_max": float(xy[:, 1].max()),
             },
             "embedding_dim": m.dim,
+            "method": m.method,
             "index_kind": m.index.kind,
             "model": {"fingerprint": m.model_fingerprint, "config": m.model_config},
             "created": created.isoformat(timespec="seconds"),
