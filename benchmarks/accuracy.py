@@ -274,8 +274,7 @@ def _finite(v: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The one call to liploc's evaluate() (its signature is about to become a settings object:
-# adapt here only)
+# The one call to liploc's evaluate()
 # ---------------------------------------------------------------------------------------------
 
 
@@ -292,9 +291,7 @@ def run_evaluation(
     seq_len: int | None,
 ) -> tuple[RetrievalResult, RetrievalResult | None]:
     """Single-image result and, with ``seq_len``, the sequence-matching result (odometry)."""
-    output = evaluate(
-        run_dir,
-        data_root,
+    settings = EvaluationSettings(
         sequence,
         protocol=protocol,
         map_sequence=map_sequence,
@@ -302,10 +299,10 @@ def run_evaluation(
         thresholds_m=thresholds_m,
         out_dir=out_dir,
         num_examples=0,
-        console=None,
         seq_len=seq_len,
         odometry=seq_len is not None,
     )
+    output = evaluate(run_dir, data_root, settings, console=None)
     return output.result, output.sequence_result
 
 
