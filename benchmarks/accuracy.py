@@ -58,7 +58,7 @@ from liploc.commands.demo import pinned_torch_threads
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import open_dataset
 from liploc.errors import ConfigError
-from liploc.evaluation.evaluate import evaluate, protocol_label
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate, protocol_label
 from liploc.evaluation.metrics import RetrievalResult
 from liploc.runtime.data_roots import posed
 from liploc.synth import SynthOptions, generate_dataset
