@@ -24,7 +24,7 @@ from liploc.errors import ConfigError, DataError
 from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
-from liploc.localization.map_growth import one_world, preprocessing_id
+from liploc.localization.map_growth import one_world, posed_map_frames, preprocessing_id
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
@@ -74,7 +74,6 @@ def build_map(
     from liploc.datasets.sequence_names import resolve_sequence_name
     from liploc.localization.embedding import embed_frames
     from liploc.runtime.checkpoint import copy_checkpoint
-    from liploc.runtime.data_roots import posed
     from liploc.runtime.device import embedding_precision, pick_device
     from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -86,14 +85,7 @@ def build_map(
     require_sequences(reader, data_root, list(sequences))
     world = one_world(reader, sequences)
     model, config = load_model_from_checkpoint(checkpoint)
-    frames = []
-    for seq in sequences:
-        kept, skipped = posed(reader.frames(seq))
-        if skipped and console is not None:
-            console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
-        frames.extend(kept)
-    if not frames:
-        raise DataError(data_root, "no frame with a pose in the requested sequences")
+    frames = posed_map_frames(reader, data_root, sequences, console)
     dev = pick_device(device)
     precision = precision or embedding_precision(config, dev)
     progress = progress_bar(console)

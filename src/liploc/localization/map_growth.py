@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from liploc.config import Config
     from liploc.datasets.base import DatasetReader
+    from liploc.datasets.frame import Frame
 
 
 def preprocessing_id(config: Config) -> str:
@@ -113,7 +114,6 @@ def add_to_map(
     from liploc.datasets.frame import frame_times
     from liploc.datasets.sequence_names import resolve_sequence_name
     from liploc.localization.embedding import embed_frames
-    from liploc.runtime.data_roots import posed
     from liploc.runtime.device import pick_device
     from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -124,19 +124,7 @@ def add_to_map(
         sequences = [resolve_sequence_name(s, reader.sequences(), data_root) for s in sequences]
         require_sequences(reader, data_root, list(sequences))
         world = one_world(reader, sequences)
-        if lidar_map.world is None:
-            raise ConfigError(
-                f"{map_dir}: the map does not record its world frame (built before maps could grow); "
-                "rebuild it with `liploc map build` to add drives to it"
-            )
-        if world != lidar_map.world:
-            raise ConfigError(
-                f"sequence {sequences[0]} is in world frame {world!r} but the map {map_dir} is in "
-                f"{lidar_map.world!r}: a map's poses must be comparable"
-            )
-        present = sorted(set(sequences) & set(lidar_map.sequences))
-        if present:
-            raise ConfigError(f"{map_dir}: sequence {present[0]} is already in the map")
+        _check_joinable(lidar_map, map_dir, world, sequences)
 
         map_model = MapFolder(map_dir).checkpoint
         ckpt = resolve_checkpoint(checkpoint) if checkpoint is not None else map_model
@@ -155,14 +143,7 @@ def add_to_map(
         dev = pick_device(device)
         precision = _precision(lidar_map, precision, config, dev)
 
-        frames = []
-        for seq in sequences:
-            kept, skipped = posed(reader.frames(seq))
-            if skipped and console is not None:
-                console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
-            frames.extend(kept)
-        if not frames:
-            raise DataError(data_root, "no frame with a pose in the requested sequences")
+        frames = posed_map_frames(reader, data_root, sequences, console)
         progress = progress_bar(console)
         with progress if progress is not None else nullcontext():
             emb = embed_frames(
@@ -192,6 +173,40 @@ def add_to_map(
             f"added {len(frames)} scans ({', '.join(sequences)}) to {map_dir}: {len(grown)} scans in all"
         )
     return grown
+
+
+def _check_joinable(lidar_map: LidarMap, map_dir: Path, world: str | None, sequences: Sequence[str]) -> None:
+    """Refuse drives that cannot join the map: another world frame, or already in it."""
+    if lidar_map.world is None:
+        raise ConfigError(
+            f"{map_dir}: the map does not record its world frame (built before maps could grow); "
+            "rebuild it with `liploc map build` to add drives to it"
+        )
+    if world != lidar_map.world:
+        raise ConfigError(
+            f"sequence {sequences[0]} is in world frame {world!r} but the map {map_dir} is in "
+            f"{lidar_map.world!r}: a map's poses must be comparable"
+        )
+    present = sorted(set(sequences) & set(lidar_map.sequences))
+    if present:
+        raise ConfigError(f"{map_dir}: sequence {present[0]} is already in the map")
+
+
+def posed_map_frames(
+    reader: DatasetReader, data_root: str | Path, sequences: Sequence[str], console: Console | None
+) -> list[Frame]:
+    """The frames of ``sequences`` that have a pose (those without are counted aloud)."""
+    from liploc.runtime.data_roots import posed
+
+    frames = []
+    for seq in sequences:
+        kept, skipped = posed(reader.frames(seq))
+        if skipped and console is not None:
+            console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
+        frames.extend(kept)
+    if not frames:
+        raise DataError(data_root, "no frame with a pose in the requested sequences")
+    return frames
 
 
 def _precision(lidar_map: LidarMap, asked: str | None, config: Config, device: object) -> str:
