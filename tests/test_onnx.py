@@ -278,3 +278,39 @@ def test_an_export_of_another_model_or_a_changed_graph_is_refused(exported, map_
     res = CliRunner().invoke(app, ["localize", str(exported["map"]), "x.png", "--backend", "tpu"])
     # A usage error, refused by the command line's own check before anything loads.
     assert res.exit_code == 2 and "tpu" in res.output
+
+
+def _export_copy(source: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in source.iterdir():
+        dest.joinpath(f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_a_graph_swapped_for_another_models_is_refused_by_its_own_word(exported, tmp_path) -> None:
+    # Fault found from outside: the other model's graph, with preprocessing.json's sha256 rewritten
+    # to match, was used with the JSON's fingerprint (frame 55 where torch gives 53).
+    from liploc.checksums import file_size_and_sha256
+    from liploc.interop.onnx_encoder import OnnxImageEncoder
+
+    forged = _export_copy(exported["map_export"], tmp_path / "forged")
+    (forged / "image_tower.onnx").write_bytes((exported["other_export"] / "image_tower.onnx").read_bytes())
+    spec = json.loads((forged / "preprocessing.json").read_text())
+    spec["image"]["sha256"] = file_size_and_sha256(forged / "image_tower.onnx")[1]
+    (forged / "preprocessing.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"image_tower\.onnx: the graph is of model"):
+        OnnxImageEncoder(forged)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/image_tower.onnx", ".."])
+def test_the_export_description_cannot_point_outside_its_folder(exported, tmp_path, name: str) -> None:
+    from liploc.interop.onnx_encoder import OnnxImageEncoder
+
+    bad = _export_copy(exported["map_export"], tmp_path / "bad")
+    spec = json.loads((bad / "preprocessing.json").read_text())
+    spec["image"]["file"] = name
+    (bad / "preprocessing.json").write_text(json.dumps(spec))
+    with pytest.raises(
+        DataError, match=r"preprocessing\.json: names the graph .* not a file of the export folder"
+    ):
+        OnnxImageEncoder(bad)
