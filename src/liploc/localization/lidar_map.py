@@ -434,6 +434,8 @@ class LidarMap:
             sequences = [names.setdefault(s, s) for s in map(str, frames["sequence"])]
             frame_indices = np.array(frames["frame_index"], dtype=np.int64)
             times = np.array([np.nan if t is None else t for t in frames["timestamp"]], dtype=np.float64)
+        except RecursionError:  # a list nested thousands deep: no frame list of liploc's
+            raise DataError(frames_path, "unreadable frame list (nested too deeply)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise DataError(frames_path, f"unreadable frame list ({err})") from err
         if not (len(sequences) == len(frame_indices) == len(times) == n):
