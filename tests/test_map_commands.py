@@ -34,3 +34,24 @@ def test_map_add_refuses_a_drive_of_another_world(map_world: dict[str, Path], tm
     assert res.exit_code == 1, res.output
     assert "world" in res.output and "01" in res.output
     assert (grown / "manifest.json").read_bytes() == before  # the map as it was
+
+
+def test_a_scan_without_its_image_is_said_left_out_by_map_build_and_evaluate(
+    map_world: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Fault found from outside: evaluate printed "59 queries" and map build "map of 59 scans"
+    # without a word on the frame they left out, while training says "left out 1".
+    root = tmp_path / "data"
+    shutil.copytree(map_world["root"], root)
+    (root / "sequences" / MAP_SEQUENCE / "image_2" / "000007.png").unlink()
+    runner = CliRunner()
+    args = ["--data-root", str(root), "--sequence", MAP_SEQUENCE]
+    res = runner.invoke(
+        app, ["map", "build", str(map_world["run"]), *args, "--out", str(tmp_path / "m"), "--no-onnx"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"{MAP_SEQUENCE}: 1 scans or images without their pair left out of the map" in res.output
+    res = runner.invoke(app, ["evaluate", str(map_world["run"]), *args, "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "left out 1 scans or images without their pair" in res.output

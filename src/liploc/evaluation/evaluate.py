@@ -38,7 +38,7 @@ from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, swee
 from liploc.config import Config
 from liploc.console import print_line, print_table, progress_bar
 from liploc.datasets import DatasetReader, Frame, load_image, load_scan, open_dataset
-from liploc.datasets.base import require_sequences
+from liploc.datasets.base import require_sequences, unpaired_count
 from liploc.datasets.frame import frame_times
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.datasets.sequence_range import SequenceRange
@@ -91,6 +91,7 @@ class EvaluationFrames:
         query_xy, database_xy: (Q, 2) and (N, 2) ground-plane positions.
         queries_without_pose, database_without_pose: frames left out for want of a pose.
         evaluated_on_training_data: what the run trained or validated on among them (allowed).
+        unpaired: scans or images without their pair in the sequences (left out, and said).
     """
 
     reader: DatasetReader
@@ -103,6 +104,8 @@ class EvaluationFrames:
     queries_without_pose: int
     database_without_pose: int
     evaluated_on_training_data: list[str]
+    unpaired: int = 0
+    """Scans without their image or images without their scan in the sequences: left out."""
 
 
 @dataclass
@@ -230,6 +233,7 @@ def select_frames(
         skipped_q,
         skipped_db,
         overlaps,
+        sum(unpaired_count(reader, s) for s in {sequence, database_range.sequence}),
     )
 
 
@@ -313,6 +317,7 @@ def run_info(
         "model_fingerprint": fingerprint,
         "queries_without_pose": frames.queries_without_pose,
         "database_without_pose": frames.database_without_pose,
+        "unpaired_left_out": frames.unpaired,
     }
     if protocol == "revisit":
         info["revisit_window_s"] = settings.revisit_window_s
@@ -421,6 +426,11 @@ def print_summary(
     if scores.reference is not None:
         caption = f"{label}: Recall@1, liploc's metric and the reference code's"
         print_table(console, scores.reference.table(title=caption))
+    if frames.unpaired:
+        print_line(
+            console,
+            f"left out {frames.unpaired} scans or images without their pair (`liploc info` lists them)",
+        )
     print_line(console, f"wrote {files['metrics']} and {files['html']}")
 
 

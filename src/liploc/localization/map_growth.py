@@ -196,6 +196,7 @@ def posed_map_frames(
     reader: DatasetReader, data_root: str | Path, sequences: Sequence[str], console: Console | None
 ) -> list[Frame]:
     """The frames of ``sequences`` that have a pose (those without are counted aloud)."""
+    from liploc.datasets.base import unpaired_count
     from liploc.runtime.data_roots import posed
 
     frames = []
@@ -204,6 +205,12 @@ def posed_map_frames(
         if skipped and console is not None:
             console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
         frames.extend(kept)
+        unpaired = unpaired_count(reader, seq)
+        if unpaired and console is not None:
+            console.print(
+                f"[yellow]{seq}: {unpaired} scans or images without their pair left out of the map "
+                "(`liploc info` lists them)[/]"
+            )
     if not frames:
         raise DataError(data_root, "no frame with a pose in the requested sequences")
     return frames
