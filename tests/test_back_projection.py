@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from bev_scene import calibration, lidar_scan
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, skip_unless_ci
 
 from liploc.datasets.frame import Calibration
 from liploc.lidar.back_projection import (
@@ -85,7 +85,7 @@ def test_exact_inverse_of_camera_depth_on_the_scene(size) -> None:
 @pytest.mark.parametrize("size", [None, (224, 224)])
 def test_exact_inverse_of_camera_depth_on_real_kitti(size) -> None:
     if not POSED.is_dir():
-        pytest.skip(f"shared data not found at {POSED}")
+        skip_unless_ci(f"shared data not found at {POSED}")
     from liploc.datasets import open_dataset
     from liploc.datasets.scan import load_scan
 

@@ -20,7 +20,7 @@ from tiny_runs import TINY
 
 from liploc.config import load_config
 from liploc.errors import ConfigError
-from liploc.evaluation.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.lidar import camera_depth_image
 from liploc.localization.backend import choose_backend, open_localizer
 from liploc.localization.embedding import embed_frames
@@ -110,7 +110,7 @@ def test_a_bridge_run_trains_evaluates_maps_localizes_and_serves(
     assert isinstance(model, GeometryBridgeModel) and model.embed_dim == 128
 
     # Evaluation, every frame counted, with sequence matching; nothing in evaluation/ knows the method.
-    ev = evaluate(bridge_run, corridor, MAP_SEQUENCE, num_examples=0, seq_len=3)
+    ev = evaluate(bridge_run, corridor, EvaluationSettings(MAP_SEQUENCE, num_examples=0, seq_len=3))
     assert ev.result.main.num_counted == 12 and ev.sequence_result is not None
 
     # The map records the method and the camera; it has no ONNX export and auto picks torch.
