@@ -69,6 +69,7 @@ from sequence_windows import OTHER_LANE_M, sideways_offsets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
+TINY_BRIDGE = REPO / "configs" / "tiny_bridge.yaml"
 KITTI_POSED = REPO.parent / "shared" / "data" / "kitti-raw-posed"
 """The real posed KITTI raw drive (24 frames, 7 m apart) of the zero-shot row."""
 Z_95 = 1.959963984540054
@@ -118,14 +119,17 @@ PAPER_RECIPE: tuple[str, ...] = (
 METHODS: dict[str, Method] = {
     "lip-loc": Method(TINY, PAPER_RECIPE, "main", "the paper's recipe at tiny scale"),
     "liploc": Method(TINY, (), "main", "configs/tiny.yaml as is"),
-    # ---- issue 21: the geometry-bridge methods, added by name here ---------------------------
-    # Their configs live on the geometry-bridge branch (lidar/bev_raster.py, models/depth_head.py);
-    # fill in `config` and `overrides` when it lands. Until then (or while their config does not
-    # validate on this checkout) the table shows "not available" in their column and the JSON
-    # says why.
-    "bridge": Method(None, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
-    "bridge-bev-only": Method(None, (), "ablation", "the bridge's BEV branch alone"),
-    "appearance+depth-aux": Method(None, (), "ablation", "liploc's towers with an auxiliary depth head"),
+    # ---- issue 21: the geometry bridge (configs/tiny_bridge.yaml) and its ablations -----------
+    "bridge": Method(TINY_BRIDGE, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
+    "bridge-bev-only": Method(
+        TINY_BRIDGE, ("model.bridge.fusion=bev_only",), "ablation", "the bridge's BEV branch alone"
+    ),
+    "appearance+depth-aux": Method(
+        TINY_BRIDGE,
+        ("model.bridge.fusion=depth_aux",),
+        "ablation",
+        "liploc's towers with an auxiliary depth head",
+    ),
     # ------------------------------------------------------------------------------------------
 }
 
