@@ -58,7 +58,7 @@ from liploc.commands.demo import pinned_torch_threads
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import open_dataset
 from liploc.errors import ConfigError
-from liploc.evaluation.evaluate import evaluate, protocol_label
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate, protocol_label
 from liploc.evaluation.metrics import RetrievalResult
 from liploc.runtime.data_roots import posed
 from liploc.synth import SynthOptions, generate_dataset
@@ -69,6 +69,7 @@ from sequence_windows import OTHER_LANE_M, sideways_offsets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
+TINY_BRIDGE = REPO / "configs" / "tiny_bridge.yaml"
 KITTI_POSED = REPO.parent / "shared" / "data" / "kitti-raw-posed"
 """The real posed KITTI raw drive (24 frames, 7 m apart) of the zero-shot row."""
 Z_95 = 1.959963984540054
@@ -118,14 +119,17 @@ PAPER_RECIPE: tuple[str, ...] = (
 METHODS: dict[str, Method] = {
     "lip-loc": Method(TINY, PAPER_RECIPE, "main", "the paper's recipe at tiny scale"),
     "liploc": Method(TINY, (), "main", "configs/tiny.yaml as is"),
-    # ---- issue 21: the geometry-bridge methods, added by name here ---------------------------
-    # Their configs live on the geometry-bridge branch (lidar/bev_raster.py, models/depth_head.py);
-    # fill in `config` and `overrides` when it lands. Until then (or while their config does not
-    # validate on this checkout) the table shows "not available" in their column and the JSON
-    # says why.
-    "bridge": Method(None, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
-    "bridge-bev-only": Method(None, (), "ablation", "the bridge's BEV branch alone"),
-    "appearance+depth-aux": Method(None, (), "ablation", "liploc's towers with an auxiliary depth head"),
+    # ---- issue 21: the geometry bridge (configs/tiny_bridge.yaml) and its ablations -----------
+    "bridge": Method(TINY_BRIDGE, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
+    "bridge-bev-only": Method(
+        TINY_BRIDGE, ("model.bridge.fusion=bev_only",), "ablation", "the bridge's BEV branch alone"
+    ),
+    "appearance+depth-aux": Method(
+        TINY_BRIDGE,
+        ("model.bridge.fusion=depth_aux",),
+        "ablation",
+        "liploc's towers with an auxiliary depth head",
+    ),
     # ------------------------------------------------------------------------------------------
 }
 
@@ -274,8 +278,7 @@ def _finite(v: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The one call to liploc's evaluate() (its signature is about to become a settings object:
-# adapt here only)
+# The one call to liploc's evaluate()
 # ---------------------------------------------------------------------------------------------
 
 
@@ -292,9 +295,7 @@ def run_evaluation(
     seq_len: int | None,
 ) -> tuple[RetrievalResult, RetrievalResult | None]:
     """Single-image result and, with ``seq_len``, the sequence-matching result (odometry)."""
-    output = evaluate(
-        run_dir,
-        data_root,
+    settings = EvaluationSettings(
         sequence,
         protocol=protocol,
         map_sequence=map_sequence,
@@ -302,10 +303,10 @@ def run_evaluation(
         thresholds_m=thresholds_m,
         out_dir=out_dir,
         num_examples=0,
-        console=None,
         seq_len=seq_len,
         odometry=seq_len is not None,
     )
+    output = evaluate(run_dir, data_root, settings, console=None)
     return output.result, output.sequence_result
 
 

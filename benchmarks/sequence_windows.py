@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from liploc.datasets import Frame, open_dataset
-from liploc.evaluation.evaluate import simulated_odometry
+from liploc.evaluation.sequence_rows import simulated_odometry
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings, sequence_search
 from liploc.runtime.data_roots import posed
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NoReturn, TypedDict
 
 import numpy as np
 import pytest
@@ -341,16 +341,29 @@ def write_kitti_raw(
     return drive
 
 
+def under_ci() -> bool:
+    """The one rule for "under CI": ``CI`` set to a true value (1, true or yes, in any case).
+
+    CI services set ``CI=true``; ``.ci/run`` sets it too.
+    """
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci(message: str) -> NoReturn:
+    """Skip the test for a missing prerequisite (real data, a browser, a package), or FAIL it under
+    CI (:func:`under_ci`): CI must not pass by skipping. Every such skip of the suite goes here."""
+    if under_ci():
+        pytest.fail(f"{message}; under CI it is required", pytrace=False)
+    pytest.skip(message)
+
+
 def require_shared_data() -> Path:
-    """``shared/data``; when absent the test is skipped, or FAILS under CI (``CI=true``).
+    """``shared/data``; when absent the test is skipped, or FAILS under CI (:func:`under_ci`).
 
     The real KITTI samples guard behaviour synthetic data cannot: CI must not pass by skipping them.
     """
     if not SHARED_DATA.is_dir():
-        message = f"real KITTI samples not found at {SHARED_DATA} (see shared/data/README.md)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{message}; under CI they are required", pytrace=False)
-        pytest.skip(message)
+        skip_unless_ci(f"real KITTI samples not found at {SHARED_DATA} (see shared/data/README.md)")
     return SHARED_DATA
 
 
@@ -374,6 +387,30 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    """Torch on two threads during the test, the count restored after it (as :func:`one_thread`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored() -> Iterator[None]:
+    """Every test leaves torch's thread count as it found it (set it through :func:`one_thread` or
+    :func:`two_threads`): the speed and the rounding of the tests after it depend on the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, (
+        f"the test changed torch's thread count from {threads} to {torch.get_num_threads()}"
+    )
 
 
 @pytest.fixture

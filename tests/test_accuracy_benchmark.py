@@ -142,14 +142,14 @@ def test_benchmark_table_and_json_report_a_failing_method(
         "lip-loc": acc.METHODS["lip-loc"],
         "invalid": acc.Method(acc.TINY, ("model.embed_dim=-1",)),  # does not validate
         "crashes": acc.Method(acc.TINY, (), "ablation"),
-        "bridge": acc.METHODS["bridge"],  # named, not written yet
+        "unwritten": acc.Method(None, ()),  # named, its config not written
     }
     opts = _small_options(tmp_path, shared)
     payload = acc.run_benchmark(opts, methods, Console(file=io.StringIO()), train_fn)
     payload = json.loads(json.dumps(payload))  # JSON-ready throughout
 
     res = payload["methods"]
-    for name in ("invalid", "bridge"):
+    for name in ("invalid", "unwritten"):
         assert res[name]["available"] is False and res[name]["why"].startswith("not available")
     assert "embed_dim" in res["invalid"]["why"]
     assert res["crashes"]["available"] is False and "the towers do not fit" in res["crashes"]["why"]

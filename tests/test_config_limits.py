@@ -51,3 +51,38 @@ def test_validator_messages_do_not_carry_pydantics_prefix(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "fov_up (-30" in str(err.value) and "Value error" not in str(err.value)
+
+
+def test_records_nested_too_deeply_are_refused_naming_the_file(tmp_path: Path) -> None:
+    # Fault found from outside: a manifest, frames.json or checkpoint .json nested 100,000 levels
+    # deep gave RecursionError tracebacks in localize, evaluate and serve.
+    import json
+
+    import numpy as np
+
+    from liploc.checksums import file_size_and_sha256
+    from liploc.errors import DataError
+    from liploc.localization.lidar_map import LidarMap
+    from liploc.runtime.checkpoint import load_checkpoint
+
+    deep = "[" * 100_000 + "]" * 100_000
+    emb = np.eye(4, 8, dtype=np.float32)
+    LidarMap.build(emb, np.tile(np.eye(4), (4, 1, 1)), [("00", i) for i in range(4)], "fp", {}).save(
+        tmp_path / "m"
+    )
+    for name in ("manifest.json", "frames.json"):
+        folder = tmp_path / f"m-{name}"
+        folder.mkdir()
+        for f in (tmp_path / "m").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / name).write_text(deep)
+        if name == "frames.json":  # with its checksum updated, as a crafted map would have it
+            manifest = json.loads((folder / "manifest.json").read_text())
+            manifest["files"][name]["sha256"] = file_size_and_sha256(folder / name)[1]
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(DataError, match=rf"{name}: .*nested too deeply"):
+            LidarMap.load(folder)
+    (tmp_path / "ck.safetensors").write_bytes(b"")
+    (tmp_path / "ck.json").write_text(deep)
+    with pytest.raises(DataError, match=r"ck\.json: .*nested too deeply"):
+        load_checkpoint(tmp_path / "ck.safetensors")

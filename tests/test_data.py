@@ -135,9 +135,10 @@ def test_preprocess_cache_reuses_and_invalidates(odometry: Path, tmp_path: Path)
     cache = PreprocessCache(tmp_path / "cache", cfg)
     calls: list[int] = []
 
-    def make() -> np.ndarray:
+    def make() -> np.ndarray:  # an entry of the shape the settings give (others are rebuilt)
         calls.append(1)
-        return np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+        h, w = cfg.data.image_size
+        return (np.arange(3 * h * w) % 251).astype(np.uint8).reshape(3, h, w)
 
     source = frames[0].image_path
     first = cache.get(source, "image", make)

@@ -56,3 +56,13 @@ def test_a_16_bit_grey_image_is_not_a_camera_frame_for_any_reader(tmp_path: Path
     for reader in (load_image, read_image_size, check_query_image):
         with pytest.raises(DataError, match=r"depth\.png: I;16.* image \(16-bit"):
             reader(path)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (15, 40), (40, 15)])
+def test_an_image_too_small_is_refused_by_every_reader(tmp_path: Path, size: tuple[int, int]) -> None:
+    # Fault found from outside: evaluate accepted a 1 x 1 dataset image that localize refused.
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((size[1], size[0], 3), dtype=np.uint8)).save(path)
+    for reader in (load_image, read_image_size, check_query_image):
+        with pytest.raises(DataError, match=r"small\.png: image of .* px is too small"):
+            reader(path)

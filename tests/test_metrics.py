@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, require_shared_data
 from retrieval_reference import brute_force_search
 
 from liploc.console import table_lines
@@ -23,8 +23,7 @@ from liploc.evaluation.metrics import (
 from liploc.localization.index import l2_normalize
 from liploc.localization.neighbours import count_positives_within, positives_within
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KITTI_POSES = SHARED / "kitti-odometry-poses"
+KITTI_POSES = SHARED_DATA / "kitti-odometry-poses"
 
 
 def line_db(n: int = 101) -> np.ndarray:
@@ -34,6 +33,7 @@ def line_db(n: int = 101) -> np.ndarray:
 
 def kitti00_lidar_xy() -> np.ndarray:
     """Ground-plane LiDAR positions of KITTI odometry 00: translation of inv(Tr) @ P_i @ Tr."""
+    require_shared_data()
     poses = np.loadtxt(KITTI_POSES / "00.txt").reshape(-1, 3, 4)
     poses = np.concatenate([poses, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(poses), 1, 1))], axis=1)
     calib = {}

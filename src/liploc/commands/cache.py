@@ -9,10 +9,17 @@ from typing import Annotated
 import typer
 
 from liploc.commands._common import console, reported_errors
+from liploc.commands.options import examples
 from liploc.console import progress_bar
 
 HELP = "The shared preprocessing cache: fill it, see its size, clear it."
 """What ``liploc cache --help`` says of the group."""
+WARM_EPILOG = examples(
+    "liploc cache warm configs/kitti_resnet50.yaml --data-root /data/kitti/dataset",
+    "liploc cache warm configs/tiny.yaml --data-root data/town --workers 2 --set data.image_size=[64,64]",
+)
+INFO_EPILOG = examples("liploc cache info", "liploc cache info --cache-dir /scratch/liploc-cache")
+CLEAR_EPILOG = examples("liploc cache clear", "liploc cache clear --cache-dir /scratch/liploc-cache")
 
 CacheDir = Annotated[
     Path | None,
@@ -21,7 +28,9 @@ CacheDir = Annotated[
         help="Cache folder (default: data.cache_dir, else $LIPLOC_CACHE_DIR or ~/.cache/liploc/preprocess).",
     ),
 ]
-Config = Annotated[Path, typer.Argument(help="Config YAML whose data (every split) to preprocess.")]
+Config = Annotated[
+    Path, typer.Argument(metavar="CONFIG", help="Config YAML whose data (every split) to preprocess.")
+]
 DataRoots = Annotated[
     list[str] | None,
     typer.Option("--data-root", metavar="DIR|LAYOUT=DIR", help="Dataset folder (as for train)."),
@@ -40,12 +49,13 @@ def warm(
     workers: Workers = None,
 ) -> None:
     """Preprocess every frame of a config's datasets into the shared cache, with all cores."""
-    from liploc.runtime.cache_warming import warm_cache
-    from liploc.runtime.preprocess_cache import cache_usage, human_bytes
-    from liploc.training.train import configure_run
+    from liploc.commands.preflight import training_run
 
     with reported_errors(writing=cache_dir):
-        cfg, _ = configure_run(config, data_root or [], overrides or [])
+        cfg = training_run(config, data_root or [], overrides or [], None).config  # before torch
+        from liploc.runtime.cache_warming import warm_cache
+        from liploc.runtime.preprocess_cache import cache_usage, human_bytes
+
         with progress_bar(console, transient=False) as progress:
             result = warm_cache(cfg, cache_dir or cfg.data.cache_dir, workers, progress)
         usage = cache_usage(result.folder.parent)

@@ -26,7 +26,7 @@ from liploc.atomic import atomic_write_text
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.console import progress_bar
 from liploc.errors import ConfigError
-from liploc.evaluation.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train
@@ -230,10 +230,10 @@ def _evaluate_protocol(
         seq = {"seq_len": options.seq_len(window_m), "odometry": True} if window_m > 0 else {}
         eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
         with pinned_torch_threads(options.torch_threads):
-            output = evaluate(
-                out / "run", out / "data", out_dir=eval_dir, console=None, num_examples=3 if k == 0 else 0,
-                **kwargs, **seq,  # type: ignore[arg-type]
+            settings = EvaluationSettings(
+                out_dir=eval_dir, num_examples=3 if k == 0 else 0, **kwargs, **seq,  # type: ignore[arg-type]
             )  # fmt: skip
+            output = evaluate(out / "run", out / "data", settings, console=None)
         if k == 0:
             first = output
         if output.sequence_result is not None:

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import EXISTING
+from liploc.commands.options import EXISTING, examples
 
-EPILOG = "[bold]Examples[/]\n\n  liploc demo\n\n  liploc demo --out runs/demo2 --town-seed 8 --epochs 10"
+EPILOG = examples("liploc demo", "liploc demo --out runs/demo2 --town-seed 8 --epochs 10")
 
 Out = Annotated[Path, typer.Option(help="Demo folder (data, run, eval, metrics.json).")]
 TownSeed = Annotated[int, typer.Option(help="Seed of the synthetic town.")]

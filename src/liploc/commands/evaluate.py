@@ -11,24 +11,24 @@ import typer
 
 from liploc.commands._common import console, err_console, fail, reported_errors
 from liploc.commands.options import (
-    EXAMPLES,
     EXISTING,
     DataRoot,
     Device,
     Layout,
     ProtocolName,
     check_thresholds,
+    examples,
 )
 from liploc.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8\n\n"
-    "  liploc evaluate runs/demo/run --data-root runs/demo/data --sequence 28 "
-    "--protocol cross-drive --map-sequence 29 --json > metrics.json"
+EPILOG = examples(
+    "liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8",
+    "liploc evaluate runs/kitti_resnet50 --data-root /data/kitti/dataset --preset kitti-b",
+    "liploc evaluate runs/demo/run --data-root runs/demo/data --sequence 28 "
+    "--protocol cross-drive --map-sequence 29 --json > metrics.json",
 )
 
 Run = Annotated[
@@ -163,25 +163,32 @@ def evaluate(
             return
         if preset is not None:
             raise ConfigError("give --preset (all its test sequences) or --sequence, not both")
+        from liploc.commands.preflight import check_evaluation
+
+        # The protocol, the run's checkpoint and the sequences are checked before torch loads.
+        check_evaluation(run, data_root, layout, sequence, protocol, map_sequence, exclude_self)
+        from liploc.evaluation.evaluate import EvaluationSettings
         from liploc.evaluation.evaluate import evaluate as run_evaluation
 
         output = run_evaluation(
             run,
             data_root,
-            sequence,
-            protocol=protocol,
-            map_sequence=map_sequence,
-            thresholds_m=threshold,
-            revisit_window_s=revisit_window,
-            exclude_self=exclude_self,
-            allow_training_data=allow_training_data,
-            layout=layout,
-            out_dir=out,
-            device=device,
+            EvaluationSettings(
+                sequence,
+                protocol=protocol,
+                map_sequence=map_sequence,
+                thresholds_m=threshold,
+                revisit_window_s=revisit_window,
+                exclude_self=exclude_self,
+                allow_training_data=allow_training_data,
+                layout=layout,
+                out_dir=out,
+                device=device,
+                also_reference_metric=also_reference_metric,
+                sequence_settings=settings,
+                odometry=odometry,
+            ),
             console=messages,
-            also_reference_metric=also_reference_metric,
-            sequence_settings=settings,
-            odometry=odometry,
         )
     if as_json:
         payload = json.loads(output.files["metrics"].read_text())  # what metrics.json holds
@@ -202,15 +209,15 @@ def _evaluate_preset(
     messages: Console,
 ) -> Any:
     """All test sequences of ``preset`` (or of the run's config) in one table; the options that
-    the preset fixes (``fixed``: name -> value, None when not given) are refused."""
-    from liploc.evaluation.protocols import evaluate_protocol
-
+    the preset fixes (``fixed``: name -> value, None when not given) are refused, before torch."""
     given = [f"--{k.replace('_', '-')}" for k, v in fixed.items() if v is not None]
     if given:
         what = f"the preset {preset}" if preset else "the config's test split"
         raise ConfigError(f"{', '.join(given)}: fixed by {what}; give --sequence to set them yourself")
     if also_reference_metric:
         raise ConfigError("--also-reference-metric works with --sequence (one sequence at a time)")
+    from liploc.evaluation.protocols import evaluate_protocol
+
     return evaluate_protocol(
         run,
         data_root,

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from liploc.commands._common import console as cli_console
 from liploc.commands._common import reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING_DIR, Layout
+from liploc.commands.options import EXISTING_DIR, Layout, examples
 from liploc.console import print_line, print_table
 from liploc.errors import DataError
 
@@ -249,7 +249,7 @@ def _print_summary(summary: DatasetSummary, description: str, console: Console) 
         )
     print_table(console, table)
     for line in world_frame_lines(summary.sequences):
-        console.print(line)
+        print_line(console, escape(line))  # whole: the terminal wraps it, rich does not break it
 
     for calib, names in summary.calibrations:
         print_table(console, _calibration_table(calib, names))
@@ -286,11 +286,10 @@ def _calibration_table(calib: Calibration, sequences: list[str]) -> Table:
 
 
 # --- the command ---------------------------------------------------------------------------------
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc info /data/kitti/dataset\n\n"
-    "  liploc info /data/kitti_raw --layout kitti_raw --no-check-files\n\n"
-    "Exit status: 0 when the folder reads cleanly, 1 when a problem or no sequence is found."
+EPILOG = examples(
+    "liploc info /data/kitti/dataset",
+    "liploc info /data/kitti_raw --layout kitti_raw --no-check-files",
+    notes="Exit status: 0 when the folder reads cleanly, 1 when a problem or no sequence is found.",
 )
 
 

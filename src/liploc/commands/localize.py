@@ -8,21 +8,22 @@ The images are checked from their headers before any model loads; the backend is
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from liploc.commands._common import console, err_console, fail, reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING, Device, MapArgument, OnnxDir
+from liploc.commands.options import EXISTING, Device, MapArgument, OnnxDir, examples
 from liploc.console import print_line, print_table
 from liploc.errors import ConfigError
 
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc localize maps/08 frame_000123.png\n\n"
-    "  liploc localize maps/08 drive/image_2/ --json -k 1\n\n"
-    "  liploc localize maps/08 'drive/image_2/0001*.png'"
+EPILOG = examples(
+    "liploc localize maps/08 frame_000123.png",
+    "liploc localize maps/08 drive/image_2/ --json -k 1",
+    "liploc localize maps/08 'drive/image_2/0001*.png'",
+    "liploc localize maps/08 f0.png f1.png f2.png f3.png --sequence --travelled 1.1,0.9,1.0",
 )
 
 Images = Annotated[
@@ -41,9 +42,9 @@ BackendOption = Annotated[
     Literal["auto", "torch", "onnx"],
     typer.Option(
         metavar="BACKEND",
-        help="onnx: onnxruntime on an ONNX export (no torch); torch; auto: onnx on the CPU when "
-        "the map holds an export (map build makes one) and neither --checkpoint, --sequence nor "
-        "a CUDA --device asks for torch, else torch.",
+        help="onnx: onnxruntime on an ONNX export (no torch); torch; auto: onnx with --onnx DIR, "
+        "or on the CPU when the map holds an export (map build makes one) and neither --checkpoint, "
+        "--sequence nor a CUDA --device asks for torch, else torch.",
     ),
 ]
 SequenceFlag = Annotated[
@@ -82,7 +83,7 @@ def localize(
         fail(ConfigError("--travelled needs --sequence"))
     with reported_errors():
         paths = _checked_images(images)
-        distances = _parse_travelled(travelled) if travelled is not None else None
+        distances = _parse_travelled(travelled, len(paths)) if travelled is not None else None
         if backend == "auto":
             backend = choose_backend(map_dir, onnx_dir, checkpoint, device, sequence)
         opened = {"checkpoint": checkpoint, "device": device, "onnx_dir": onnx_dir}
@@ -99,9 +100,6 @@ def localize(
             tables = [r.table() for r in results]
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
-    elif sequence:
-        for table in tables:
-            console.print(table)
     else:
         for table in tables:
             print_table(console, table)
@@ -119,8 +117,18 @@ def _checked_images(images: list[str]) -> list[Path]:
     return [query.path for query in checked]
 
 
-def _parse_travelled(text: str) -> list[float]:
+def _parse_travelled(text: str, images: int) -> list[float]:
+    """The metres of ``--travelled``, checked against the number of images before a model loads
+    (the Localizer's own checks, with its words)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--travelled: expected comma-separated metres, got '{text}'") from None
+    if len(values) != images - 1:
+        raise ConfigError(
+            f"{images} images need {images - 1} travelled distance{'s' if images != 2 else ''} "
+            f"(one between each pair of consecutive images), got {len(values)}"
+        )
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(f"--travelled: distances must be finite and >= 0 metres, got {text}")
+    return values

@@ -4,18 +4,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING, DataRoot, Device, Layout
+from liploc.commands.options import EXISTING, DataRoot, Device, Layout, examples
 
 HELP = "Build LiDAR maps (embeddings + poses + index) for localization."
 """What ``liploc map --help`` says of the group."""
-BUILD_EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08"
+BUILD_EPILOG = examples(
+    "liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08",
+    "liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08 --force",
+    "liploc map build runs/k360 --data-root /data/kitti360 --sequence 0 --sequence 2 --out maps/city "
+    "--index ivf-pq",
+)
+ADD_EPILOG = examples(
+    "liploc map add maps/city --data-root /data/kitti360 --sequence 3",
 )
 
 Run = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder or checkpoint file.", **EXISTING)]
@@ -24,6 +29,18 @@ Sequences = Annotated[
 ]
 Out = Annotated[Path, typer.Option(help="Map folder to write.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing map at --out.")]
+Index = Annotated[
+    Literal["auto", "flat", "flat-fp16", "hnsw", "ivf-pq"],
+    typer.Option(
+        "--index",
+        help="Search index: flat (exact), flat-fp16 (half the memory), hnsw, ivf-pq (about 40 bytes a "
+        "scan; its shortlist re-scored exactly), auto (by map size and --max-memory).",
+    ),
+]
+MaxMemory = Annotated[
+    float | None,
+    typer.Option("--max-memory", help="MiB the index may keep in memory (auto chooses within it)."),
+]
 Onnx = Annotated[
     bool,
     typer.Option(
@@ -43,11 +60,19 @@ def build(
     device: Device = "auto",
     force: Force = False,
     onnx: Onnx = True,
+    index: Index = "auto",
+    max_memory: MaxMemory = None,
 ) -> None:
     """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
-    from liploc.localization.localize import build_map
+    from liploc.commands.preflight import check_map_output, dataset_sequences, require_checkpoint
 
     with reported_errors(writing=out):
+        # The output folder, the run's checkpoint and the sequences are checked before torch loads.
+        check_map_output(out, force)
+        require_checkpoint(run)
+        dataset_sequences(data_root, layout, sequence)
+        from liploc.localization.localize import build_map
+
         build_map(
             run,
             data_root,
@@ -58,4 +83,30 @@ def build(
             console=console,
             force=force,
             onnx=onnx,
+            index_kind=index,
+            max_memory=None if max_memory is None else int(max_memory * 2**20),
         )
+
+
+MapDir = Annotated[Path, typer.Argument(metavar="MAP", help="Map folder to grow.", **EXISTING)]
+
+
+def add(
+    map_dir: MapDir,
+    data_root: DataRoot,
+    sequence: Sequences,
+    layout: Layout = "auto",
+    device: Device = "auto",
+) -> None:
+    """Append the scans of more drives to a map, atomically (readers see it before or after).
+
+    Drives of another world frame than the map's, or already in it, are refused; the map's own model
+    embeds them with its preprocessing and precision."""
+    from liploc.commands.preflight import dataset_sequences
+
+    with reported_errors(writing=map_dir):
+        dataset_sequences(data_root, layout, sequence)
+        from liploc.localization.map_growth import add_to_map
+
+        grown = add_to_map(map_dir, data_root, sequence, layout=layout, device=device, console=console)
+        console.print(f"map {map_dir}: {len(grown)} scans")

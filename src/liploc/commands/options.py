@@ -14,12 +14,11 @@ from typing import Annotated, Literal
 
 import typer
 
+from liploc.help_format import examples as examples
 from liploc.localization.map_folder import MapFolder
 
 ProtocolName = Literal["same-sequence", "cross-drive", "revisit"]  # = evaluation.evaluate.PROTOCOLS
 LAYOUT_HELP = "Dataset layout: auto (detect), kitti, semantickitti, kitti360 or kitti_raw."
-EXAMPLES = "[bold]Examples[/]\n\n"
-"""How every command's epilog (the end of its ``--help``) starts."""
 EXISTING = {"exists": True, "resolve_path": False}
 EXISTING_DIR = {"exists": True, "file_okay": False}
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

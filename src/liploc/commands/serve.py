@@ -8,11 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import MapArgument, OnnxDir, check_device
+from liploc.commands.options import MapArgument, OnnxDir, check_device, examples
 from liploc.errors import ConfigError
 
 if TYPE_CHECKING:
     from liploc.serving.settings import ServeSettings
+
+EPILOG = examples(
+    "liploc serve maps/08",
+    "liploc serve maps/08 --data-root /data/kitti/dataset --host 0.0.0.0 --port 8080",
+    "curl -F image=@query.png 'http://127.0.0.1:8000/localize?k=5'",
+    notes="The map page is at http://127.0.0.1:8000/, the API's documentation at /docs.",
+)
 
 Host = Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)]
@@ -20,7 +27,12 @@ Device = Annotated[
     str, typer.Option(help="auto, cpu, cuda or cuda:N (torch backend).", callback=check_device)
 ]
 BackendOption = Annotated[
-    Literal["torch", "onnx"], typer.Option(metavar="BACKEND", help="torch, or onnx (onnxruntime, no torch).")
+    Literal["auto", "torch", "onnx"],
+    typer.Option(
+        metavar="BACKEND",
+        help="auto (as localize's: onnxruntime on the map's ONNX export on the CPU, ready in a "
+        "fraction of the time, torch where the export could answer otherwise), torch or onnx.",
+    ),
 ]
 Checkpoint = Annotated[Path | None, typer.Option(help="Embed queries with this model (must be the map's).")]
 DataRoot = Annotated[
@@ -39,6 +51,10 @@ DecodeThreads = Annotated[
 ]
 MaxK = Annotated[int, typer.Option(help="Largest k a request may ask for.")]
 MaxImagesPerRequest = Annotated[int, typer.Option(help="Most images per /localize/batch.")]
+MaxRequestMegapixels = Annotated[
+    float,
+    typer.Option(help="Most pixels of one request's images together, in millions, from their headers."),
+]
 MaxSequenceImages = Annotated[int, typer.Option(help="Most images per /localize/sequence (its window).")]
 
 
@@ -47,7 +63,7 @@ def serve(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     device: Device = "auto",
-    backend: BackendOption = "torch",
+    backend: BackendOption = "auto",
     onnx_dir: OnnxDir = None,
     checkpoint: Checkpoint = None,
     data_root: DataRoot = None,
@@ -60,13 +76,18 @@ def serve(
     max_k: MaxK = 100,
     max_images_per_request: MaxImagesPerRequest = 32,
     max_sequence_images: MaxSequenceImages = 64,
+    max_request_megapixels: MaxRequestMegapixels = 100.0,
 ) -> None:
     """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
     GET /, /map, /docs."""
-    from liploc.serving.engine import MapService
-    from liploc.serving.server import serve as run_server
+    from liploc.localization.backend import choose_backend
 
     with reported_errors():
+        if backend == "auto":
+            backend = choose_backend(map_dir, onnx_dir, checkpoint, device)
+        from liploc.serving.engine import MapService
+        from liploc.serving.server import serve as run_server
+
         settings = _settings(
             host=host,
             port=port,
@@ -76,6 +97,7 @@ def serve(
             max_k=max_k,
             max_images_per_request=max_images_per_request,
             max_sequence_images=max_sequence_images,
+            max_request_pixels=int(max_request_megapixels * 1e6),
             network_threads=threads,
             decode_threads=decode_threads,
         )

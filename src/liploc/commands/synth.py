@@ -9,13 +9,12 @@ from typing import Annotated, Literal
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING, EXISTING_DIR, check_blocks, check_positive
+from liploc.commands.options import EXISTING, EXISTING_DIR, check_blocks, check_positive, examples
 
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc synth --out data/town --size small --drives 6 --frames 150 --held-out 2\n\n"
-    "  liploc synth --out data/along08 --trajectory kitti/poses/08.txt --frames 0\n\n"
-    "An interrupted run keeps its rendered frames: run the same command again to resume."
+EPILOG = examples(
+    "liploc synth --out data/town --size small --drives 6 --frames 150 --held-out 2",
+    "liploc synth --out data/along08 --trajectory kitti/poses/08.txt --frames 0",
+    notes="An interrupted run keeps its rendered frames: run the same command again to resume.",
 )
 
 Out = Annotated[Path, typer.Option("--out", help="Output folder (KITTI odometry layout).")]

@@ -8,13 +8,12 @@ from typing import Annotated
 import typer
 
 from liploc.commands._common import INTERRUPTED, console, reported_errors
-from liploc.commands.options import EXAMPLES, EXISTING
+from liploc.commands.options import EXISTING, examples
 
-EPILOG = (
-    f"{EXAMPLES}"
-    "  liploc train configs/kitti_resnet50.yaml --data-root /data/kitti/dataset\n\n"
-    "  liploc train runs/kitti_resnet50 --resume --set train.epochs=60\n\n"
-    "  torchrun --nproc_per_node=4 -m liploc train configs/kitti_resnet50.yaml --data-root /data/kitti"
+EPILOG = examples(
+    "liploc train configs/kitti_resnet50.yaml --data-root /data/kitti/dataset",
+    "liploc train runs/kitti_resnet50 --resume --set train.epochs=60",
+    "torchrun --nproc_per_node=4 -m liploc train configs/kitti_resnet50.yaml --data-root /data/kitti",
 )
 
 Config = Annotated[
@@ -60,12 +59,18 @@ def train(
     allow_missing: AllowMissing = False,
 ) -> None:
     """Train the two towers; many GPUs/nodes: torchrun --nproc_per_node=N -m liploc train ..."""
-    from liploc.training.train import configure_run
-    from liploc.training.train import train as run_training
+    from liploc.commands.preflight import check_training_folder, training_run
 
     with reported_errors(writing=out):
         extra = ["data.allow_missing=true"] if allow_missing else []
-        cfg, run_dir = configure_run(config, data_root or [], [*(overrides or []), *extra], out)
+        settings = [*(overrides or []), *extra]
+        # The config, its --set keys and the run folder (free, and holding a run exactly when
+        # --resume) are checked before torch loads: a mistake is refused at once.
+        check_training_folder(training_run(config, data_root or [], settings, out).out, resume)
+        from liploc.training.train import configure_run
+        from liploc.training.train import train as run_training
+
+        cfg, run_dir = configure_run(config, data_root or [], settings, out)
         result = run_training(cfg, run_dir, resume=resume, progress=progress, console=console)
     if result.stopped == "interrupted":  # the loop saved a checkpoint; --resume continues
         raise typer.Exit(code=INTERRUPTED)

@@ -68,3 +68,13 @@ def require_sequences(reader: DatasetReader, data_root: str | Path, sequences: l
     for s in sequences:
         if s not in known:
             raise DataError(data_root, f"no sequence '{s}' (found: {', '.join(known) or 'none'})")
+
+
+def unpaired_count(reader: DatasetReader, sequence: str) -> int:
+    """Scans without their image and images without their scan in ``sequence`` (readers of paired
+    files; 0 for others): frames no command can use, which each command says it left out."""
+    files_of = getattr(reader, "files", None)
+    if files_of is None:
+        return 0
+    files = files_of(sequence)
+    return len(files.scans.keys() ^ files.images.keys())

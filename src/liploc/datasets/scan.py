@@ -19,6 +19,9 @@ POINT_BYTES = 16
 MAX_IMAGE_PIXELS = 64_000_000
 """Images with more pixels are refused from their header, before decoding (KITTI's: 0.47 MP;
 a 74-byte PNG may declare 20000 x 20000). One rule for every reader of images."""
+MIN_IMAGE_SIDE_PX = 16
+"""Images with a shorter side are refused by every reader: nothing of a street fits in them (the
+query checks of ``liploc localize`` and the dataset readers share this rule)."""
 NOT_CAMERA_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 """PIL modes of 16-bit or floating-point grey images: depth or raw sensor images, not camera frames."""
 """Bytes per point of a KITTI ``.bin`` scan: float32 x, y, z, intensity."""
@@ -128,10 +131,16 @@ def _decode_rgb8_png(data: bytes) -> np.ndarray | None:
 
 def check_image_header(path: Path, width: int, height: int, mode: str | None = None) -> None:
     """Refuse, from its header, an image no camera of liploc's takes: more than
-    :data:`MAX_IMAGE_PIXELS` pixels, or a 16-bit or floating-point grey image."""
+    :data:`MAX_IMAGE_PIXELS` pixels, a side under :data:`MIN_IMAGE_SIDE_PX`, or a 16-bit or
+    floating-point grey image."""
     if width * height > MAX_IMAGE_PIXELS:
         raise DataError(
             path, f"image declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} liploc reads"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE_PX:
+        raise DataError(
+            path,
+            f"image of {width}x{height} px is too small: each side must be at least {MIN_IMAGE_SIDE_PX} px",
         )
     if mode in NOT_CAMERA_MODES:
         raise DataError(

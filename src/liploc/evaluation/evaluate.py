@@ -14,13 +14,16 @@ be a frame range (``00[3000:]``). The run's training and validation sequences ar
 
 A retrieval is correct when the retrieved scan lies within the threshold (ground-plane distance)
 of the query's true position. Frames without a pose are left out of both sides and counted.
+
+:func:`evaluate` takes one :class:`EvaluationSettings` and runs these stages, each a function
+here: :func:`select_frames` (queries and database), :func:`embed` (through the run's embedding
+cache), :func:`database_exclusion` and :func:`run_info`, the single-image scores, the
+sequence-matching rows (:func:`sequence_rows`), :func:`write_outputs` and :func:`print_summary`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -30,44 +33,38 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from liploc.atomic import atomic_write_bytes, atomic_write_text, npy_bytes, sweep_temporary_files
 from liploc.config import Config
 from liploc.console import print_line, print_table, progress_bar
 from liploc.datasets import DatasetReader, Frame, load_image, load_scan, open_dataset
-from liploc.datasets.base import require_sequences
+from liploc.datasets.base import require_sequences, unpaired_count
 from liploc.datasets.frame import frame_times
 from liploc.datasets.sequence_names import resolve_sequence_name
 from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError, DataError
 from liploc.evaluation.metrics import (
-    DEFAULT_CURVE_K,
     RetrievalResult,
     SameScanExclusion,
     TimeWindowExclusion,
     evaluate_retrieval,
-    format_percent,
-    one_percent_k,
-    score_retrieval,
 )
+from liploc.evaluation.reference_metric import ReferenceMetric, reference_metric
 from liploc.evaluation.report import RetrievalExample, example_rank_name, select_examples, write_report
+from liploc.evaluation.sequence_rows import evaluate_sequences, single_and_sequence_table
+from liploc.evaluation.settings import (
+    EvaluationSettings,
+    own_scan_in_database,
+    protocol_label,
+    report_title,
+)
 from liploc.evaluation.training_overlap import refuse_training_data
 from liploc.lidar import RangeProjector
 from liploc.localization.embedding import EmbeddingCache, embed_with_cache
-from liploc.localization.sequences import (
-    MapTrack,
-    SequenceMatcher,
-    SequenceSettings,
-    sequence_search,
-    stream_windows,
-)
 from liploc.models import TwoTowerModel
 from liploc.runtime.data_roots import posed
 from liploc.runtime.device import pick_device
 from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
-
-PROTOCOLS = ("same-sequence", "cross-drive", "revisit")
 
 
 @dataclass
@@ -79,7 +76,47 @@ class EvaluationOutput:
     files: dict[str, Path] = field(default_factory=dict)
     skipped_without_pose: int = 0
     sequence_result: RetrievalResult | None = None
-    """Sequence matching over the last ``seq_len`` images (``evaluate(seq_len=...)``), else None."""
+    """Sequence matching over the last ``seq_len`` images (``EvaluationSettings.seq_len``), else None."""
+
+
+@dataclass(frozen=True)
+class EvaluationFrames:
+    """The frames of an evaluation, with a pose, and what was left out.
+
+    Attributes:
+        reader: the dataset they come from.
+        query_range: the query sequence (or frame range), its name as the dataset spells it.
+        database_range: the database's: the map drive for cross-drive, else ``query_range``.
+        queries, database: the frames, in frame order.
+        query_xy, database_xy: (Q, 2) and (N, 2) ground-plane positions.
+        queries_without_pose, database_without_pose: frames left out for want of a pose.
+        evaluated_on_training_data: what the run trained or validated on among them (allowed).
+        unpaired: scans or images without their pair in the sequences (left out, and said).
+    """
+
+    reader: DatasetReader
+    query_range: SequenceRange
+    database_range: SequenceRange
+    queries: list[Frame]
+    database: list[Frame]
+    query_xy: np.ndarray
+    database_xy: np.ndarray
+    queries_without_pose: int
+    database_without_pose: int
+    evaluated_on_training_data: list[str]
+    unpaired: int = 0
+    """Scans without their image or images without their scan in the sequences: left out."""
+
+
+@dataclass
+class Scores:
+    """The embeddings and every figure computed from them."""
+
+    query_embeddings: np.ndarray
+    database_embeddings: np.ndarray
+    result: RetrievalResult
+    sequence_result: RetrievalResult | None
+    reference: ReferenceMetric | None
 
 
 def require_one_world(reader: DatasetReader, sequence: str, map_sequence: str) -> None:
@@ -95,22 +132,6 @@ def require_one_world(reader: DatasetReader, sequence: str, map_sequence: str) -
         )
 
 
-def own_scan_in_database(protocol: str, exclude_self: bool) -> bool:
-    """Whether the query's own scan can be retrieved (same-sequence without ``exclude_self``)."""
-    return protocol == "same-sequence" and not exclude_self
-
-
-def protocol_label(protocol: str, threshold_m: float, exclude_self: bool) -> str:
-    """``same-sequence, 20 m, own scan in database``: what every printed figure is named by."""
-    if protocol == "same-sequence":
-        own = "own scan removed from database" if exclude_self else "own scan in database"
-    elif protocol == "revisit":
-        own = "scans within the revisit window removed (own scan too)"
-    else:
-        own = "database from another drive"
-    return f"{protocol}, {threshold_m:g} m, {own}"
-
-
 def run_dir_of(checkpoint: str | Path) -> Path:
     """The run folder of a checkpoint (``<run>/checkpoints/x.safetensors``) or the run folder itself."""
     file = resolve_checkpoint(checkpoint)
@@ -120,362 +141,297 @@ def run_dir_of(checkpoint: str | Path) -> Path:
 def evaluate(
     checkpoint: str | Path,
     data_root: str | Path,
-    sequence: str,
+    settings: EvaluationSettings,
     *,
-    protocol: str | None = None,
-    map_sequence: str | None = None,
-    thresholds_m: list[float] | None = None,
-    ks: list[int] | None = None,
-    revisit_window_s: float | None = None,
-    exclude_self: bool | None = None,
-    allow_training_data: bool = False,
-    layout: str = "auto",
-    out_dir: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    num_examples: int = 3,  # the best, median and worst query by top-1 error
     console: Console | None = None,
     model: TwoTowerModel | None = None,
     config: Config | None = None,
-    also_reference_metric: bool = False,
-    seq_len: int | None = None,
-    odometry: bool = False,
-    sequence_settings: SequenceSettings | None = None,
-    worlds: dict[str, str] | None = None,
 ) -> EvaluationOutput:
     """Evaluate a trained model on one sequence with one protocol; write JSON, embeddings and a report.
 
     Args:
         checkpoint: run folder or checkpoint file.
         data_root: dataset folder (any registered layout).
-        sequence: the query sequence (and the database for same-sequence and revisit); a frame
-            range such as ``00[3000:]`` evaluates those frames only.
-        protocol: ``same-sequence``, ``cross-drive`` or ``revisit`` (default: the run's
-            ``eval.protocol``).
-        map_sequence: the database sequence for ``cross-drive`` (both must share a world frame).
-        exclude_self: same-sequence: take each query's own scan out of its database (default:
-            the run's ``eval.exclude_self``).
-        allow_training_data: evaluate even on frames the run trained or validated on.
-        thresholds_m, ks, revisit_window_s, batch_size: override the run's ``eval`` settings.
-        out_dir: where to write (default ``<run>/eval/<sequence>-<protocol>``).
+        settings: the sequence, protocol and options; None options take the run's ``eval`` settings.
+        console: where to print the table and the files written (None: silent).
         model, config: an already loaded model and its config (skips loading ``checkpoint``).
-        also_reference_metric: also compute the LIP-Loc reference code's Recall@1 (distance from
-            pose columns 1 and 2, see :mod:`liploc.evaluation.reference_metric`), print it beside
-            liploc's and store it under ``reference_metric`` in metrics.json.
-        seq_len: also evaluate sequence matching over the last ``seq_len`` query images of the drive
-            (:mod:`liploc.localization.sequences`); the first images of the drive use what they have.
-        odometry: sequence matching knows the distance travelled between query images (simulated
-            from the true poses with ``sequence_settings.odometry_noise``); else speed ratios.
-        sequence_settings: other sequence-matching settings (``seq_len`` overrides its own).
-        worlds: sequence -> world-frame id, for the "same world" test of paths between map drives.
     """
-    if protocol is not None:
-        _check_protocol(protocol, sequence, map_sequence, exclude_self)
-    query_range = _parse_range(sequence)
-    map_range = _parse_range(map_sequence) if map_sequence else None
     checkpoint = Path(checkpoint)
+    settings.check()
     if model is None or config is None:
         model, config = load_model_from_checkpoint(checkpoint)
-    if protocol is None:
-        protocol = config.eval.protocol
-        _check_protocol(protocol, sequence, map_sequence, exclude_self)
-    if exclude_self is None:
-        exclude_self = config.eval.exclude_self and protocol == "same-sequence"
-    reader = open_dataset(data_root, layout)
-    # Users type "8" for KITTI's "08" or "13" for a raw drive: resolve before checking and naming.
-    query_range = replace(
-        query_range, sequence=resolve_sequence_name(query_range.sequence, reader.sequences(), data_root)
+    settings = settings.with_run_defaults(config)
+    frames = select_frames(checkpoint, data_root, settings, config)
+    label = output_label(settings, frames)
+    out = settings.out_dir if settings.out_dir is not None else run_dir_of(checkpoint) / "eval" / label
+    fingerprint = model.fingerprint()  # hashes every weight: once
+    q_emb, db_emb = embed(checkpoint, model, fingerprint, config, frames, settings, console)
+    exclude = database_exclusion(settings, frames)
+    info = run_info(checkpoint, data_root, settings, config, frames, fingerprint)
+    result = evaluate_retrieval(
+        q_emb,
+        db_emb,
+        frames.query_xy,
+        frames.database_xy,
+        list(settings.thresholds_m or ()),
+        list(settings.ks or ()),
+        exclude=exclude,
+        info=info,
+        unit_norm=config.model.normalize,
     )
-    if map_range is not None:
-        map_range = replace(
-            map_range, sequence=resolve_sequence_name(map_range.sequence, reader.sequences(), data_root)
-        )
-    evaluated = [query_range] + ([map_range] if protocol == "cross-drive" and map_range else [])
-    overlaps = refuse_training_data(config, evaluated, allow_training_data, f"run {run_dir_of(checkpoint)}")
-    sequence, map_sequence = query_range.sequence, map_range.sequence if map_range else None
-    ev = config.eval
-    thresholds_m = list(thresholds_m or ev.thresholds_m)
-    ks = list(ks or ev.ks)
-    window = ev.revisit_window_s if revisit_window_s is None else revisit_window_s
-    batch_size = batch_size or ev.batch_size
-    label = (
-        f"{query_range.slug}-{protocol}{'-exclude-self' if exclude_self else ''}"
-        if protocol != "cross-drive"
-        else f"{query_range.slug}-on-{map_range.slug if map_range else map_sequence}"
+    scores = Scores(
+        q_emb,
+        db_emb,
+        result,
+        sequence_rows(q_emb, db_emb, frames, settings, exclude, info),
+        reference_rows(result, frames, settings),
     )
-    out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / label
-    require_sequences(reader, data_root, [sequence, map_sequence or sequence])
-    if protocol == "cross-drive":
-        require_one_world(reader, sequence, map_sequence)  # type: ignore[arg-type]
+    files = write_outputs(out, scores, frames, settings, config)
+    if console is not None:
+        print_summary(console, label, scores, frames, files)
+    return EvaluationOutput(result, out, files, frames.queries_without_pose, scores.sequence_result)
+
+
+def select_frames(
+    checkpoint: Path, data_root: str | Path, settings: EvaluationSettings, config: Config
+) -> EvaluationFrames:
+    """The posed query and database frames, after refusing the run's training data and other worlds.
+
+    ``settings`` must have a protocol (:meth:`EvaluationSettings.with_run_defaults`). Sequence
+    names are resolved as users type them ("8" for KITTI's "08", "13" for a raw drive).
+    """
+    reader = open_dataset(data_root, settings.layout)
+    typed_query, typed_map = settings.ranges()
+    query_range = _as_named(typed_query, reader, data_root)
+    map_range = _as_named(typed_map, reader, data_root) if typed_map is not None else None
+    cross_drive = settings.protocol == "cross-drive"
+    database_range = map_range if cross_drive and map_range is not None else query_range
+    overlaps = refuse_training_data(
+        config,
+        [query_range] + ([database_range] if cross_drive else []),
+        settings.allow_training_data,
+        f"run {run_dir_of(checkpoint)}",
+    )
+    sequence = query_range.sequence
+    require_sequences(reader, data_root, [sequence, map_range.sequence if map_range else sequence])
+    if cross_drive:
+        require_one_world(reader, sequence, database_range.sequence)
     queries, skipped_q = posed(query_range.select(reader.frames(sequence)))
-    if protocol == "cross-drive":
-        assert map_range is not None
-        database, skipped_db = posed(map_range.select(reader.frames(map_range.sequence)))
-    else:
-        database, skipped_db = queries, skipped_q
+    database, skipped_db = queries, skipped_q
+    if cross_drive:
+        database, skipped_db = posed(database_range.select(reader.frames(database_range.sequence)))
     if not queries or not database:
         raise DataError(data_root, f"sequence '{query_range}' has no frame with a pose to evaluate on")
+    return EvaluationFrames(
+        reader,
+        query_range,
+        database_range,
+        queries,
+        database,
+        np.stack([f.position_xy for f in queries]),
+        np.stack([f.position_xy for f in database]),
+        skipped_q,
+        skipped_db,
+        overlaps,
+        sum(unpaired_count(reader, s) for s in {sequence, database_range.sequence}),
+    )
 
-    dev = pick_device(device)
-    fingerprint = model.fingerprint()
+
+def _as_named(typed: SequenceRange, reader: DatasetReader, data_root: str | Path) -> SequenceRange:
+    return replace(typed, sequence=resolve_sequence_name(typed.sequence, reader.sequences(), data_root))
+
+
+def output_label(settings: EvaluationSettings, frames: EvaluationFrames) -> str:
+    """``02-same-sequence``, ``02-same-sequence-exclude-self``, ``28-on-29``: the folder and table name."""
+    if settings.protocol == "cross-drive":
+        return f"{frames.query_range.slug}-on-{frames.database_range.slug}"
+    return f"{frames.query_range.slug}-{settings.protocol}{'-exclude-self' if settings.exclude_self else ''}"
+
+
+def embed(
+    checkpoint: Path,
+    model: TwoTowerModel,
+    fingerprint: str,
+    config: Config,
+    frames: EvaluationFrames,
+    settings: EvaluationSettings,
+    console: Console | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query (camera) and database (LiDAR) embeddings, kept in ``<run>/embeddings`` for the next time.
+
+    ``fingerprint`` is the model's (:meth:`TwoTowerModel.fingerprint`): it names the cache folder.
+    """
+    device = pick_device(settings.device)
     cache = EmbeddingCache(run_dir_of(checkpoint) / "embeddings", fingerprint)
     progress = progress_bar(console)
     with progress if progress is not None else nullcontext():
         q_emb, db_emb = embed_with_cache(
             cache,
             model,
-            [(queries, "image"), (database, "lidar")],
+            [(frames.queries, "image"), (frames.database, "lidar")],
             config,
-            device=dev,
-            batch_size=batch_size,
+            device=device,
+            batch_size=settings.batch_size,
             progress=progress,
         )
+    return q_emb, db_emb
 
-    q_xy = np.stack([f.position_xy for f in queries])
-    db_xy = np.stack([f.position_xy for f in database])
-    exclude: TimeWindowExclusion | SameScanExclusion | None = None
-    if protocol == "revisit":
-        exclude = TimeWindowExclusion(frame_times(queries), frame_times(database), window)
-    elif exclude_self:
-        keys = [(f.sequence, f.index) for f in queries]
-        exclude = SameScanExclusion(keys, [(f.sequence, f.index) for f in database])
+
+def database_exclusion(
+    settings: EvaluationSettings, frames: EvaluationFrames
+) -> TimeWindowExclusion | SameScanExclusion | None:
+    """What leaves each query's database: a time window (revisit), its own scan, or nothing."""
+    if settings.protocol == "revisit":
+        assert settings.revisit_window_s is not None
+        times = frame_times(frames.queries), frame_times(frames.database)
+        return TimeWindowExclusion(*times, settings.revisit_window_s)
+    if settings.exclude_self:
+        keys = [(f.sequence, f.index) for f in frames.queries]
+        return SameScanExclusion(keys, [(f.sequence, f.index) for f in frames.database])
+    return None
+
+
+def run_info(
+    checkpoint: Path,
+    data_root: str | Path,
+    settings: EvaluationSettings,
+    config: Config,
+    frames: EvaluationFrames,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """What every figure is named by in metrics.json and the report: protocol, data, model."""
+    protocol, exclude_self = str(settings.protocol), bool(settings.exclude_self)
+    assert settings.thresholds_m, "with_run_defaults() gives every evaluation a threshold"
+    threshold = settings.thresholds_m[0]
     info: dict[str, Any] = {
         "protocol": protocol,
-        "protocol_label": protocol_label(protocol, thresholds_m[0], exclude_self),
-        "threshold_m": thresholds_m[0],
+        "protocol_label": protocol_label(protocol, threshold, exclude_self),
+        "threshold_m": threshold,
         "own_scan_in_database": own_scan_in_database(protocol, exclude_self),
-        "exclude_self": bool(exclude_self),
-        "world_frame": reader.world_frame(sequence),
-        "sequence": str(query_range),
-        "map_sequence": str(map_range) if protocol == "cross-drive" else str(query_range),
+        "exclude_self": exclude_self,
+        "world_frame": frames.reader.world_frame(frames.query_range.sequence),
+        "sequence": str(frames.query_range),
+        "map_sequence": str(frames.database_range),
         "data_root": str(data_root),
         "checkpoint": str(resolve_checkpoint(checkpoint)) if checkpoint.exists() else str(checkpoint),
         "model_fingerprint": fingerprint,
-        "queries_without_pose": skipped_q,
-        "database_without_pose": skipped_db if protocol == "cross-drive" else skipped_q,
+        "queries_without_pose": frames.queries_without_pose,
+        "database_without_pose": frames.database_without_pose,
+        "unpaired_left_out": frames.unpaired,
     }
     if protocol == "revisit":
-        info["revisit_window_s"] = window
-    if overlaps:
-        info["evaluated_on_training_data"] = overlaps
+        info["revisit_window_s"] = settings.revisit_window_s
+    if frames.evaluated_on_training_data:
+        info["evaluated_on_training_data"] = frames.evaluated_on_training_data
     info.update(training_data(config))
-    result = evaluate_retrieval(
+    return info
+
+
+def sequence_rows(
+    q_emb: np.ndarray,
+    db_emb: np.ndarray,
+    frames: EvaluationFrames,
+    settings: EvaluationSettings,
+    exclude: TimeWindowExclusion | SameScanExclusion | None,
+    info: dict[str, Any],
+) -> RetrievalResult | None:
+    """Sequence matching's figures (:func:`evaluate_sequences`) when the settings ask for them."""
+    matching = settings.sequence_matching
+    if matching is None:
+        return None
+    worlds = dict(settings.worlds) if settings.worlds is not None else None
+    if worlds is None:  # paths may join map drives only within one world frame
+        names = {frames.query_range.sequence, frames.database_range.sequence}
+        worlds = {name: frames.reader.world_id(name) for name in names}
+    return evaluate_sequences(
         q_emb,
         db_emb,
-        q_xy,
-        db_xy,
-        thresholds_m,
-        ks,
+        frames.queries,
+        frames.database,
+        list(settings.thresholds_m or ()),
+        list(settings.ks or ()),
+        matching,
+        odometry=settings.odometry,
         exclude=exclude,
+        worlds=worlds,
         info=info,
-        unit_norm=config.model.normalize,
     )
-    seq_result = None
-    if seq_len is not None or sequence_settings is not None:
-        settings = sequence_settings or SequenceSettings()
-        if seq_len is not None:
-            settings = settings.model_copy(update={"seq_len": seq_len})
-        if worlds is None:  # paths may join map drives only within one world frame
-            worlds = {name: reader.world_id(name) for name in {sequence, map_sequence or sequence}}
-        seq_result = evaluate_sequences(
-            q_emb,
-            db_emb,
-            queries,
-            database,
-            thresholds_m,
-            ks,
-            settings,
-            odometry=odometry,
-            exclude=exclude,
-            worlds=worlds,
-            info=info,
-        )
-    reference = None
-    if also_reference_metric:
-        from liploc.evaluation.reference_metric import reference_metric
 
-        reference = reference_metric(result, queries, database, layout=reader.name)
 
+def reference_rows(
+    result: RetrievalResult, frames: EvaluationFrames, settings: EvaluationSettings
+) -> ReferenceMetric | None:
+    """The LIP-Loc reference code's Recall@1 when the settings ask for it."""
+    if not settings.also_reference_metric:
+        return None
+    return reference_metric(result, frames.queries, frames.database, layout=frames.reader.name)
+
+
+def write_outputs(
+    out: Path, scores: Scores, frames: EvaluationFrames, settings: EvaluationSettings, config: Config
+) -> dict[str, Path]:
+    """Embeddings, metrics.json, per_query.json, sequence_metrics.json and the report, in ``out``.
+
+    The output folder is made only now, and removed again when writing fails or is interrupted,
+    so that a failed evaluation leaves no empty or half-written eval folder behind.
+    """
+    result, seq_result = scores.result, scores.sequence_result
     files: dict[str, Path] = {}
-    # The output folder is made only now, and removed again when writing fails or is interrupted,
-    # so that a failed evaluation leaves no empty or half-written eval folder behind.
     with output_folder(out):
         sweep_temporary_files(out)  # what a killed evaluation left
-        atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(q_emb))
-        atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(db_emb))
+        atomic_write_bytes(out / "query_embeddings.npy", npy_bytes(scores.query_embeddings))
+        atomic_write_bytes(out / "database_embeddings.npy", npy_bytes(scores.database_embeddings))
         files["metrics"] = out / "metrics.json"
         summary = result.to_dict()
-        if reference is not None:
-            summary["reference_metric"] = reference.to_dict()
+        if scores.reference is not None:
+            summary["reference_metric"] = scores.reference.to_dict()
         atomic_write_text(files["metrics"], json.dumps(summary, indent=2))
         atomic_write_text(out / "per_query.json", json.dumps(result.to_dict(per_query=True)["per_query"]))
         if seq_result is not None:
             files["sequence_metrics"] = out / "sequence_metrics.json"
             atomic_write_text(files["sequence_metrics"], json.dumps(seq_result.to_dict(), indent=2))
-        examples = _examples(result, queries, database, config, num_examples)
+        examples = _examples(result, frames.queries, frames.database, config, settings.num_examples)
         files.update(
             write_report(
                 out / "report",
                 result,
-                q_xy,
-                db_xy,
+                frames.query_xy,
+                frames.database_xy,
                 examples=examples,
-                run_info=info,
-                title=report_title(protocol, str(query_range), str(map_range) if map_range else None),
+                run_info=result.info,
+                title=_report_title(settings, frames),
                 sequence_result=seq_result,
             )
         )
-    if console is not None:
-        title = f"{label} ({len(queries)} queries, {len(database)} scans; {info['protocol_label']})"
-        if seq_result is None:
-            print_table(console, result.table(title=title))
-        else:
-            print_table(console, single_and_sequence_table(result, seq_result, title=title))
-        if reference is not None:
-            print_table(
-                console, reference.table(title=f"{label}: Recall@1, liploc's metric and the reference code's")
-            )
-        print_line(console, f"wrote {files['metrics']} and {files['html']}")
-    return EvaluationOutput(result, out, files, skipped_q, seq_result)
+    return files
 
 
-def simulated_odometry(frames: list[Frame], noise: float, seed: int = 0) -> np.ndarray:
-    """(Q,) metres travelled from the previous frame of the same sequence (0 for a sequence's first),
-    from the true poses with multiplicative Gaussian noise of relative std ``noise`` (fixed seed)."""
-    xy = np.stack([f.position_xy for f in frames]) if frames else np.zeros((0, 2))
-    step = np.zeros(len(frames))
-    if len(frames) > 1:
-        same = np.array([a.sequence == b.sequence for a, b in itertools.pairwise(frames)])
-        step[1:] = np.where(same, np.linalg.norm(np.diff(xy, axis=0), axis=1), 0.0)
-    rng = np.random.default_rng(seed)
-    return np.maximum(step * (1.0 + noise * rng.standard_normal(len(step))), 0.0)
+def _report_title(settings: EvaluationSettings, frames: EvaluationFrames) -> str:
+    cross_drive = settings.protocol == "cross-drive"
+    map_sequence = str(frames.database_range) if cross_drive else None
+    return report_title(str(settings.protocol), str(frames.query_range), map_sequence)
 
 
-def evaluate_sequences(
-    q_emb: np.ndarray,
-    db_emb: np.ndarray,
-    queries: list[Frame],
-    database: list[Frame],
-    thresholds_m: list[float],
-    ks: list[int],
-    settings: SequenceSettings,
-    *,
-    odometry: bool = False,
-    exclude: TimeWindowExclusion | None = None,
-    worlds: dict[str, str] | None = None,
-    info: dict[str, Any] | None = None,
-) -> RetrievalResult:
-    """Recall of sequence matching: each query localized with the last ``seq_len`` images of its drive.
-
-    Queries are taken in driving order (their order in ``queries``: frame order per sequence). The
-    same positives, thresholds and exclusions as the single-image evaluation apply to the newest
-    image of each window, so the two results compare one to one.
-    """
-    db_xy = np.stack([f.position_xy for f in database])
-    q_xy = np.stack([f.position_xy for f in queries])
-    track = MapTrack.build(
-        [f.sequence for f in database],
-        [f.index for f in database],
-        db_xy,
-        join_radius_m=settings.join_radius_m,
-        worlds=worlds,
-    )
-    matcher = SequenceMatcher(track, settings)
-    k_max = min(len(database), max([*ks, one_percent_k(len(database)), DEFAULT_CURVE_K]))
-    excluded_fn = None
-    if exclude is not None:
-        db_ids = np.arange(len(database))[None, :]
-
-        def excluded_fn(rows: np.ndarray) -> np.ndarray:
-            return exclude.excluded(rows[:, None], db_ids)
-
-    travelled = simulated_odometry(queries, settings.odometry_noise) if odometry else None
-    scores, retrieved = sequence_search(
-        q_emb,
-        db_emb,
-        matcher,
-        k_max,
-        segments=[f.sequence for f in queries],
-        travelled_m=travelled,
-        frame_indices=np.array([f.index for f in queries]),
-        excluded_fn=excluded_fn,
-    )
-    # Excluded places score -inf; they must not count as retrieved.
-    retrieved = np.where(np.isfinite(scores), retrieved, -1)
-    result = score_retrieval(retrieved, scores, q_xy, db_xy, thresholds_m, ks, exclude)
-    result.info.update(info or {})
-    result.info["sequence_matching"] = {
-        "seq_len": settings.seq_len,
-        "odometry": odometry,
-        "window_m": float(np.median(_window_lengths(q_xy, [f.sequence for f in queries], settings.seq_len))),
-        **settings.model_dump(mode="json"),
-    }
-    return result
-
-
-def _window_lengths(xy: np.ndarray, segments: list[str], seq_len: int) -> np.ndarray:
-    """Metres driven over each full window of ``seq_len`` images (for the record)."""
-    windows, valid = stream_windows(segments, seq_len)
-    step = np.r_[0.0, np.linalg.norm(np.diff(xy, axis=0), axis=1)]
-    full = valid.all(axis=1)
-    if not full.any():
-        return np.zeros(1)
-    return np.array([step[w[1:]].sum() for w in windows[full]])
-
-
-def single_and_sequence_table(single: RetrievalResult, sequence: RetrievalResult, title: str | None) -> Table:
-    """One rich table with single-image and sequence rows side by side, per threshold."""
-    seq = sequence.info.get("sequence_matching", {})
-    label = f"seq L={seq.get('seq_len', '?')}" + (" odo" if seq.get("odometry") else "")
-    table = Table(title=title)
-    table.add_column("threshold", justify="right")
-    table.add_column("input", no_wrap=True)
-    table.add_column("queries", justify="right")
-    for k in single.ks:
-        table.add_column(f"R@{k}", justify="right")
-    table.add_column(f"R@1% (K={single.k_one_percent})", justify="right")
-    table.add_column("chance R@1", justify="right")
-    table.add_column("median err", justify="right")
-    for t_single, t_seq in zip(single.thresholds, sequence.thresholds, strict=True):
-        for name, t, res in (("single", t_single, single), (label, t_seq, sequence)):
-            table.add_row(
-                f"{t.threshold_m:g} m",
-                name,
-                f"{t.num_counted}/{res.num_queries}",
-                *(format_percent(t.recall[k]) for k in res.ks),
-                format_percent(t.recall_one_percent),
-                format_percent(t.chance[1]),
-                "n/a" if math.isnan(t.median_error_m) else f"{t.median_error_m:.1f} m",
-            )
-    window = seq.get("window_m")
-    if window is not None:
-        table.caption = f"sequence window: {seq.get('seq_len')} images, median {window:.0f} m driven"
-    return table
-
-
-def _check_protocol(
-    protocol: str, sequence: str, map_sequence: str | None, exclude_self: bool | None
+def print_summary(
+    console: Console, label: str, scores: Scores, frames: EvaluationFrames, files: dict[str, Path]
 ) -> None:
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
-    if protocol == "cross-drive" and not map_sequence:
-        raise ConfigError("the cross-drive protocol needs --map-sequence (the drive the map comes from)")
-    if protocol != "cross-drive" and map_sequence and map_sequence != sequence:
-        raise ConfigError(f"--map-sequence is only used by the cross-drive protocol, not by '{protocol}'")
-    if exclude_self and protocol != "same-sequence":
-        why = (
-            "queries and database are different drives"
-            if protocol == "cross-drive"
-            else ("the revisit window already removes the query's own scan")
+    """The table (single-image rows, and sequence rows beside them), the reference's, the files."""
+    result, seq_result = scores.result, scores.sequence_result
+    title = f"{label} ({len(frames.queries)} queries, {len(frames.database)} scans; "
+    title += f"{result.info['protocol_label']})"
+    if seq_result is None:
+        print_table(console, result.table(title=title))
+    else:
+        print_table(console, single_and_sequence_table(result, seq_result, title=title))
+    if scores.reference is not None:
+        caption = f"{label}: Recall@1, liploc's metric and the reference code's"
+        print_table(console, scores.reference.table(title=caption))
+    if frames.unpaired:
+        print_line(
+            console,
+            f"left out {frames.unpaired} scans or images without their pair (`liploc info` lists them)",
         )
-        raise ConfigError(f"--exclude-self is for same-sequence evaluation, not '{protocol}' ({why})")
-
-
-def _parse_range(text: str) -> SequenceRange:
-    try:
-        return SequenceRange.parse(text)
-    except ValueError as err:
-        raise ConfigError(f"sequence {err}") from None
+    print_line(console, f"wrote {files['metrics']} and {files['html']}")
 
 
 @contextmanager
@@ -516,15 +472,6 @@ def _sequence_span(names: list[str]) -> str:
     if len(names) <= 4:
         return "sequence " + ", ".join(names) if len(names) == 1 else "sequences " + ", ".join(names)
     return f"{len(names)} sequences ({names[0]} .. {names[-1]})"
-
-
-def report_title(protocol: str, sequence: str, map_sequence: str | None) -> str:
-    """A title in words: what was localized in what."""
-    if protocol == "cross-drive":
-        return f"Drive {sequence} localized in the LiDAR map of drive {map_sequence}"
-    if protocol == "revisit":
-        return f"Sequence {sequence}: revisited places found in its own LiDAR scans"
-    return f"Sequence {sequence}: camera images localized among its own LiDAR scans"
 
 
 def _examples(

@@ -33,8 +33,9 @@ from liploc.config import Config
 from liploc.datasets import open_dataset
 from liploc.datasets.sequence_range import SequenceRange, parse_ranges
 from liploc.errors import ConfigError, DataError
-from liploc.evaluation.evaluate import evaluate, protocol_label, run_dir_of
+from liploc.evaluation.evaluate import EvaluationOutput, evaluate, run_dir_of
 from liploc.evaluation.metrics import format_percent
+from liploc.evaluation.settings import EvaluationSettings, protocol_label
 from liploc.evaluation.training_overlap import refuse_training_data
 from liploc.runtime.run_folder import load_model_from_checkpoint
 
@@ -232,6 +233,92 @@ def config_test_ranges(config: Config, layout: str) -> list[SequenceRange]:
     return [r for e in entries for r in parse_ranges(e.test)]
 
 
+@dataclass(frozen=True)
+class ProtocolPlan:
+    """What a protocol run evaluates: its sequences and the one protocol applied to each.
+
+    Attributes:
+        name: ``kitti-b`` or ``config-test``: the report's protocol and default folder name.
+        label: the table's title (``kitti-b, 10 m, own scan removed from database``).
+        ranges: the test sequences (or frame ranges), each evaluated on its own.
+        protocol: ``same-sequence`` or ``revisit``.
+        threshold_m: the one distance threshold.
+        exclude_self: whether each query's own scan leaves its database.
+        ks: the Recall@K reported.
+        published_r1: the published figures of the preset (empty for a config's test split).
+    """
+
+    name: str
+    label: str
+    ranges: list[SequenceRange]
+    protocol: str
+    threshold_m: float
+    exclude_self: bool
+    ks: tuple[int, ...]
+    published_r1: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def own_scan_in_database(self) -> bool:
+        """Whether the query's own scan stays in its database."""
+        return self.protocol == "same-sequence" and not self.exclude_self
+
+    def settings(
+        self, spec: SequenceRange, out: Path, layout: str, device: str, batch_size: int | None
+    ) -> EvaluationSettings:
+        """The evaluation of one test sequence, written to ``out/<sequence slug>``."""
+        return EvaluationSettings(
+            sequence=str(spec),
+            protocol=self.protocol,
+            thresholds_m=(self.threshold_m,),
+            ks=self.ks,
+            exclude_self=self.exclude_self,
+            allow_training_data=True,  # checked by evaluate_protocol for all sequences at once
+            layout=layout,
+            out_dir=out / spec.slug,
+            device=device,
+            batch_size=batch_size,
+            num_examples=0,
+        )
+
+
+def preset_plan(name: str) -> ProtocolPlan:
+    """The plan of a preset of the literature (same-sequence on each of its test sequences)."""
+    chosen = get_preset(name)
+    return ProtocolPlan(
+        name=chosen.name,
+        label=chosen.label,
+        ranges=parse_ranges(chosen.test),
+        protocol="same-sequence",
+        threshold_m=chosen.threshold_m,
+        exclude_self=chosen.exclude_self,
+        ks=chosen.ks,
+        published_r1=chosen.published_r1,
+    )
+
+
+def config_test_plan(config: Config, layout: str) -> ProtocolPlan:
+    """The plan of a run's own test split: its ``eval.protocol``, first threshold and ``exclude_self``."""
+    ranges = config_test_ranges(config, layout)
+    if not ranges:
+        raise ConfigError(
+            "no sequence to evaluate: give --sequence or --preset, or list data.datasets[].test "
+            "(or eval.preset) in the run's config"
+        )
+    protocol, threshold = config.eval.protocol, config.eval.thresholds_m[0]
+    if protocol == "cross-drive":
+        raise ConfigError("eval.protocol cross-drive needs --sequence and --map-sequence")
+    exclude_self = config.eval.exclude_self and protocol == "same-sequence"
+    return ProtocolPlan(
+        name="config-test",
+        label=f"config test split: {protocol_label(protocol, threshold, exclude_self)}",
+        ranges=ranges,
+        protocol=protocol,
+        threshold_m=threshold,
+        exclude_self=exclude_self,
+        ks=tuple(config.eval.ks),
+    )
+
+
 def evaluate_protocol(
     checkpoint: str | Path,
     data_root: str | Path,
@@ -259,91 +346,80 @@ def evaluate_protocol(
     model, config = load_model_from_checkpoint(checkpoint)
     preset = preset or config.eval.preset
     if preset is not None:
-        chosen = get_preset(preset)
-        ranges = parse_ranges(chosen.test)
-        protocol, threshold, exclude_self = "same-sequence", chosen.threshold_m, chosen.exclude_self
-        name, label, ks = chosen.name, chosen.label, chosen.ks
-        published = chosen.published_r1
+        plan = preset_plan(preset)
     else:
-        reader_layout = open_dataset(data_root, layout).name
-        ranges = config_test_ranges(config, reader_layout)
-        if not ranges:
-            raise ConfigError(
-                "no sequence to evaluate: give --sequence or --preset, or list data.datasets[].test "
-                "(or eval.preset) in the run's config"
-            )
-        protocol, threshold = config.eval.protocol, config.eval.thresholds_m[0]
-        if protocol == "cross-drive":
-            raise ConfigError("eval.protocol cross-drive needs --sequence and --map-sequence")
-        exclude_self = config.eval.exclude_self and protocol == "same-sequence"
-        name, ks, published = "config-test", tuple(config.eval.ks), {}
-        label = f"config test split: {protocol_label(protocol, threshold, exclude_self)}"
-    reader = open_dataset(data_root, layout)
-    missing = [str(r) for r in ranges if r.sequence not in reader.sequences()]
-    if missing:
-        found = ", ".join(reader.sequences()) or "none"
-        raise DataError(data_root, f"{name}: test sequences {', '.join(missing)} not found (found: {found})")
-    overlaps = refuse_training_data(config, ranges, allow_training_data, f"run {run_dir_of(checkpoint)}")
-    out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / name
+        plan = config_test_plan(config, open_dataset(data_root, layout).name)
+    _require_test_sequences(plan, data_root, layout)
+    overlaps = refuse_training_data(config, plan.ranges, allow_training_data, f"run {run_dir_of(checkpoint)}")
+    out = Path(out_dir) if out_dir is not None else run_dir_of(checkpoint) / "eval" / plan.name
     rows = []
-    for spec in ranges:
+    for spec in plan.ranges:
         if console is not None:
-            console.print(f"{name}: evaluating {spec}")
-        ev = evaluate(
-            checkpoint,
-            data_root,
-            str(spec),
-            protocol=protocol,
-            thresholds_m=[threshold],
-            ks=list(ks),
-            exclude_self=exclude_self,
-            allow_training_data=True,  # checked above for all sequences at once
-            layout=layout,
-            out_dir=out / spec.slug,
-            device=device,
-            batch_size=batch_size,
-            num_examples=0,
-            model=model,
-            config=config,
-        )
-        main = ev.result.main
-        rows.append(
-            SequenceRow(
-                sequence=str(spec),
-                queries=main.num_counted,
-                without_positive=main.num_without_positive,
-                database=ev.result.db_size,
-                recall={k: main.recall[k] for k in ks},
-                recall_one_percent=main.recall_one_percent,
-                k_one_percent=ev.result.k_one_percent,
-                chance_r1=main.chance[1],
-                median_error_m=main.median_error_m,
-                metrics_file=str(ev.files["metrics"]),
-            )
-        )
+            console.print(f"{plan.name}: evaluating {spec}")
+        settings = plan.settings(spec, out, layout, device, batch_size)
+        ev = evaluate(checkpoint, data_root, settings, model=model, config=config)
+        rows.append(sequence_row(spec, ev, plan.ks))
     report = ProtocolReport(
-        protocol=name,
-        label=label,
-        threshold_m=threshold,
-        own_scan_in_database=protocol == "same-sequence" and not exclude_self,
-        ks=tuple(ks),
+        protocol=plan.name,
+        label=plan.label,
+        threshold_m=plan.threshold_m,
+        own_scan_in_database=plan.own_scan_in_database,
+        ks=plan.ks,
         rows=rows,
-        published_r1=published,
+        published_r1=plan.published_r1,
         info={
-            "evaluation_protocol": protocol,
+            "evaluation_protocol": plan.protocol,
             "data_root": str(data_root),
             "checkpoint": str(checkpoint),
             "evaluated_on_training_data": overlaps,
         },
     )
+    path = write_protocol_report(report, out)
+    if console is not None:
+        print_protocol_report(console, report, overlaps, path)
+    return report
+
+
+def _require_test_sequences(plan: ProtocolPlan, data_root: str | Path, layout: str) -> None:
+    reader = open_dataset(data_root, layout)
+    missing = [str(r) for r in plan.ranges if r.sequence not in reader.sequences()]
+    if missing:
+        found = ", ".join(reader.sequences()) or "none"
+        raise DataError(
+            data_root, f"{plan.name}: test sequences {', '.join(missing)} not found (found: {found})"
+        )
+
+
+def sequence_row(spec: SequenceRange, ev: EvaluationOutput, ks: tuple[int, ...]) -> SequenceRow:
+    """The row of one test sequence, from its evaluation at the protocol's one threshold."""
+    main = ev.result.main
+    return SequenceRow(
+        sequence=str(spec),
+        queries=main.num_counted,
+        without_positive=main.num_without_positive,
+        database=ev.result.db_size,
+        recall={k: main.recall[k] for k in ks},
+        recall_one_percent=main.recall_one_percent,
+        k_one_percent=ev.result.k_one_percent,
+        chance_r1=main.chance[1],
+        median_error_m=main.median_error_m,
+        metrics_file=str(ev.files["metrics"]),
+    )
+
+
+def write_protocol_report(report: ProtocolReport, out: Path) -> Path:
+    """``out/protocol.json``: the table, its mean and the published figures."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "protocol.json"
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2))
-    if console is not None:
-        console.print(protocol_table(report))
-        for line in published_lines(report):
-            console.print(line)
-        for line in overlaps:
-            console.print(f"[yellow]warning:[/] evaluated on training data: {line}")
-        console.print(f"wrote {path}")
-    return report
+    return path
+
+
+def print_protocol_report(console: Console, report: ProtocolReport, overlaps: list[str], path: Path) -> None:
+    """The table, the published figures beside it, warnings about training data, the file written."""
+    console.print(protocol_table(report))
+    for line in published_lines(report):
+        console.print(line)
+    for line in overlaps:
+        console.print(f"[yellow]warning:[/] evaluated on training data: {line}")
+    console.print(f"wrote {path}")

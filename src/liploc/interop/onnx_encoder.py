@@ -23,6 +23,9 @@ from liploc.versioned_json import read_versioned_json
 EXPORT_FORMAT = "liploc-onnx-export"
 EXPORT_VERSION = 1
 SPEC_FILE = "preprocessing.json"
+GRAPH_FINGERPRINT_KEY = "liploc_model_fingerprint"
+"""Metadata entry of each exported graph naming the model it was made from: a graph swapped for
+another model's (with preprocessing.json's checksum rewritten) is refused by the graph's own word."""
 
 
 def read_export_spec(folder: str | Path) -> dict[str, Any]:
@@ -44,6 +47,14 @@ def read_export_spec(folder: str | Path) -> dict[str, Any]:
     )
 
 
+def _plain_name(name: str, spec_path: Path) -> str:
+    """A file name of the export folder itself: no folder part, not absolute (``../../etc/passwd``
+    in preprocessing.json is refused, not followed)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise DataError(spec_path, f"names the graph {name!r}, which is not a file of the export folder")
+    return name
+
+
 class OnnxImageEncoder:
     """Camera images (H, W, 3) uint8 RGB -> (N, D) float32 unit-norm embeddings on onnxruntime."""
 
@@ -59,7 +70,7 @@ class OnnxImageEncoder:
             image = spec["image"]
             self.fingerprint: str = str(spec["model_fingerprint"])
             self.embed_dim = int(spec["embed_dim"])
-            graph = self.folder / str(image["file"])
+            graph = self.folder / _plain_name(str(image["file"]), self.folder / SPEC_FILE)
             expected_sha = str(image["sha256"])
             self.input_name = str(image["input_name"])
             self.preprocess = CameraPreprocess.from_spec(image)
@@ -76,6 +87,18 @@ class OnnxImageEncoder:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
             raise DataError(graph, f"onnxruntime cannot load the graph ({err})") from None
+        # The graph names its model itself: a graph of another model (with preprocessing.json's
+        # checksum rewritten to match it) is refused here, not used with the JSON's fingerprint.
+        stamped = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_FINGERPRINT_KEY)
+        if stamped is None:
+            raise DataError(
+                graph, "the graph does not name its model (an export older than this liploc); export again"
+            )
+        if stamped != self.fingerprint:
+            raise DataError(
+                graph,
+                f"the graph is of model {stamped[:12]}, but preprocessing.json says {self.fingerprint[:12]}",
+            )
         self.device = "onnxruntime (CPU)"
 
     def init_thread(self) -> None:

@@ -30,12 +30,10 @@ import torch
 from liploc.atomic import dir_mode, reporting_full_disk
 from liploc.atomic_folder import real_folder, replace_folder, scratch_path, sweep_folder_leftovers
 from liploc.checksums import file_size_and_sha256
-from liploc.errors import DataError, LiplocError
+from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.interop.onnx_encoder import EXPORT_FORMAT, EXPORT_VERSION, GRAPH_FINGERPRINT_KEY, SPEC_FILE
 from liploc.models import TwoTowerModel
 
-EXPORT_FORMAT = "liploc-onnx-export"
-EXPORT_VERSION = 1
-SPEC_FILE = "preprocessing.json"
 TOWER_FILES = {"image": "image_tower.onnx", "lidar": "lidar_tower.onnx"}
 PARITY_TOLERANCE = 1e-4
 """Largest absolute difference between torch and onnxruntime embeddings an export may have."""
@@ -73,6 +71,12 @@ def export_onnx(
         raise DataError(out, "exists and is not a liploc ONNX export folder; refusing to overwrite it")
     checkpoint = resolve_checkpoint(run)
     model, config = load_model_from_checkpoint(checkpoint)
+    if config.model.method == "bridge":
+        raise ConfigError(
+            f"{checkpoint}: ONNX export of geometry-bridge models (model.method bridge) is not "
+            "supported: their camera tower back-projects its depth and rasterises a BEV, which "
+            "the export does not cover; localize and serve them on torch (--backend auto picks it)"
+        )
     model = model.float().eval()
     fingerprint = model.fingerprint()
     h, w = config.data.image_size
@@ -133,6 +137,7 @@ def _write_export(
         tower, chw = modules[name]
         path = tmp / TOWER_FILES[name]
         _export_tower(tower, chw, name, path)
+        _stamp_fingerprint(path, fingerprint)
         diffs[name] = _parity(tower, path, chw, name, batch_for_check)
         if diffs[name] > PARITY_TOLERANCE:
             raise LiplocError(
@@ -217,6 +222,16 @@ def _export_tower(tower: Tower, chw: tuple[int, int, int], name: str, path: Path
             external_data=False,
             verbose=False,
         )
+
+
+def _stamp_fingerprint(path: Path, fingerprint: str) -> None:
+    """Record the model's fingerprint inside the ONNX graph (its metadata), rewriting the file."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = GRAPH_FINGERPRINT_KEY, fingerprint
+    onnx.save(graph, str(path))
 
 
 def _parity(tower: Tower, path: Path, chw: tuple[int, int, int], name: str, batch: int) -> float:

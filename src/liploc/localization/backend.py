@@ -28,7 +28,8 @@ def choose_backend(
 ) -> Backend:
     """``--backend auto``: onnx where it gives the poses torch gives without loading torch (on a
     CPU, with the map's own model, single images, a map embedded in fp32 as the export runs),
-    else torch.
+    else torch. An export named by ``--onnx DIR`` is what the user asked for: onnx, and a
+    ConfigError (not a silent torch) when DIR holds no export or another option needs torch.
 
     Sequence matching stays on torch: the onnx network matches torch's poses within 1e-4 but not
     bit for bit, and the sequence matching imports torch anyway.
@@ -36,12 +37,22 @@ def choose_backend(
     from liploc.interop.onnx_encoder import SPEC_FILE
 
     folder = MapFolder(map_dir)
-    export = Path(onnx_dir) if onnx_dir is not None else folder.onnx_dir
+    if onnx_dir is not None:
+        if not (Path(onnx_dir) / SPEC_FILE).is_file():
+            raise ConfigError(
+                f"--onnx {onnx_dir}: no ONNX export there (no {SPEC_FILE}); make one with "
+                f"`liploc export RUN --out {onnx_dir}`, or leave --onnx out"
+            )
+        if checkpoint is not None:
+            raise ConfigError("--onnx and --checkpoint: give one (--checkpoint runs the torch backend)")
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--onnx runs on the CPU; --device {device} needs --backend torch")
+        return "onnx"
     if (
         checkpoint is not None
         or sequence
         or device not in ("auto", "cpu")
-        or not (export / SPEC_FILE).is_file()
+        or not (folder.onnx_dir / SPEC_FILE).is_file()
     ):
         return "torch"
     try:

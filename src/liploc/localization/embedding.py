@@ -3,11 +3,14 @@
 Data flow: frames -> ImageDataset / LidarDataset (the training preprocessing, no augmentation;
 decoded and projected in loader workers, sent as uint8) -> normalised on the device -> model tower
 -> float32 embeddings (L2-normalised unless the model's ``normalize`` is false: the paper's model
-retrieves by the raw dot product). Queries and map scans go through the same path.
+retrieves by the raw dot product). Queries and map scans go through the same path. A
+geometry-bridge model's towers also take what the datasets add to each batch (the images'
+calibration, the scans' BEV rasters; :meth:`PairDataset.model_extras`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -25,7 +28,7 @@ from liploc.checked_array import DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame
 from liploc.errors import DataError, LiplocError
-from liploc.models import TwoTowerModel
+from liploc.models import GeometryBridgeModel, TwoTowerModel
 from liploc.runtime.device import embedding_precision, loader_cores, loader_workers, precision_dtype
 from liploc.runtime.frame_dataset import ImageDataset, LidarDataset, PairDataset
 from liploc.runtime.preprocess_cache import preprocess_cache_dir
@@ -67,7 +70,7 @@ def _main_threads(workers: int, device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def embed_frame_sets(
-    model: TwoTowerModel,
+    model: TwoTowerModel | GeometryBridgeModel,
     sets: Sequence[tuple[Sequence[Frame], Modality]],
     config: Config,
     *,
@@ -137,6 +140,9 @@ def embed_frame_sets(
             which = int(batch["set"][0])
             modality = sets[which][1]
             encode = model.encode_image if modality == "image" else model.encode_lidar
+            extras = datasets[which].model_extras(batch, modality, device)
+            if extras:  # a geometry-bridge model: calibration or BEV rasters
+                encode = functools.partial(encode, **extras)
             x = datasets[which].device_inputs(batch, modality, device, channels_last)
             out[which].append(embed_batch(encode, x, dtype, normalize=model.cfg.normalize))
             if tasks:
@@ -151,7 +157,7 @@ def embed_frame_sets(
 
 
 def embed_frames(
-    model: TwoTowerModel,
+    model: TwoTowerModel | GeometryBridgeModel,
     frames: Sequence[Frame],
     config: Config,
     modality: Modality,
@@ -269,7 +275,7 @@ class EmbeddingCache:
 
 def embed_with_cache(
     cache: EmbeddingCache,
-    model: TwoTowerModel,
+    model: TwoTowerModel | GeometryBridgeModel,
     sets: Sequence[tuple[Sequence[Frame], Modality]],
     config: Config,
     **options: object,

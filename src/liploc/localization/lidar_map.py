@@ -2,11 +2,21 @@
 
 A saved map is a folder::
 
-    manifest.json     format, version, sizes, the model's fingerprint and config, sha256 of each file
+    manifest.json     format, version, sizes, the model's fingerprint and config, its method
+                      (appearance or bridge) and, for bridge maps, the camera calibration of
+                      the map's drives, the index's kind and settings, the drives' world frame,
+                      sha256 of each file
     embeddings.npy    (N, D) float32, L2-normalised LiDAR embeddings
     poses.npy         (N, 4, 4) float64 LiDAR poses in the z-up world frame
     frames.json       sequence name, frame index and timestamp (or null) of each entry
-    index.faiss       the faiss index over the embeddings
+    index.faiss       the faiss index over the embeddings (see :mod:`liploc.localization.index`)
+
+A loaded map memory-maps ``embeddings.npy`` and ``poses.npy``: what stays resident is the index's
+own memory (about 40 bytes per scan for ``ivf-pq``) and the frame list; the compressed index kinds
+re-score their shortlist against the mapped embeddings. Loading checks, by a few searches, that
+the index holds the map's embeddings (an index replaced along with its checksum is caught).
+Maps whose index is a compressed kind are format version 2 (a liploc that cannot re-rank refuses
+them); the others stay version 1.
 
 The folder, with anything the caller adds (the model copy of ``map build``), is written under a
 temporary name (``.NAME.<pid>.<random>.tmp`` beside it) and then swapped into place in one
@@ -35,13 +45,22 @@ from liploc.atomic_folder import real_folder, replace_folder, scratch_path, swee
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
 from liploc.faults import fault_point
-from liploc.localization.index import EmbeddingIndex, IndexKind, check_embeddings
+from liploc.localization.index import (
+    RERANK_SHORTLIST,
+    RERANKED_KINDS,
+    EmbeddingIndex,
+    IndexKind,
+    check_embeddings,
+)
 from liploc.localization.map_folder import DATA_FILES as _FILES
 from liploc.localization.map_folder import MANIFEST
 from liploc.versioned_json import read_versioned_json
 
 MAP_FORMAT = "liploc-lidar-map"
-MAP_VERSION = 1
+MAP_VERSION = 2
+"""Version of maps whose index re-ranks (``flat-fp16``, ``ivf-pq``); the others are written as
+:data:`MAP_VERSION_EXACT`, which liploc before issue 25 reads too."""
+MAP_VERSION_EXACT = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,8 +119,21 @@ class LidarMap:
         model_config: dict[str, Any],
         index: EmbeddingIndex,
         embedding_precision: str | None = None,
+        world: str | None = None,
+        preprocessing: str | None = None,
+        camera: dict[str, Any] | None = None,
     ) -> None:
         """Use :meth:`build` or :meth:`load`; this constructor trusts its (consistent) arguments."""
+        self.world = world
+        """Id of the world frame every pose is in (``DatasetReader.world_id``), or None where
+        unknown (maps built before it was recorded, or from frames made by hand)."""
+        self.preprocessing = preprocessing
+        """Identity of the input preprocessing the scans were embedded with
+        (:func:`liploc.localization.map_growth.preprocessing_id`), or None where unknown."""
+        self.camera = camera
+        """Bridge maps: the camera of the map's drives, ``{"P": 3x4, "T_cam_lidar": 4x4,
+        "image_size": [width, height]}`` (lists), with which query images are back-projected
+        (one rig made the map); None for appearance maps."""
         self.embedding_precision = embedding_precision
         """Precision the map's scans were embedded with (``fp32``, ``bf16``, ``fp16``); queries are
         embedded with the same one. None for maps written before it was recorded."""
@@ -125,6 +157,11 @@ class LidarMap:
         timestamps: Sequence[float | None] | np.ndarray | None = None,
         index_kind: IndexKind = "auto",
         embedding_precision: str | None = None,
+        *,
+        max_memory: int | None = None,
+        world: str | None = None,
+        preprocessing: str | None = None,
+        camera: dict[str, Any] | None = None,
     ) -> LidarMap:
         """Make a map from LiDAR embeddings and their frames.
 
@@ -136,32 +173,28 @@ class LidarMap:
             model_config: the model's configuration (JSON-serialisable), kept for the record; its
                 ``normalize`` says whether the index ranks by cosine or by the raw dot product.
             timestamps: N seconds (None/NaN where unknown), or None.
-            index_kind: faiss index kind (``auto``: exact below a million-ish entries).
+            index_kind: ``flat``, ``flat-fp16``, ``hnsw``, ``ivf-pq`` or ``auto`` (exact below
+                100,000 entries, ivf-pq above; see :func:`liploc.localization.index.choose_kind`).
             embedding_precision: precision of the embedding forward passes, recorded so that queries
                 are embedded alike.
+            max_memory: resident bytes the index may take (``auto`` chooses within it; another
+                kind that does not fit is refused with a ConfigError).
+            world: id of the world frame of ``poses`` (one for the whole map), recorded.
+            preprocessing: identity of the scans' input preprocessing, recorded (drives added
+                later must match it).
+            camera: the calibration of the map's camera (see :attr:`camera`); a geometry-bridge
+                model (``model_config`` method ``bridge``) needs it to embed queries.
         """
         unit_norm = unit_norm_of(model_config)
         emb = check_embeddings(embeddings, "map embeddings", unit_norm=unit_norm)
         n = len(emb)
-        poses = np.asarray(poses, dtype=np.float64)
-        if poses.shape != (n, 4, 4):
-            raise ValueError(f"poses: expected shape ({n}, 4, 4), got {tuple(poses.shape)}")
-        if not np.all(np.isfinite(poses)):
-            raise ValueError("poses: every map entry needs a finite pose")
-        if len(frame_ids) != n:
-            raise ValueError(f"frame_ids: expected {n} (sequence, index) pairs, got {len(frame_ids)}")
-        sequences = [str(s) for s, _ in frame_ids]
-        frame_indices = np.array([int(i) for _, i in frame_ids], dtype=np.int64)
-        if timestamps is None:
-            times = np.full(n, np.nan)
-        else:
-            times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
-            if times.shape != (n,):
-                raise ValueError(f"timestamps: expected {n} values, got {times.shape}")
+        poses, sequences, frame_indices, times = _checked_entries(n, poses, frame_ids, timestamps)
         if not model_fingerprint:
             raise ValueError("model_fingerprint must be a non-empty string")
         json.dumps(model_config)  # fail now, not at save time, on a config JSON cannot hold
-        index = EmbeddingIndex.build(emb, kind=index_kind, unit_norm=unit_norm)
+        if method_of(model_config) == "bridge":
+            camera = check_camera(camera)
+        index = EmbeddingIndex.build(emb, kind=index_kind, unit_norm=unit_norm, max_memory=max_memory)
         return cls(
             emb,
             poses,
@@ -172,10 +205,48 @@ class LidarMap:
             dict(model_config),
             index,
             embedding_precision,
+            world,
+            preprocessing,
+            camera,
+        )
+
+    def appended(
+        self,
+        embeddings: np.ndarray,
+        poses: np.ndarray,
+        frame_ids: Sequence[tuple[str, int]],
+        timestamps: Sequence[float | None] | np.ndarray | None = None,
+    ) -> LidarMap:
+        """A new map holding this map's entries followed by the given ones (arguments as in
+        :meth:`build`; the model, world and preprocessing are this map's, which the caller has
+        checked). The index keeps its kind (see :meth:`EmbeddingIndex.extended`); this map is
+        unchanged. Save the result over this map's folder to publish it in one atomic step."""
+        emb = check_embeddings(embeddings, "added embeddings", dim=self.dim, unit_norm=self.index.unit_norm)
+        poses, sequences, frame_indices, times = _checked_entries(len(emb), poses, frame_ids, timestamps)
+        all_emb = np.concatenate([self.embeddings, emb])
+        return LidarMap(
+            all_emb,
+            np.concatenate([self.poses, poses]),
+            [*self.sequences, *sequences],
+            np.concatenate([self.frame_indices, frame_indices]),
+            np.concatenate([self.timestamps, times]),
+            self.model_fingerprint,
+            self.model_config,
+            self.index.extended(all_emb),
+            self.embedding_precision,
+            self.world,
+            self.preprocessing,
+            self.camera,
         )
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    @property
+    def method(self) -> str:
+        """The model's method: ``appearance`` (LIP-Loc; every map made before the geometry bridge)
+        or ``bridge``."""
+        return method_of(self.model_config)
 
     @property
     def dim(self) -> int:
@@ -283,14 +354,20 @@ class LidarMap:
         self.index.save(folder / "index.faiss")
         manifest = {
             "format": MAP_FORMAT,
-            "version": MAP_VERSION,
+            "version": MAP_VERSION if self.index.kind in RERANKED_KINDS else MAP_VERSION_EXACT,
             "num_entries": len(self),
             "embedding_dim": self.dim,
             "index_kind": self.index.kind,
+            "index": self.index.params,
+            "world": self.world,
+            "preprocessing": self.preprocessing,
             "model": {"fingerprint": self.model_fingerprint, "config": self.model_config},
+            "method": self.method,
             "embedding_precision": self.embedding_precision,
             "files": {name: {"sha256": file_size_and_sha256(folder / name)[1]} for name in _FILES},
         }
+        if self.camera is not None:
+            manifest["camera"] = self.camera
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         for name in (*_FILES, MANIFEST):
             with open(folder / name, "rb+") as f:
@@ -323,22 +400,18 @@ class LidarMap:
         if not directory.is_dir():
             raise DataError(directory, "map folder not found")
         manifest_path = directory / MANIFEST
-        manifest = read_versioned_json(
-            manifest_path,
-            fmt=MAP_FORMAT,
-            version=MAP_VERSION,
-            missing="missing: this folder is not a liploc map (no manifest)",
-            unreadable="unreadable map manifest",
-            other_format=f"not a liploc map manifest (format is not {MAP_FORMAT!r})",
-            other_version="map format version {version} is not supported (this liploc reads "
-            f"version {MAP_VERSION}); rebuild the map",
-        )
+        manifest = _read_manifest(manifest_path)
         try:
             files = manifest["files"]
             n = int(manifest["num_entries"])
             dim = int(manifest["embedding_dim"])
             fingerprint = str(manifest["model"]["fingerprint"])
             model_config = dict(manifest["model"]["config"])
+            index_params = dict(manifest.get("index") or {})
+            recorded_kind = manifest.get("index_kind")
+            shortlist = int(index_params.get("shortlist", RERANK_SHORTLIST))
+            world = manifest.get("world")
+            preprocessing = manifest.get("preprocessing")
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(manifest_path, f"map manifest lacks or mangles an entry ({err})") from err
         for name in _FILES:
@@ -352,27 +425,42 @@ class LidarMap:
                         path, "checksum does not match the manifest: the file is corrupt or was changed"
                     )
 
-        embeddings = _load_npy(directory / "embeddings.npy", (n, dim))
-        poses = _load_npy(directory / "poses.npy", (n, 4, 4))
+        embeddings = _load_npy(directory / "embeddings.npy", (n, dim), np.float32)
+        poses = _load_npy(directory / "poses.npy", (n, 4, 4), np.float64)
         frames_path = directory / "frames.json"
         try:
             frames = json.loads(frames_path.read_text(encoding="utf-8"))
-            sequences = [str(s) for s in frames["sequence"]]
+            names: dict[str, str] = {}  # one string per drive, not one per entry (8 bytes each)
+            sequences = [names.setdefault(s, s) for s in map(str, frames["sequence"])]
             frame_indices = np.array(frames["frame_index"], dtype=np.int64)
             times = np.array([np.nan if t is None else t for t in frames["timestamp"]], dtype=np.float64)
+        except RecursionError:  # a list nested thousands deep: no frame list of liploc's
+            raise DataError(frames_path, "unreadable frame list (nested too deeply)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise DataError(frames_path, f"unreadable frame list ({err})") from err
         if not (len(sequences) == len(frame_indices) == len(times) == n):
             raise DataError(frames_path, f"expected {n} frames as the manifest says")
-        index = EmbeddingIndex.load(directory / "index.faiss", unit_norm=unit_norm_of(model_config))
-        if index.ntotal != n or index.dim != dim:
-            raise DataError(
-                directory / "index.faiss",
-                f"index holds {index.ntotal} x {index.dim} but the map has {n} x {dim} embeddings",
-            )
+        camera = manifest.get("camera")
+        if method_of(model_config) == "bridge":
+            try:
+                camera = check_camera(camera)
+            except ValueError as err:
+                raise DataError(
+                    manifest_path, f"geometry-bridge map without a usable camera ({err})"
+                ) from None
+        index_path = directory / "index.faiss"
+        index = EmbeddingIndex.load(
+            index_path, unit_norm=unit_norm_of(model_config), vectors=embeddings, shortlist=shortlist
+        )
+        if recorded_kind is not None and recorded_kind != index.kind:
+            raise DataError(index_path, f"holds a {index.kind} index but the manifest says {recorded_kind}")
+        try:
+            index.check_vectors(embeddings)
+        except EmbeddingError as err:
+            raise DataError(index_path, f"does not match embeddings.npy: {err}") from err
         return cls(
-            embeddings.astype(np.float32, copy=False),
-            poses.astype(np.float64, copy=False),
+            embeddings,
+            poses,
             sequences,
             frame_indices,
             times,
@@ -380,7 +468,35 @@ class LidarMap:
             model_config,
             index,
             manifest.get("embedding_precision"),
+            world if isinstance(world, str) else None,
+            preprocessing if isinstance(preprocessing, str) else None,
+            camera,
         )
+
+
+def _checked_entries(
+    n: int,
+    poses: np.ndarray,
+    frame_ids: Sequence[tuple[str, int]],
+    timestamps: Sequence[float | None] | np.ndarray | None,
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """(poses, sequences, frame indices, timestamps) of ``n`` entries, checked."""
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.shape != (n, 4, 4):
+        raise ValueError(f"poses: expected shape ({n}, 4, 4), got {tuple(poses.shape)}")
+    if not np.all(np.isfinite(poses)):
+        raise ValueError("poses: every map entry needs a finite pose")
+    if len(frame_ids) != n:
+        raise ValueError(f"frame_ids: expected {n} (sequence, index) pairs, got {len(frame_ids)}")
+    sequences = [str(s) for s, _ in frame_ids]
+    frame_indices = np.array([int(i) for _, i in frame_ids], dtype=np.int64)
+    if timestamps is None:
+        times = np.full(n, np.nan)
+    else:
+        times = np.array([np.nan if t is None else float(t) for t in timestamps], dtype=np.float64)
+        if times.shape != (n,):
+            raise ValueError(f"timestamps: expected {n} values, got {times.shape}")
+    return poses, sequences, frame_indices, times
 
 
 def _folder_identity(directory: Path) -> int | None:
@@ -396,17 +512,63 @@ def unit_norm_of(model_config: dict[str, Any]) -> bool:
     return bool(model_config.get("normalize", True))
 
 
+def method_of(model_config: dict[str, Any]) -> str:
+    """The method of a map's model config (``appearance`` for configs made before methods)."""
+    return str(model_config.get("method", "appearance"))
+
+
+def check_camera(camera: Any) -> dict[str, Any]:
+    """A bridge map's camera as JSON lists (ValueError naming what is missing or wrong)."""
+    if not isinstance(camera, dict):
+        raise ValueError("a geometry-bridge map needs the camera calibration of its drives")
+    try:
+        P = np.asarray(camera["P"], dtype=np.float64)
+        T = np.asarray(camera["T_cam_lidar"], dtype=np.float64)
+        size = [int(v) for v in camera["image_size"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"camera needs P, T_cam_lidar and image_size ({err})") from None
+    if P.shape != (3, 4) or T.shape != (4, 4) or len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"camera: P {P.shape} must be 3x4, T_cam_lidar {T.shape} 4x4, image_size two sides")
+    if not (np.all(np.isfinite(P)) and np.all(np.isfinite(T))):
+        raise ValueError("camera: P and T_cam_lidar must be finite")
+    return {"P": P.tolist(), "T_cam_lidar": T.tolist(), "image_size": size}
+
+
 def _describe_model(config: dict[str, Any]) -> str:
     keys = ("image_encoder", "lidar_encoder", "embed_dim")
     parts = [f"{k}={config[k]}" for k in keys if k in config]
     return ", ".join(parts) if parts else "no model config recorded"
 
 
-def _load_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a map of either version (:data:`MAP_VERSION`, :data:`MAP_VERSION_EXACT`)."""
+    versions = (MAP_VERSION, MAP_VERSION_EXACT)
+    for version in versions:
+        try:
+            return read_versioned_json(
+                path,
+                fmt=MAP_FORMAT,
+                version=version,
+                missing="missing: this folder is not a liploc map (no manifest)",
+                unreadable="unreadable map manifest",
+                other_format=f"not a liploc map manifest (format is not {MAP_FORMAT!r})",
+                other_version="map format version {version} is not supported (this liploc reads "
+                f"versions {MAP_VERSION_EXACT} and {MAP_VERSION}); rebuild the map",
+            )
+        except DataError as err:
+            if version == versions[-1] or "map format version" not in err.problem:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load_npy(path: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """The array of ``path``, memory-mapped read-only (its pages are read when used)."""
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise DataError(path, f"not a readable .npy array ({err})") from err
     if array.shape != shape:
         raise DataError(path, f"expected shape {shape}, found {array.shape}")
+    if array.dtype != dtype:
+        raise DataError(path, f"expected {np.dtype(dtype).name} values, found {array.dtype}")
     return array

@@ -21,8 +21,10 @@ from torch import nn
 
 from liploc.config import Config
 from liploc.errors import ConfigError, DataError
+from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
+from liploc.localization.map_growth import one_world, posed_map_frames, preprocessing_id
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ def build_map(
     precision: str | None = None,
     force: bool = False,
     onnx: bool = True,
+    index_kind: IndexKind = "auto",
+    max_memory: int | None = None,
 ) -> LidarMap:
     """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
 
@@ -53,7 +57,14 @@ def build_map(
     With ``onnx``, ``model/onnx`` holds an ONNX export of the camera tower (checked against torch),
     so that ``liploc localize`` answers without loading torch and timm (0.4 s from a cold start
     instead of 4 s on a small CPU); a model the exporter cannot handle leaves a map without one,
-    and says so.
+    and says so. Geometry-bridge maps have none (their camera tower back-projects and rasterises,
+    which is not exported): they localize on torch. They record the camera calibration of their
+    drives, with which queries are back-projected.
+
+    ``index_kind`` and ``max_memory`` (bytes) choose the search index (see
+    :func:`liploc.localization.index.choose_kind`); the map records it. Every sequence must be in
+    one world frame (a map's poses are compared with each other): sequences of different worlds
+    are refused, naming two of them, before the model is loaded.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
     from liploc.console import progress_bar
@@ -63,25 +74,18 @@ def build_map(
     from liploc.datasets.sequence_names import resolve_sequence_name
     from liploc.localization.embedding import embed_frames
     from liploc.runtime.checkpoint import copy_checkpoint
-    from liploc.runtime.data_roots import posed
     from liploc.runtime.device import embedding_precision, pick_device
     from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
-    model, config = load_model_from_checkpoint(checkpoint)
     reader = open_dataset(data_root, layout)
     sequences = [resolve_sequence_name(s, reader.sequences(), data_root) for s in sequences]  # "8" -> "08"
     require_sequences(reader, data_root, list(sequences))
-    frames = []
-    for seq in sequences:
-        kept, skipped = posed(reader.frames(seq))
-        if skipped and console is not None:
-            console.print(f"[yellow]{seq}: {skipped} frames without a pose left out of the map[/]")
-        frames.extend(kept)
-    if not frames:
-        raise DataError(data_root, "no frame with a pose in the requested sequences")
+    world = one_world(reader, sequences)
+    model, config = load_model_from_checkpoint(checkpoint)
+    frames = posed_map_frames(reader, data_root, sequences, console)
     dev = pick_device(device)
     precision = precision or embedding_precision(config, dev)
     progress = progress_bar(console)
@@ -104,6 +108,11 @@ def build_map(
         config.model.model_dump(mode="json"),
         timestamps=frame_times(frames),
         embedding_precision=precision,
+        index_kind=index_kind,
+        max_memory=max_memory,
+        world=world,
+        preprocessing=preprocessing_id(config),
+        camera=map_camera(frames, console) if config.model.method == "bridge" else None,
     )
     # The checkpoint travels with the map (inside it before the swap) so that a deployed map is
     # self-contained and never seen without its model.
@@ -111,13 +120,51 @@ def build_map(
 
     def add_model(folder: Path) -> None:
         copy_checkpoint(ckpt, MapFolder(folder).checkpoint)
-        if onnx:
+        if onnx and config.model.method == "bridge":
+            if console is not None:
+                console.print("geometry-bridge map: no ONNX export (localize and serve run on torch)")
+        elif onnx:
             _export_camera_tower(folder, console)
 
     out = lidar_map.save(out, add_files=add_model)
     if console is not None:
         console.print(f"map of {len(lidar_map)} scans ({', '.join(sequences)}) written to {out}")
     return lidar_map
+
+
+def map_camera(frames: Sequence[Any], console: Console | None = None) -> dict[str, Any]:
+    """The camera of a bridge map's drives (the first frame's calibration, full image size): what
+    back-projects its queries. Drives whose calibration differs are named (one rig should make a map)."""
+    from liploc.errors import DataError
+
+    calib = frames[0].calib
+    if calib.image_size is None:
+        raise DataError(frames[0].image_path, "calibration has no image size; a bridge map needs it")
+    P = np.asarray(calib.P, dtype=np.float64)
+    P = np.hstack([P, np.zeros((3, 1))]) if P.shape == (3, 3) else P
+    T = np.asarray(calib.T_cam_lidar, dtype=np.float64)
+    others = sorted(
+        {
+            f.sequence
+            for f in frames
+            if f.calib is not calib
+            and (
+                tuple(f.calib.image_size or ()) != tuple(calib.image_size)
+                or not np.allclose(np.asarray(f.calib.P)[:, :3], P[:, :3], rtol=1e-3, atol=1e-3)
+                or not np.allclose(np.asarray(f.calib.T_cam_lidar), T, atol=1e-3)
+            )
+        }
+    )
+    if others:
+        message = (
+            f"drives {', '.join(others)} have another camera calibration than {frames[0].sequence}'s; "
+            f"the map's queries are back-projected with {frames[0].sequence}'s"
+        )
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            warnings.warn(message, UserWarning, stacklevel=3)
+    return {"P": P.tolist(), "T_cam_lidar": T.tolist(), "image_size": [int(v) for v in calib.image_size]}
 
 
 def _export_camera_tower(map_dir: Path, console: Console | None) -> None:
@@ -248,6 +295,8 @@ class Localizer:
             if not checkpoint.is_file():
                 raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
         tower, config, fingerprint = load_image_tower_from_checkpoint(checkpoint)
+        if config.model.method == "bridge":
+            tower = calibrated_tower(tower, lidar_map, config)
         return cls(lidar_map, tower, config, pick_device(device), fingerprint, max_batch)
 
     def preprocess(self, image: ImageInput) -> np.ndarray:
@@ -337,7 +386,9 @@ def load_image_tower_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module,
     """(camera tower, training config, full model fingerprint) of a checkpoint or run folder.
 
     The fingerprint is that of the whole two-tower model (what maps record), computed once from
-    the checkpoint's tensors; only the camera tower is built, without random initialisation.
+    the checkpoint's tensors; only the camera tower is built, without random initialisation (a
+    geometry-bridge model is built whole: its ``encode_image`` needs the calibration, see
+    :func:`calibrated_tower`).
     """
     from liploc.config import config_from_dict
     from liploc.models import architecture_of, inference_config, load_image_tower, state_fingerprint
@@ -357,6 +408,33 @@ def load_image_tower_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module,
     except (KeyError, RuntimeError) as err:
         raise DataError(file, f"weights do not match the camera tower of its config ({err})") from None
     return tower, config, state_fingerprint(architecture_of(model_cfg), state)
+
+
+def calibrated_tower(model: nn.Module, lidar_map: LidarMap, config: Config) -> nn.Module:
+    """A geometry-bridge model's camera side with the map's camera filled in (queries come from
+    the rig that made the map), its calibration scaled to the model's ``depth_size``."""
+    from liploc.datasets.frame import Calibration
+    from liploc.lidar.back_projection import calibration_for_depth
+    from liploc.models import CalibratedImageTower
+
+    if lidar_map.camera is None:
+        raise DataError(
+            Path("<map>"),
+            f"this {lidar_map.method} map records no camera calibration; a geometry-bridge model "
+            "needs it to embed queries",
+        )
+    camera = lidar_map.camera
+    calib = Calibration(
+        T_cam_lidar=np.asarray(camera["T_cam_lidar"], dtype=np.float64),
+        P=np.asarray(camera["P"], dtype=np.float64),
+        image_size=tuple(camera["image_size"]),  # type: ignore[arg-type]
+    )
+    scaled = calibration_for_depth(calib, tuple(config.model.bridge.depth_size))  # type: ignore[arg-type]
+    return CalibratedImageTower(
+        model,  # type: ignore[arg-type]
+        torch.as_tensor(np.asarray(scaled.P, dtype=np.float64)),
+        torch.as_tensor(np.asarray(scaled.T_cam_lidar, dtype=np.float64)),
+    )
 
 
 @dataclass(frozen=True, eq=False)

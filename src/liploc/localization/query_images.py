@@ -16,14 +16,14 @@ from pathlib import Path
 
 from PIL import UnidentifiedImageError
 
-from liploc.datasets.scan import NOT_CAMERA_MODES, check_image_header, open_image_header
+from liploc.datasets.scan import MIN_IMAGE_SIDE_PX, NOT_CAMERA_MODES, check_image_header, open_image_header
 from liploc.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 KITTI_IMAGE_SIZE = (1241, 376)
 """(width, height) of KITTI's rectified colour images, the camera of the shipped configs and maps."""
-MIN_SIDE_PX = 32
-"""Smaller images hold too little of a street to localize (the network input is 224 px)."""
+MIN_SIDE_PX = MIN_IMAGE_SIDE_PX
+"""Smaller images hold too little of a street to localize: the rule of every image reader."""
 ASPECT_TOLERANCE = 0.25
 """Relative aspect-ratio difference to the expected camera above which a warning is printed."""
 

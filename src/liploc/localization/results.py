@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
@@ -65,32 +66,36 @@ class LocalizedSequence:
         }
 
     def tables(self) -> tuple[Table, Table]:
-        """The last image's poses (score in z units) and the best path, oldest image first."""
-        table = Table(title=f"{self.images[-1]} (sequence of {len(self.images)} images)")
-        for col in ("rank", "score (z)", "sequence", "frame", "x (m)", "y (m)", "yaw (deg)"):
-            table.add_column(col, justify="right")
-        for m in self.matches:
-            table.add_row(
-                str(m.rank),
-                f"{m.score:.2f}",
-                m.sequence,
-                str(m.frame_index),
-                f"{m.xy[0]:.1f}",
-                f"{m.xy[1]:.1f}",
-                f"{m.yaw_deg:.0f}",
-            )
-        path = Table(title="best path (oldest image first)")
-        for col in ("image", "sequence", "frame", "x (m)", "y (m)", "cosine"):
-            path.add_column(col, justify="right")
-        for image, step in zip(self.images, self.path, strict=True):
+        """The last image's poses (score in z units) and the best path, oldest image first.
+
+        Both look like :func:`matches_table` (no box, no column cut): the path names each image
+        by its file name, and its title says once which folder they share, so that a long
+        folder does not squeeze every row to the same ``…/02/im…``.
+        """
+        last = f"{self.images[-1]} (sequence of {len(self.images)} images; score: the path's, z units)"
+        table = matches_table(last, self.matches)
+        folder, names = _common_folder(self.images)
+        where = f"; images in {folder}" if folder else ""
+        columns = ("image", "sequence", "frame", "x (m)", "y (m)", "cosine")
+        path = new_table(*columns, title=f"best path (oldest image first{where})", right=columns[2:])
+        for name, step in zip(names, self.path, strict=True):
             if step is None:
-                path.add_row(image, "off map", "", "", "", "")
+                path.add_row(name, "off map", "", "", "", "")
             else:
                 x, y = step.xy
                 path.add_row(
-                    image, step.sequence, str(step.frame_index), f"{x:.1f}", f"{y:.1f}", f"{step.score:.3f}"
+                    name, step.sequence, str(step.frame_index), f"{x:.1f}", f"{y:.1f}", f"{step.score:.3f}"
                 )
         return table, path
+
+
+def _common_folder(images: Sequence[str]) -> tuple[str, list[str]]:
+    """The folder the images share (or "") and each image's name below it."""
+    parents = {str(PurePath(image).parent) for image in images}
+    if len(parents) != 1 or parents == {"."}:
+        return "", list(images)
+    (folder,) = parents
+    return folder, [PurePath(image).name for image in images]
 
 
 def matches_table(title: str, matches: Sequence[Match]) -> Table:

@@ -1,14 +1,18 @@
-"""create_model(): the two-tower model from a ModelConfig, in the spirit of timm.create_model."""
+"""create_model(): the model of a ModelConfig (two towers, or the geometry bridge), in the spirit
+of timm.create_model."""
 
 from __future__ import annotations
 
 from liploc.config import ModelConfig
 from liploc.models.encoders import create_encoder
+from liploc.models.geometry_bridge import GeometryBridgeModel
 from liploc.models.two_tower import TwoTowerModel
 
 
-def create_model(cfg: ModelConfig) -> TwoTowerModel:
-    """Build the two towers (timm encoders + projection heads) described by ``cfg``.
+def create_model(cfg: ModelConfig) -> TwoTowerModel | GeometryBridgeModel:
+    """Build the model described by ``cfg``: the two towers (timm encoders + projection heads) of
+    ``method: appearance``, or the :class:`GeometryBridgeModel` of ``method: bridge`` (the same
+    encoders plus a depth head and BEV encoders; ``fusion: bev_only`` builds no LiDAR encoder).
 
     Encoders come from ``timm.create_model(name, pretrained=cfg.pretrained, num_classes=0)``;
     ``cfg.image_weights`` / ``cfg.lidar_weights`` load a local safetensors backbone or packaged
@@ -23,6 +27,8 @@ def create_model(cfg: ModelConfig) -> TwoTowerModel:
         extra_args=cfg.image_encoder_args,
         setting="model.image_encoder",
     )
+    if cfg.method == "bridge" and cfg.bridge.fusion == "bev_only":
+        return GeometryBridgeModel(image_encoder, image_features, None, None, cfg)
     lidar_encoder, lidar_features = create_encoder(
         cfg.lidar_encoder,
         pretrained=cfg.pretrained,
@@ -31,6 +37,8 @@ def create_model(cfg: ModelConfig) -> TwoTowerModel:
         extra_args=cfg.lidar_encoder_args,
         setting="model.lidar_encoder",
     )
+    if cfg.method == "bridge":
+        return GeometryBridgeModel(image_encoder, image_features, lidar_encoder, lidar_features, cfg)
     return TwoTowerModel(image_encoder, image_features, lidar_encoder, lidar_features, cfg)
 
 

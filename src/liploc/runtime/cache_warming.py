@@ -28,7 +28,7 @@ class _WarmItems:
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
-        self.items = [(i, m) for i in range(len(dataset.frames)) for m in ("image", "lidar")]
+        self.items = [(i, m) for i in range(len(dataset.frames)) for m in dataset.cached_inputs()]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -41,7 +41,8 @@ class _WarmItems:
         frame = self.dataset.frames[index]
         source = frame.image_path if modality == "image" else frame.scan_path
         try:
-            present = self.dataset.cache.path_for(source, modality).is_file()
+            variant = self.dataset.cache_variant(index, modality)
+            present = self.dataset.cache.path_for(source, modality, variant).is_file()
             self.dataset.preprocessed(index, modality)
         except DataError as err:
             import torch.utils.data

@@ -18,7 +18,17 @@ from torch.utils.data import Dataset
 from liploc.config import Config
 from liploc.datasets import Frame
 from liploc.errors import DataError
-from liploc.runtime.inputs import InputTransform, Modality, build_transforms, camera_input, lidar_input
+from liploc.runtime.inputs import (
+    CachedInput,
+    InputTransform,
+    Modality,
+    build_transforms,
+    camera_input,
+    depth_calibration,
+    depth_target,
+    lidar_input,
+    scan_bev_input,
+)
 from liploc.runtime.preprocess_cache import PreprocessCache
 
 if TYPE_CHECKING:
@@ -73,6 +83,14 @@ class PairDataset(Dataset):
     ``position_xy`` is the float64 ground-plane position (NaN for frames without a pose);
     ``world`` the int64 code of the world frame it is in (positions of different worlds are not
     comparable; the pose-aware loss takes positives only within one world).
+
+    For the geometry bridge (``model.method: bridge``) a sample also holds, with the image,
+    ``P`` (3, 4) and ``T_cam_lidar`` (4, 4), float64, the calibration of a depth image of
+    ``bridge.depth_size``; with the LiDAR input, ``bev``, the scan's BEV raster (float32, made from
+    the scan's depth image at that size, as the image's is from its predicted depth); with both
+    (training pairs), ``depth``, the sparse depth target (1, h, w) float32 in metres. A scan moved
+    sideways (``data.lidar_sideways_m``) gives its BEV from the moved points too; the depth target
+    stays the scan as taken, since it supervises the image's depth.
     """
 
     def __init__(
@@ -108,19 +126,45 @@ class PairDataset(Dataset):
             self._projector = RangeProjector(self.config.projection)
         return self._projector
 
-    def preprocessed(self, index: int, modality: Modality) -> np.ndarray:
-        """The preprocessed (C, H, W) 0..255 array of one modality of frame ``index`` (cached)."""
+    @property
+    def bridge(self) -> bool:
+        """Whether samples carry the geometry bridge's inputs (``model.method: bridge``)."""
+        return self.config.model.method == "bridge"
+
+    def cached_inputs(self) -> tuple[CachedInput, ...]:
+        """What :meth:`preprocessed` makes for this dataset's samples (what the cache may hold)."""
+        out: list[CachedInput] = list(self.modalities)
+        if self.bridge and "lidar" in self.modalities:
+            out += ["depth", "bev"]
+        return tuple(out)
+
+    def preprocessed(self, index: int, modality: CachedInput) -> np.ndarray:
+        """The preprocessed array of one input of frame ``index`` (cached): the (C, H, W) 0..255
+        tower inputs, and for the bridge the scan's depth image (``depth``) and BEV (``bev``)."""
         frame = self.frames[index]
 
         def make() -> np.ndarray:
             if modality == "image":
                 return camera_input(frame, self.config)
+            if modality == "depth":
+                return depth_target(frame, self.config)
+            if modality == "bev":
+                P, T = depth_calibration(frame, self.config)
+                return scan_bev_input(self.preprocessed(index, "depth"), P, T, self.config)
             return lidar_input(frame, self.config, self._range_projector())
 
         if self.cache is None:
             return make()
         source = frame.image_path if modality == "image" else frame.scan_path
-        return self.cache.get(source, modality, make)
+        return self.cache.get(source, modality, make, self.cache_variant(index, modality))
+
+    def cache_variant(self, index: int, modality: CachedInput) -> str:
+        """What a cache entry depends on besides its source file: the frame's calibration for the
+        bridge's depth image and BEV (the scan seen through it), nothing for the others."""
+        if modality not in ("depth", "bev"):
+            return ""
+        P, T = depth_calibration(self.frames[index], self.config)
+        return hashlib.sha1(P.tobytes() + T.tobytes()).hexdigest()[:16]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         try:
@@ -142,13 +186,13 @@ class PairDataset(Dataset):
             "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
             "world": torch.tensor(world_code(frame.world_id), dtype=torch.long),
         }
+        sideways = self.sideways_m(streams[2]) if "lidar" in self.modalities else 0.0
         for modality, stream in zip(("image", "lidar"), streams[:2], strict=True):
             if modality not in self.modalities:
                 continue
             rng = np.random.default_rng(stream) if self.train else None
             transform: InputTransform = getattr(self.transforms, modality)
-            sideways = self.sideways_m(streams[2]) if modality == "lidar" else 0.0
-            if sideways:
+            if modality == "lidar" and sideways:
                 array = lidar_input(frame, self.config, self._range_projector(), sideways)
             else:
                 array = self.preprocessed(index, modality)  # type: ignore[arg-type]
@@ -159,7 +203,35 @@ class PairDataset(Dataset):
             if transform.dropout is not None and rng is not None:
                 holes = transform.dropout.draw(array.shape[-2], array.shape[-1], rng)
                 sample[f"{modality}_holes"] = torch.from_numpy(holes)
+        if self.bridge:
+            self._bridge_inputs(sample, index, sideways)
         return sample
+
+    def _bridge_inputs(self, sample: dict[str, torch.Tensor], index: int, sideways: float) -> None:
+        """The geometry bridge's entries of a sample (see the class docstring)."""
+        frame = self.frames[index]
+        P, T = depth_calibration(frame, self.config)
+        if "image" in self.modalities:
+            sample["P"], sample["T_cam_lidar"] = torch.from_numpy(P), torch.from_numpy(T)
+        if "lidar" in self.modalities:
+            if sideways:
+                bev = scan_bev_input(depth_target(frame, self.config, sideways), P, T, self.config)
+            else:
+                bev = self.preprocessed(index, "bev")
+            sample["bev"] = torch.from_numpy(np.ascontiguousarray(bev, dtype=np.float32))
+            if "image" in self.modalities:
+                sample["depth"] = torch.from_numpy(self.preprocessed(index, "depth"))
+
+    def model_extras(
+        self, batch: dict[str, torch.Tensor], modality: Modality, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """The keyword inputs of ``encode_image`` / ``encode_lidar`` for ``modality`` from a
+        collated batch, on ``device``: none for appearance models; for the bridge, the images'
+        calibration (``P``, ``T_cam_lidar``) or the scans' BEV rasters (``bev``)."""
+        if not self.bridge:
+            return {}
+        keys = ("P", "T_cam_lidar") if modality == "image" else ("bev",)
+        return {k: batch[k].to(device, non_blocking=True) for k in keys}
 
     def sideways_m(self, stream: np.random.SeedSequence) -> float:
         """Metres to the left (negative: right) that a training sample's scan is seen from, drawn

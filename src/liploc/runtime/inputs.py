@@ -1,6 +1,8 @@
 """Model inputs of a frame: the camera image and the LiDAR input, preprocessed (deterministic,
 cacheable, 0..255) and transformed (normalisation and, in training, coarse dropout; see
-:class:`InputTransform`)."""
+:class:`InputTransform`); and for the geometry bridge (``model.method: bridge``) the scan's sparse
+depth image at ``bridge.depth_size`` (the depth target), the scan's BEV raster made from it, and
+the calibration of a depth image of that size."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from liploc.models.input_normalization import IMAGENET_MEAN as IMAGENET_MEAN
 from liploc.models.input_normalization import IMAGENET_STD as IMAGENET_STD
 
 Modality = Literal["image", "lidar"]
+CachedInput = Literal["image", "lidar", "depth", "bev"]
+"""What the preprocessing cache holds: the towers' inputs and the bridge's depth target and BEV."""
 
 
 # --- transforms ----------------------------------------------------------------------------------
@@ -265,3 +269,58 @@ def lidar_input(
     except (ValueError, ArithmeticError) as err:
         raise DataError(frame.scan_path, f"cannot make the LiDAR input ({err})") from None
     return _to_uint8(values) if config.projection.quantize else values.astype(np.float32)
+
+
+# --- geometry bridge -----------------------------------------------------------------------------
+def depth_calibration(frame: Frame, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``(P (3, 4), T_cam_lidar (4, 4))`` of ``frame``'s camera image resized (no crop) to
+    ``model.bridge.depth_size``: what back-projects a depth image of that size."""
+    from liploc.lidar.back_projection import calibration_for_depth
+
+    if frame.calib.image_size is None:
+        raise DataError(frame.image_path, "calibration has no image size; the geometry bridge needs it")
+    calib = calibration_for_depth(frame.calib, tuple(config.model.bridge.depth_size))  # type: ignore[arg-type]
+    P = np.asarray(calib.P, dtype=np.float64)
+    if P.shape == (3, 3):
+        P = np.hstack([P, np.zeros((3, 1))])
+    return P, np.asarray(calib.T_cam_lidar, dtype=np.float64)
+
+
+def depth_target(frame: Frame, config: Config, sideways_m: float = 0.0) -> np.ndarray:
+    """float32 (1, h, w) sparse depth image of ``frame``'s scan in its camera at
+    ``model.bridge.depth_size`` (metres, 0 where no point landed; points beyond
+    ``bridge.max_depth`` left out): the depth head's target and the source of the scan's BEV.
+    ``sideways_m``: the scan as seen from that many metres to the left (the rig moved as one)."""
+    from liploc.lidar import camera_depth_image, shift_points_sideways
+    from liploc.lidar.camera_depth import DEFAULT_MIN_DEPTH
+
+    if frame.calib.image_size is None:
+        raise DataError(frame.image_path, "calibration has no image size; the geometry bridge needs it")
+    bridge = config.model.bridge
+    h, w = bridge.depth_size
+    points = load_scan(frame.scan_path)
+    if sideways_m:
+        points = shift_points_sideways(points, sideways_m)
+    try:
+        depth = camera_depth_image(
+            points, frame.calib, out_size=(w, h), min_depth=DEFAULT_MIN_DEPTH, max_depth=bridge.max_depth
+        )
+    except LiplocError:
+        raise
+    except (ValueError, ArithmeticError) as err:
+        raise DataError(frame.scan_path, f"cannot make the depth image ({err})") from None
+    return depth[None].astype(np.float32, copy=False)
+
+
+def scan_bev_input(depth: np.ndarray, P: np.ndarray, T_cam_lidar: np.ndarray, config: Config) -> np.ndarray:
+    """float32 (C, rows, cols) BEV raster of a scan's depth image (1, h, w) with its calibration:
+    back-projected and rasterised by the function that rasterises the predicted depth
+    (:func:`liploc.models.geometry_bridge.depth_image_bev`), so that both sides sample alike."""
+    from liploc.models.geometry_bridge import depth_image_bev
+
+    d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).reshape(1, *depth.shape[-2:])
+    with torch.no_grad():
+        raster = depth_image_bev(
+            d, torch.from_numpy(P)[None], torch.from_numpy(T_cam_lidar)[None], config.model.bridge
+        )
+    return raster[0].numpy()

@@ -6,8 +6,12 @@ The cache is shared between runs: by default ``$LIPLOC_CACHE_DIR``, else
 the settings key hashes every data setting that changes what preprocessing makes (all of
 ``data`` except what only applies later: augmentation, normalisation, dataset lists, loaders)
 plus the projection and the preprocessing version; the source key hashes the source file's
-absolute path, size and modification time. Entries are checked (:mod:`liploc.checked_array`), and
-written with write-and-rename (no fsync), so several runs and workers can share one cache.
+absolute path, size and modification time. The geometry bridge's entries (``depth``: the scan's
+depth image at ``bridge.depth_size``; ``bev``: its BEV raster) live in ``depth-<key>`` and
+``bev-<key>`` folders whose keys hash the bridge settings they depend on, and their source keys
+also cover the frame's calibration (the depth image is the scan seen through it). Entries are
+checked (:mod:`liploc.checked_array`), and written with write-and-rename (no fsync), so several
+runs and workers can share one cache.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from liploc.errors import DataError, LiplocError
-from liploc.runtime.inputs import Modality
+from liploc.runtime.inputs import CachedInput
 
 if TYPE_CHECKING:
     from liploc.config import Config, DataConfig
@@ -47,6 +51,10 @@ _LATER_STAGES = {
     "cache_dir",
 }
 """Data settings that do not change a preprocessed array (applied after the cache, or bookkeeping)."""
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_cache_dir() -> Path:
@@ -134,14 +142,29 @@ class PreprocessCache:
 
         self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
         self._write_failure_reported = False
-        self._size_hw = tuple(config.data.image_size)
-        self._channels: dict[str, int] = {"image": 3, "lidar": config.model.lidar_in_chans}
+        h, w = config.data.image_size
+        self._shapes: dict[str, tuple[int, ...]] = {
+            "image": (3, h, w),
+            "lidar": (config.model.lidar_in_chans, h, w),
+        }
+        self._subfolders: dict[str, str] = {"image": "image", "lidar": "lidar"}
+        if config.model.method == "bridge":
+            from liploc.models.geometry_bridge import bev_shape
+
+            bridge = config.model.bridge
+            depth = {"depth_size": list(bridge.depth_size), "max_depth": bridge.max_depth}
+            bev = {**depth, "bev": bridge.bev.model_dump(mode="json"), "soft": bridge.train_bev_on}
+            self._subfolders["depth"] = f"depth-{_digest(depth)}"
+            self._subfolders["bev"] = f"bev-{_digest(bev)}"
+            self._shapes["depth"] = (1, *bridge.depth_size)
+            self._shapes["bev"] = bev_shape(bridge)
         # resolve() walks every component of the path (a tenth of a millisecond per entry read);
         # what a path resolves to is fixed for a run, its size and time are checked on each read.
         self._resolved: dict[Path, str] = {}
 
-    def path_for(self, source: Path, modality: Modality) -> Path:
-        """Cache file of ``source`` (raises DataError when the source is missing)."""
+    def path_for(self, source: Path, modality: CachedInput, variant: str = "") -> Path:
+        """Cache file of ``source`` (raises DataError when the source is missing); ``variant``
+        names what else the entry depends on (the bridge's: the frame's calibration)."""
         try:
             st = source.stat()
         except OSError as err:
@@ -149,17 +172,23 @@ class PreprocessCache:
         resolved = self._resolved.get(source)
         if resolved is None:
             resolved = self._resolved[source] = str(source.resolve())
-        ident = f"{resolved}|{st.st_size}|{st.st_mtime_ns}"
-        return self.folder / modality / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
+        ident = f"{resolved}|{st.st_size}|{st.st_mtime_ns}" + (f"|{variant}" if variant else "")
+        subfolder = self._subfolders.get(modality)
+        if subfolder is None:
+            raise ValueError(f"no {modality} entries: they belong to model.method bridge")
+        return self.folder / subfolder / f"{hashlib.sha1(ident.encode()).hexdigest()[:24]}.npy"
 
-    def get(self, source: Path, modality: Modality, make: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached array for ``source``, made (and stored) with ``make()`` when absent or damaged."""
+    def get(
+        self, source: Path, modality: CachedInput, make: Callable[[], np.ndarray], variant: str = ""
+    ) -> np.ndarray:
+        """The cached array for ``source`` (and ``variant``, see :meth:`path_for`), made (and
+        stored) with ``make()`` when absent, damaged or of the wrong shape."""
         from liploc.checked_array import DamagedEntry, read_checked, write_checked
 
-        path = self.path_for(source, modality)
+        path = self.path_for(source, modality, variant)
         try:
             array = read_checked(path)
-            expected = (self._channels[modality], *self._size_hw)
+            expected = self._shapes[modality]
             if array.shape != expected or array.dtype not in (np.uint8, np.float32):
                 raise DamagedEntry(f"holds a {array.dtype} array of shape {array.shape}, not {expected}")
             return array

@@ -187,13 +187,24 @@ class MapService:
         emb = self.encoder.embed_prepared(inputs)
         return self.lidar_map.localize(emb, k, query_fingerprint=self.encoder.fingerprint)
 
+    def sequence_input(self, image: np.ndarray) -> np.ndarray:
+        """An (H, W, 3) uint8 RGB image resized to the network's input, as the Localizer resizes
+        its queries: :meth:`localize_sequence` gives the same answer for it as for ``image``
+        (the Localizer's resize of an image already at the input size changes nothing), and a
+        request keeps a few kilobytes per image instead of its decoded pixels. Thread-safe."""
+        from liploc.runtime.inputs import camera_image_input
+
+        if self.config is None:
+            raise ConfigError("sequence localization needs the model's configuration")
+        return np.ascontiguousarray(camera_image_input(image, self.config).transpose(1, 2, 0))
+
     def localize_sequence(
         self, images: Sequence[np.ndarray], k: int, travelled_m: Sequence[float] | None = None
     ) -> SequenceLocalization:
-        """The last of ``images`` (RGB, in driving order) localized by sequence matching over all
-        of them, with the best path (:meth:`Localizer.localize_sequence`; ``travelled_m``: metres
-        between consecutive images, or None). Not thread-safe: the service runs it on its batch
-        thread, between batches."""
+        """The last of ``images`` (RGB, in driving order; full size or :meth:`sequence_input`)
+        localized by sequence matching over all of them, with the best path
+        (:meth:`Localizer.localize_sequence`; ``travelled_m``: metres between consecutive images,
+        or None). Not thread-safe: the service runs it on its batch thread, between batches."""
         if self._sequencer is None:
             if isinstance(self.encoder, TorchImageEncoder):
                 self._sequencer = self.encoder.localizer
@@ -229,6 +240,7 @@ class MapService:
                 "y_max": float(xy[:, 1].max()),
             },
             "embedding_dim": m.dim,
+            "method": m.method,
             "index_kind": m.index.kind,
             "model": {"fingerprint": m.model_fingerprint, "config": m.model_config},
             "created": created.isoformat(timespec="seconds"),

@@ -24,10 +24,11 @@ from liploc.models.input_normalization import normalization_record
 from liploc.training import distributed
 from liploc.training.checkpointing import Snapshot, save_training_checkpoint
 from liploc.training.determinism import step_seed
+from liploc.training.losses import bridge_depth_loss
 from liploc.training.run_log import ProgressBar, epoch_line
 from liploc.training.run_setup import RunSetup
 from liploc.training.stop_request import StopRequest
-from liploc.training.validation import autocast, loss_positions, model_inputs, validate
+from liploc.training.validation import autocast, loss_positions, model_extras, model_inputs, validate
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -62,6 +63,7 @@ class Trainer(RunSetup):
             "start": self.start_time,
             "pairs": 0,
             "losses": self.resumed_window_losses,
+            "depth_losses": self.resumed_window_depth,
         }
         stopped = "finished"
         self.net.train()
@@ -123,19 +125,30 @@ class Trainer(RunSetup):
         torch.manual_seed(step_seed(tc.seed, position["step"], self.info.rank))
         self.schedule.apply(position["step"])
         self.optimizer.zero_grad(set_to_none=True)
-        losses = []
+        losses, depth_losses = [], []
         for micro in range(tc.grad_accum):
             batch = next(batches)
             sync = micro == tc.grad_accum - 1 or not self.info.enabled
             with nullcontext() if sync else self.net.no_sync():  # type: ignore[operator]
                 image, lidar = model_inputs(self.train_loader, batch, device)
                 with autocast(device, self.amp_dtype):
-                    image_emb, lidar_emb = self.net(image, lidar)
+                    out = self.net(image, lidar, **model_extras(self.train_loader, batch, device))
+                image_emb, lidar_emb = out[0], out[1]
                 positions = loss_positions(self.loss_fn, batch, device)
                 worlds = batch["world"].to(device, non_blocking=True) if positions is not None else None
                 loss = self.loss_fn(image_emb.float(), lidar_emb.float(), positions, worlds)
+                logged = loss.detach()
+                if self.bridge is not None:
+                    # The geometry bridge: depth supervised by the scan, beside the contrastive loss.
+                    target = batch["depth"].to(device, non_blocking=True)
+                    depth_loss = bridge_depth_loss(out[2], target, self.bridge)
+                    loss = loss + self.bridge.depth_weight * depth_loss
+                    # Logged over the global batch, as the contrastive loss is (the same on every
+                    # process); each process's gradient is its share, which DDP averages.
+                    depth_losses.append(distributed.all_reduce_mean(depth_loss.detach()))
+                    logged = logged + self.bridge.depth_weight * depth_losses[-1]
                 self.scaler.scale(loss / tc.grad_accum).backward()
-            losses.append(loss.detach())
+            losses.append(logged)
         if hasattr(self.loss_fn, "check_rows"):
             # Training batches are equal on every process by construction (drop_last, equal
             # shares): the first step's check under DDP is enough.
@@ -149,6 +162,8 @@ class Trainer(RunSetup):
         position["step"] += 1
         position["step_in_epoch"] += 1
         self.pending_losses.append(torch.stack(losses))
+        if depth_losses:
+            self.pending_depth.append(torch.stack(depth_losses))
         return self._log_step(epoch)
 
     def _read_losses(self) -> list[float]:
@@ -162,6 +177,10 @@ class Trainer(RunSetup):
         values = torch.stack(self.pending_losses).cpu().tolist()
         first_step = self.position["step"] - len(values) + 1
         self.pending_losses = []
+        if self.pending_depth:
+            for micro_depth in torch.stack(self.pending_depth).cpu().tolist():
+                self.window["depth_losses"].append(sum(micro_depth) / len(micro_depth))
+            self.pending_depth = []
         position, out = self.position, []
         for offset, micro_losses in enumerate(values):
             step_loss = 0.0
@@ -195,12 +214,21 @@ class Trainer(RunSetup):
             row["pairs_per_s"] = window["pairs"] / max(now - window["start"], 1e-9)
             row["elapsed_s"] = now - self.start_time
             row["loss"] = sum(window["losses"]) / len(window["losses"])  # mean since the last row
-            self.window = {"start": now, "pairs": 0, "losses": []}
+            if window["depth_losses"]:
+                row["depth_loss"] = sum(window["depth_losses"]) / len(window["depth_losses"])
+            self.window = {"start": now, "pairs": 0, "losses": [], "depth_losses": []}
             self.metrics["pairs_per_s"] = row["pairs_per_s"]
             if self.info.is_main:
                 self.step_log.append(row)
                 if self.tb is not None:
-                    for key in ("loss", "pairs_per_s", "temperature", *[f"lr_{n}" for n in self.group_names]):
+                    names = (
+                        "loss",
+                        "depth_loss",
+                        "pairs_per_s",
+                        "temperature",
+                        *[f"lr_{n}" for n in self.group_names],
+                    )
+                    for key in names:
                         if key in row:
                             self.tb.add_scalar(f"train/{key}", row[key], step)
         return row
@@ -313,7 +341,14 @@ class Trainer(RunSetup):
                 self.scaler,
                 {
                     "best": self.best,
-                    "log_window": {"losses": list(getattr(self, "window", {}).get("losses", []))},
+                    "log_window": {
+                        "losses": list(getattr(self, "window", {}).get("losses", [])),
+                        **(
+                            {"depth_losses": list(self.window.get("depth_losses", []))}
+                            if self.bridge is not None and hasattr(self, "window")
+                            else {}
+                        ),
+                    },
                     **fingerprint,
                 },
                 snapshot=self.snapshot,

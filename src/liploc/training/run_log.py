@@ -29,12 +29,20 @@ class RunLog:
             self.console.print(message, markup=False, highlight=False)
 
 
-def csv_logs(run: RunFolder, group_names: list[str]) -> tuple[CsvLog, CsvLog]:
+BRIDGE_VAL_METRICS = ("val_depth_loss", "val_abs_rel", "val_rmse", "val_delta1")
+"""Further validation columns of geometry-bridge runs: the depth loss and the depth's AbsRel,
+RMSE (metres) and delta < 1.25 against the held-out scans."""
+
+
+def csv_logs(run: RunFolder, group_names: list[str], bridge: bool = False) -> tuple[CsvLog, CsvLog]:
     """The step log (``metrics.csv``) and the epoch log (``epochs.csv``) of ``run``, with a
-    learning-rate column per parameter group (the epoch log: the first group's)."""
+    learning-rate column per parameter group (the epoch log: the first group's); a geometry-bridge
+    run (``bridge``) also logs its depth loss and validation depth metrics."""
     lr_columns = [f"lr_{n}" for n in group_names]
-    step_columns = ["step", "epoch", "loss", *lr_columns, "temperature", "pairs_per_s", "elapsed_s"]
-    epoch_columns = ["epoch", "step", "train_loss", *VAL_METRICS, lr_columns[0], "elapsed_s"]
+    depth = ["depth_loss"] if bridge else []
+    step_columns = ["step", "epoch", "loss", *depth, *lr_columns, "temperature", "pairs_per_s", "elapsed_s"]
+    val = [*VAL_METRICS, *(BRIDGE_VAL_METRICS if bridge else ())]
+    epoch_columns = ["epoch", "step", "train_loss", *val, lr_columns[0], "elapsed_s"]
     return CsvLog(run.metrics, step_columns), CsvLog(run.epochs, epoch_columns)
 
 
@@ -62,6 +70,8 @@ def epoch_line(
             f", val loss {results['val_loss']:.4f}, in-batch top-1 image->LiDAR "
             f"{results['val_top1_image_to_lidar']:.1%}, LiDAR->image {results['val_top1_lidar_to_image']:.1%}"
         )
+    if "val_abs_rel" in results:
+        text += f", depth AbsRel {results['val_abs_rel']:.3f} RMSE {results['val_rmse']:.2f} m"
     return text
 
 

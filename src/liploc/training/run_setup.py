@@ -62,10 +62,14 @@ class RunSetup:
         # A run from before fingerprints gets one from here on.
         self.data_digest = self.data_digest or digest(self.data_listing)
         self._set_up_net()
+        self.pending_depth: list[torch.Tensor] = []
+        """Depth losses of the geometry bridge's steps, read with :attr:`pending_losses`."""
         self.pending_losses: list[torch.Tensor] = []
         """Step losses (device scalars, one per micro-batch) not yet read: read at log steps,
         before saves and at epoch ends, so that steps never wait for the device."""
-        self.step_log, self.epoch_log = csv_logs(self.run_folder, self.group_names)
+        self.bridge = config.model.bridge if config.model.method == "bridge" else None
+        """The geometry bridge's settings (depth loss), None for appearance runs."""
+        self.step_log, self.epoch_log = csv_logs(self.run_folder, self.group_names, self.bridge is not None)
         self.tb = None
         self._prepare_folder(resume)
 
@@ -169,6 +173,7 @@ class RunSetup:
         self.metrics: dict[str, float] = {}
         self.data_digest: str | None = None
         self.resumed_window_losses: list[float] = []
+        self.resumed_window_depth: list[float] = []
         self.snapshot = Snapshot(-1)
 
     def _restore(self) -> None:
@@ -188,6 +193,7 @@ class RunSetup:
         # Losses of the steps since the last logged row: the first row after the resume averages
         # the whole interval, as an uninterrupted run's does.
         self.resumed_window_losses = [float(x) for x in meta.get("log_window", {}).get("losses", [])]
+        self.resumed_window_depth = [float(x) for x in meta.get("log_window", {}).get("depth_losses", [])]
         path = self.run_folder.last_checkpoint
         self.log(f"resumed from {path} at step {self.position['step']} (epoch {self.position['epoch'] + 1})")
 
@@ -197,7 +203,8 @@ class RunSetup:
         if self.tc.compile:
             # In place (nn.Module.compile): the state_dict keys, so checkpoints, stay the same.
             self.model.image_encoder.compile()
-            self.model.lidar_encoder.compile()
+            if self.model.lidar_encoder is not None:  # a bridge's bev_only model has none
+                self.model.lidar_encoder.compile()
         self.net: nn.Module = self.model
         if self.info.enabled:
             self.net = distributed.wrap_distributed(self.model, self.tc, self.device)

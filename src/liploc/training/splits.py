@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from liploc.config import DataConfig
 from liploc.datasets import Frame, open_dataset
+from liploc.datasets.base import unpaired_count
 from liploc.errors import DataError
 from liploc.runtime.data_roots import SplitName, check_root, posed, split_frames
 
@@ -130,12 +131,7 @@ def _unpaired_count(data: DataConfig, split: SplitName) -> int:
         if not names:
             continue
         reader = open_dataset(check_root(entry, position), entry.layout)
-        files_of = getattr(reader, "files", None)
-        if files_of is None:
-            continue
-        for name in {_base_sequence(n) for n in names}:
-            files = files_of(name)
-            count += len(files.scans.keys() ^ files.images.keys())
+        count += sum(unpaired_count(reader, name) for name in {_base_sequence(n) for n in names})
     return count
 
 

@@ -3,6 +3,7 @@ model inputs of a batch, shared with the training step."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -36,6 +37,24 @@ def model_inputs(
     return batch["image"].to(device, non_blocking=True), batch["lidar"].to(device, non_blocking=True)
 
 
+def model_extras(loader: DataLoader, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """Keyword inputs of the model's forward beside (image, LiDAR): none for appearance models;
+    the images' calibration and the scans' BEV rasters for the geometry bridge."""
+    dataset = loader.dataset
+    if isinstance(dataset, PairDataset) and dataset.bridge:
+        return {
+            **dataset.model_extras(batch, "image", device),
+            **dataset.model_extras(batch, "lidar", device),
+        }
+    return {}
+
+
+def bridge_of(model: nn.Module) -> Any:
+    """The model's ``BridgeConfig`` when it is a geometry-bridge model, else None."""
+    cfg = getattr(distributed.unwrap(model), "cfg", None)
+    return cfg.bridge if getattr(cfg, "method", "appearance") == "bridge" else None
+
+
 def loss_positions(
     loss_fn: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
 ) -> torch.Tensor | None:
@@ -59,8 +78,13 @@ def validate(
 
     Under DDP every process passes its shard; embeddings are gathered so each batch is the global
     one, and every process returns the same numbers (those of rank 0's weights and buffers).
+
+    Geometry-bridge models: ``val_loss`` is the training objective (contrastive plus
+    ``depth_weight`` times the depth loss), ``val_depth_loss`` the depth loss alone, and the
+    predicted depth is scored against the scans' depth on every pixel with a return (pooled over
+    the held-out frames): ``val_abs_rel``, ``val_rmse`` (metres) and ``val_delta1``.
     """
-    from liploc.training.losses import in_batch_accuracy
+    from liploc.training.losses import bridge_depth_loss, in_batch_accuracy
 
     net = distributed.unwrap(model)
     if distributed.is_distributed():
@@ -72,6 +96,9 @@ def validate(
     net.eval()
     loss_sum = i2l_sum = l2i_sum = 0.0
     pairs = 0
+    bridge = bridge_of(net)
+    # Per process: depth loss x images, and AbsRel, squared error, delta < 1.25 and pixel counts.
+    depth_sums = torch.zeros(5, dtype=torch.float64, device=device)
     check_rows = getattr(loss_fn, "check_rows", None)
     if check_rows is not None:
         loss_fn.check_rows = True  # the last validation batch may be short: check every batch
@@ -86,7 +113,11 @@ def validate(
         else:
             image, lidar = model_inputs(loader, batch, device)
             with autocast(device, amp_dtype):
-                image_emb, lidar_emb = net(image, lidar)
+                out = net(image, lidar, **model_extras(loader, batch, device))
+            image_emb, lidar_emb = out[0], out[1]
+            if bridge is not None:
+                target = batch["depth"].to(device)
+                depth_sums += _depth_sums(out[2], target, bridge, bridge_depth_loss)
             positions = batch["position_xy"].to(device)
             worlds = batch["world"].to(device) if "world" in batch else None
         image_all = distributed.all_gather_uneven(image_emb.float())
@@ -108,12 +139,33 @@ def validate(
         loss_fn.check_rows = check_rows
     if pairs == 0:
         return {}
-    return {
+    results = {
         "val_loss": loss_sum / pairs,
         "val_top1_image_to_lidar": i2l_sum / pairs,
         "val_top1_lidar_to_image": l2i_sum / pairs,
         "val_pairs": float(pairs),
     }
+    if bridge is not None:
+        depth_loss, abs_rel, squared, delta1, pixels = distributed.all_reduce_sum(depth_sums).tolist()
+        results["val_depth_loss"] = depth_loss / pairs
+        results["val_loss"] += bridge.depth_weight * results["val_depth_loss"]
+        n = max(pixels, 1.0)
+        results.update(val_abs_rel=abs_rel / n, val_rmse=math.sqrt(squared / n), val_delta1=delta1 / n)
+        if pixels == 0:
+            results.update(val_abs_rel=math.nan, val_rmse=math.nan, val_delta1=math.nan)
+    return results
+
+
+def _depth_sums(pred: torch.Tensor, target: torch.Tensor, bridge: Any, loss: Any) -> torch.Tensor:
+    """(depth loss x images, sum of AbsRel, of squared errors, of delta < 1.25, pixels) of a batch."""
+    from liploc.models.depth_head import depth_metrics
+
+    m = depth_metrics(pred.float(), target, max_depth=bridge.max_depth)
+    n = m["n_pixels"]
+    sums = [float(loss(pred, target, bridge)) * len(pred), 0.0, 0.0, 0.0, float(n)]
+    if n:
+        sums[1:4] = [m["abs_rel"] * n, m["rmse"] ** 2 * n, m["delta1"] * n]
+    return torch.tensor(sums, dtype=torch.float64, device=pred.device)
 
 
 @contextmanager
