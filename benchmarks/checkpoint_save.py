@@ -3,7 +3,7 @@
 The loop stops while it saves ``last`` (model, loss, AdamW moments) and, at a new best, ``best``.
 Old path (written here as it was): ``safetensors.save_file`` to a temporary file, then the file
 read back and hashed for the JSON, plus ``model.fingerprint()`` copying and hashing the weights
-again, for each of best and last. New path (``liploc.training.train._save_training_checkpoint``):
+again, for each of best and last. New path (``liploc.training.checkpointing.save_training_checkpoint``):
 the tensors copied once per step, serialised in memory, hashed there and written once; the
 fingerprint computed once from those copies; best and last share them.
 
@@ -29,9 +29,9 @@ from safetensors.torch import save_file
 
 from liploc.config import Config
 from liploc.models import create_model
-from liploc.training.checkpoint import state_to_tensors
+from liploc.runtime.checkpoint import state_to_tensors
+from liploc.training.checkpointing import Snapshot, save_training_checkpoint
 from liploc.training.losses import build_loss
-from liploc.training.train import _save_training_checkpoint, _Snapshot
 
 
 def old_save(
@@ -79,12 +79,12 @@ def main() -> None:
             old_save(root / "old_last.safetensors", model, loss, opt)
             old_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            snapshot = _Snapshot(step)
+            snapshot = Snapshot(step)
             position = {"step": step}
-            _save_training_checkpoint(
+            save_training_checkpoint(
                 root / "best.safetensors", config, model, loss, position, {}, snapshot=snapshot
             )
-            _save_training_checkpoint(
+            save_training_checkpoint(
                 root / "last.safetensors", config, model, loss, position, {}, opt, snapshot=snapshot
             )
             new_times.append(time.perf_counter() - start)

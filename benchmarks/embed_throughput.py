@@ -7,7 +7,7 @@ by side in one run:
 - ``baseline``: the code path before issue 11 (copied below): float32 samples normalised in the
   main process, no loader workers, no pinned memory, PNGs decoded by Pillow and scans checked for
   non-finite values row by row.
-- ``cold``: :func:`liploc.retrieval.embedding.embed_frame_sets` as evaluation calls it (images
+- ``cold``: :func:`liploc.localization.embedding.embed_frame_sets` as evaluation calls it (images
   and scans through one loader of ``--workers`` workers, uint8 through shared memory,
   normalisation on the device, the main process leaving the workers their cores) and an empty
   preprocessing cache.
@@ -43,10 +43,10 @@ from liploc.config import Config, load_config
 from liploc.datasets import Frame, open_dataset
 from liploc.datasets import scan as scan_module
 from liploc.errors import DataError
+from liploc.localization.embedding import embed_frame_sets
 from liploc.models import TwoTowerModel, create_model
-from liploc.retrieval.embedding import embed_frame_sets
+from liploc.runtime.frame_dataset import ImageDataset, LidarDataset
 from liploc.synth import SynthOptions, generate_dataset
-from liploc.training.data import ImageDataset, LidarDataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from liploc.config import DatasetSplit, load_config
-from liploc.retrieval.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.train import train
 
@@ -83,12 +83,14 @@ def run_study(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             ev = evaluate(
                 run_dir,
                 town.root,
-                out_dir=out / "eval" / lidar_input / name.split(" ")[0],
-                num_examples=0,
-                thresholds_m=[20.0, 10.0],
-                seq_len=seq_len,
-                odometry=True,
-                **kwargs,  # type: ignore[arg-type]
+                EvaluationSettings(
+                    out_dir=out / "eval" / lidar_input / name.split(" ")[0],
+                    num_examples=0,
+                    thresholds_m=[20.0, 10.0],
+                    seq_len=seq_len,
+                    odometry=True,
+                    **kwargs,  # type: ignore[arg-type]
+                ),
             )
             assert ev.sequence_result is not None
             per[name] = {

@@ -40,11 +40,11 @@ import torch
 
 from liploc.config import load_config
 from liploc.datasets import load_image, open_dataset
+from liploc.localization.localize import Localizer, build_map
 from liploc.models import create_model
-from liploc.retrieval.localize import Localizer, build_map
 from liploc.synth import SynthOptions, generate_dataset
+from liploc.training.checkpointing import save_training_checkpoint
 from liploc.training.losses import build_loss
-from liploc.training.train import _save_training_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LIPLOC = Path(sys.executable).with_name("liploc")
@@ -82,7 +82,7 @@ def build_tiny_map(root: Path, out: Path) -> Path:
     model = create_model(config.model).eval()
     checkpoint = out.parent / "tiny.safetensors"
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
-    _save_training_checkpoint(checkpoint, config, model, build_loss(config.loss), position, {})
+    save_training_checkpoint(checkpoint, config, model, build_loss(config.loss), position, {})
     sequence = open_dataset(root, "auto").sequences()[0]
     build_map(checkpoint, root, [sequence], out, device="cpu")
     frames = open_dataset(root, "auto").frames(sequence)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from liploc.retrieval.index import l2_normalize
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.metrics import TimeWindowExclusion, count_positives_within, evaluate_retrieval
-from liploc.retrieval.report import write_report
+from liploc.evaluation.metrics import TimeWindowExclusion, evaluate_retrieval
+from liploc.evaluation.report import write_report
+from liploc.localization.index import l2_normalize
+from liploc.localization.lidar_map import LidarMap
+from liploc.localization.neighbours import count_positives_within
 
 N, DIM = 5000, 256
 

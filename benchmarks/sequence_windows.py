@@ -30,8 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from liploc.datasets import Frame, open_dataset
-from liploc.retrieval.evaluate import posed_frames, simulated_odometry
-from liploc.retrieval.sequences import MapTrack, SequenceMatcher, SequenceSettings, sequence_search
+from liploc.evaluation.sequence_rows import simulated_odometry
+from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings, sequence_search
+from liploc.runtime.data_roots import posed
 
 WINDOWS = (1, 2, 4, 7, 10, 14, 20)
 """Images per window; at the demo's 3 m spacing about 3, 6, 12, 20, 30, 40 and 60 m driven."""
@@ -81,8 +82,8 @@ def run(demo: Path, noise: float, windows: tuple[int, ...] = WINDOWS) -> dict[st
     out: dict[str, Any] = {"demo": str(demo), "odometry_noise": noise, "protocols": {}}
     for protocol in ("same-sequence", "cross-drive"):
         info = metrics[protocol]
-        queries, _ = posed_frames(reader.frames(info["query_sequence"]))
-        database, _ = posed_frames(reader.frames(info["map_sequence"]))
+        queries, _ = posed(reader.frames(info["query_sequence"]))
+        database, _ = posed(reader.frames(info["map_sequence"]))
         folder = demo / "eval" / protocol
         q_emb = np.load(folder / "query_embeddings.npy")
         db_emb = np.load(folder / "database_embeddings.npy")

@@ -57,7 +57,7 @@ from PIL import Image
 
 from liploc.config import load_config
 from liploc.datasets import load_image
-from liploc.retrieval.localize import Localizer, build_map
+from liploc.localization.localize import Localizer, build_map
 from liploc.serving.engine import MapService
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.train import train

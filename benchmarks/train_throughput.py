@@ -2,10 +2,11 @@
 
 For each config, side by side in one run:
 
-- ``model_only``: full optimiser steps (both towers forward and backward, the configured loss,
-  AdamW, autocast) on random tensors already on the device: the model's ceiling, the figure
-  this benchmark reported before issue 11.
-- ``train_step``: the real ``liploc train`` step (:class:`liploc.training.train._Trainer`: uint8
+- ``model_only``: the training step's own model work and nothing else: the Trainer's network,
+  loss, optimiser, gradient scaler and autocast (both towers forward and backward, the configured
+  loss, the optimiser step) on one batch of inputs already normalised on the device. It is part
+  of every ``train_step``, so it bounds it: a ``model_only`` below ``train_step`` is noise.
+- ``train_step``: the real ``liploc train`` step (:class:`liploc.training.loop.Trainer`: uint8
   inputs normalised and dropped out on the device, channels-last, fused AdamW, per-step seeding,
   losses read at log steps) fed batches already on the device.
 - ``full``: the same loop fed by its DataLoader (``--workers`` persistent workers) from a warm
@@ -15,11 +16,17 @@ For each config, side by side in one run:
   a new iterator per epoch (the code before), for comparison.
 - ``loader_per_worker``: the loader alone with one worker, pairs/s it can feed.
 
-Plus ``full / model_only`` (goal: at least 0.9 for both configs). ResNet-50 at 224 x 224 takes
-seconds per pair on a small CPU: few, small steps there. CUDA too when present. The machine may
-be shared with other jobs: the figures are noisy (the load average at the start is printed).
+The first three are measured interleaved, in ``--rounds`` rounds of ``--steps`` steps each (the
+order reversed every other round), so that a machine that slows down or speeds up during the run
+(a shared CPU, a GPU's clocks) weighs on all three alike; each is reported as the median of its
+rounds with the spread (lowest, highest), and the ratios ``train_step / model_only`` and ``full /
+model_only`` (goal: at least 0.9 for both configs) as the median of the per-round ratios with
+theirs. Measured one after the other (before), two runs a minute apart gave 0.65 and 0.90, and
+model-only, measured first and cold, came out below the train step it is part of. ResNet-50 at
+224 x 224 takes seconds per pair on a small CPU: few, small steps there. CUDA too when present.
+The load average at the start is printed.
 
-    python benchmarks/train_throughput.py [--steps N] [--workers W]
+    python benchmarks/train_throughput.py [--steps N] [--rounds R] [--workers W] [--configs tiny,resnet50]
 
 Last line: {"tiny_pairs_per_s": ..., "resnet50_pairs_per_s": ..., "tiny": {...}, "resnet50": {...}, ...}
 """
@@ -30,9 +37,11 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,50 +49,13 @@ from torch.utils.data import DataLoader
 
 from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import open_dataset
-from liploc.models import create_model
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training import distributed
-from liploc.training.losses import build_loss
-from liploc.training.train import _determinism, _Trainer, autocast_dtype
+from liploc.training.determinism import determinism
+from liploc.training.loop import Trainer
+from liploc.training.validation import autocast, loss_positions, model_inputs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def pairs_per_second(
-    config: Config, device: torch.device, batch_size: int, steps: int, warmup: int = 2
-) -> float:
-    """Pairs per second of ``steps`` timed optimiser steps (after ``warmup`` untimed ones)."""
-    tc = config.train
-    torch.manual_seed(0)
-    model = create_model(config.model.model_copy(update={"pretrained": False})).to(device).train()
-    loss_fn = build_loss(config.loss).to(device)
-    groups = model.param_groups(tc.lr_head, tc.lr_image_encoder, tc.lr_lidar_encoder, tc.weight_decay)
-    optimizer = torch.optim.AdamW([*groups, *loss_fn.param_groups(tc.lr_head)])
-    dtype = autocast_dtype(tc.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    h, w = config.data.image_size
-    image = torch.randn(batch_size, 3, h, w, device=device)
-    lidar = torch.randn(batch_size, config.model.lidar_in_chans, h, w, device=device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            image_emb, lidar_emb = model(image, lidar)
-        loss = loss_fn(image_emb.float(), lidar_emb.float())
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return batch_size * steps / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -124,18 +96,46 @@ def spanning_epochs(loader: DataLoader, sampler, batch_size: int) -> Iterator[di
     yield from loader
 
 
+@dataclass
+class Spread:
+    """Per-round values of one measure: their median, lowest and highest."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "median": round(self.median, 3),
+            "low": round(min(self.values), 3),
+            "high": round(max(self.values), 3),
+            "rounds": [round(v, 3) for v in self.values],
+        }
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ({min(self.values):.2f}-{max(self.values):.2f})"
+
+
 def pipeline_rates(
-    config: Config, device: torch.device, batch_size: int, steps: int, warmup: int, workers: int, work: Path
-) -> dict[str, float]:
-    """pairs/s of the real train step on device-resident batches, of the full loop from a warm
-    cache, and of the loader alone with one worker (each over ``steps`` batches, several epochs
-    of the small synthetic drive, so that the loaders' prefetch buffers do not flatter them)."""
+    config: Config,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    work: Path,
+    rounds: int,
+) -> dict[str, Spread | float]:
+    """pairs/s of the model alone, of the real train step on device-resident batches and of the
+    full loop from a warm cache, interleaved in ``rounds`` rounds of ``steps`` steps; then of the
+    full loop with an iterator per epoch and of the loader alone with one worker (once each)."""
     config = config.model_copy(deep=True)
     config.train.batch_size = batch_size
     config.data.num_workers = workers
-    rates: dict[str, float] = {}
-    with _determinism(config.train.deterministic, device):
-        trainer = _Trainer(
+    with determinism(config.train.deterministic, device):
+        trainer = Trainer(
             config, work / "run", False, False, distributed.DistributedInfo(), device, console=None
         )
         trainer.start_time = time.perf_counter()
@@ -145,27 +145,53 @@ def pipeline_rates(
         trainer.train_sampler.set_epoch(0)
         resident = [{k: v.to(device) for k, v in b.items()} for b in trainer.train_loader]
 
-        def timed_steps(source: Iterator[dict[str, torch.Tensor]], n: int) -> float:
+        # The model's part of a step: the same network, loss, optimiser, scaler and autocast, on
+        # inputs made once (normalised, channels-last as the step makes them).
+        image, lidar = model_inputs(trainer.train_loader, resident[0], device)
+        positions = loss_positions(trainer.loss_fn, resident[0], device)
+        worlds = resident[0]["world"].to(device) if positions is not None else None
+
+        def model_step(_: Iterator[dict[str, torch.Tensor]], __: int) -> None:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            with autocast(device, trainer.amp_dtype):
+                image_emb, lidar_emb = trainer.net(image, lidar)
+            loss = trainer.loss_fn(image_emb.float(), lidar_emb.float(), positions, worlds)
+            trainer.scaler.scale(loss).backward()
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
+
+        def timed_steps(step, source: Iterator[dict[str, torch.Tensor]], n: int) -> float:  # type: ignore[no-untyped-def]
             _sync(device)
             start = time.perf_counter()
             for _ in range(n):
-                trainer._step(source, 0)
+                step(source, 0)
             trainer._read_losses()  # the loop reads losses at log steps: include one read
             _sync(device)
             return time.perf_counter() - start
 
         cycle = itertools.cycle(resident)
-        timed_steps(cycle, warmup)
-        rates["train_step"] = batch_size * steps / timed_steps(cycle, steps)
-
         batches = spanning_epochs(trainer.train_loader, trainer.train_sampler, batch_size)
-        timed_steps(batches, warmup)
-        rates["full"] = batch_size * steps / timed_steps(batches, steps)
+        measures = {
+            "model_only": (model_step, cycle),
+            "train_step": (trainer._step, cycle),
+            "full": (trainer._step, batches),
+        }
+        for step, source in measures.values():
+            timed_steps(step, source, warmup)
+        samples: dict[str, list[float]] = {name: [] for name in measures}
+        for r in range(rounds):
+            order = list(measures.items())
+            for name, (step, source) in order if r % 2 == 0 else reversed(order):
+                samples[name].append(batch_size * steps / timed_steps(step, source, steps))
         del batches  # ends that iterator before the next one starts on the same workers
+        rates: dict[str, Spread | float] = {name: Spread(v) for name, v in samples.items()}
+        for name in ("train_step", "full"):
+            ratios = [a / b for a, b in zip(samples[name], samples["model_only"], strict=True)]
+            rates[f"{name}_over_model_only"] = Spread(ratios)
 
         batches = epochs_of(trainer.train_loader, trainer.train_sampler)
-        timed_steps(batches, warmup)
-        rates["full_iterator_per_epoch"] = batch_size * steps / timed_steps(batches, steps)
+        timed_steps(trainer._step, batches, warmup)
+        rates["full_iterator_per_epoch"] = batch_size * steps / timed_steps(trainer._step, batches, steps)
 
         del batches
         one = DataLoader(
@@ -185,7 +211,9 @@ def pipeline_rates(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of the tiny config")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of the tiny config, per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each measure")
+    parser.add_argument("--configs", default="tiny,resnet50", help="comma-separated: tiny, resnet50")
     parser.add_argument("--resnet50-steps", type=int, default=1, help="timed steps of ResNet-50 (batch 4)")
     parser.add_argument("--frames", type=int, default=40, help="frames of the small synthetic drive")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the full pipeline")
@@ -210,6 +238,7 @@ def main() -> None:
     results: dict[str, object] = {}
 
     runs: list[tuple[str, str, Config, int, int, int, int]] = []
+    wanted = set(args.configs.split(","))
     if args.device in ("all", "cpu"):
         runs += [
             ("cpu", "tiny", tiny, tiny.train.batch_size, args.steps, 2, args.workers),
@@ -240,6 +269,9 @@ def main() -> None:
                 )
             )
             runs.append(("cuda", "resnet50_speed", speed, 128, args.cuda_steps, 5, args.cuda_workers))
+    runs = [run for run in runs if run[1].split("_")[0] in wanted]  # tiny_speed is a tiny row
+    if not runs:
+        parser.error(f"--configs {args.configs}: nothing to run (tiny, resnet50)")
     with tempfile.TemporaryDirectory() as tmp:
         # Steps run over several epochs of this drive (as training does), so it can stay small.
         root = Path(tmp) / "synth"
@@ -250,33 +282,33 @@ def main() -> None:
             device = torch.device(device_type)
             work = Path(tempfile.mkdtemp(dir=tmp))
             config = bench_config(base, root, sequence, work, device)
-            model_only = pairs_per_second(config, device, batch, steps, warmup)
-            rates = pipeline_rates(config, device, batch, steps, warmup, workers, work)
-            entry = {"model_only": round(model_only, 2), **{k: round(v, 2) for k, v in rates.items()}}
-            entry["full_over_model_only"] = round(rates["full"] / model_only, 3)
-            entry["train_step_over_model_only"] = round(rates["train_step"] / model_only, 3)
-            entry["batch"] = batch
-            entry["workers"] = workers
-            entry["deterministic"] = base.train.deterministic
+            rates = pipeline_rates(config, device, batch, steps, warmup, workers, work, args.rounds)
+            entry: dict[str, object] = {
+                k: v.as_dict() if isinstance(v, Spread) else round(v, 2) for k, v in rates.items()
+            }
+            entry.update(batch=batch, workers=workers, deterministic=base.train.deterministic)
             results[f"{device_type}_{label}"] = entry
             print(
-                f"{device_type} {label:14s} batch {batch:3d}: model-only {model_only:8.2f}, train step "
-                f"{rates['train_step']:8.2f}, full pipeline ({workers} workers, warm cache) "
-                f"{rates['full']:8.2f} pairs/s = {entry['full_over_model_only']:.2f} of model-only "
-                f"(goal 0.9; {rates['full_iterator_per_epoch']:.2f} with an iterator per epoch); "
+                f"{device_type} {label:14s} batch {batch:3d}, median (low-high) of {args.rounds} rounds: "
+                f"model-only {rates['model_only']}, train step {rates['train_step']}, full pipeline "
+                f"({workers} workers, warm cache) {rates['full']} pairs/s; of model-only: train step "
+                f"{rates['train_step_over_model_only']}, full {rates['full_over_model_only']} (goal 0.9); "
+                f"{rates['full_iterator_per_epoch']:.2f} pairs/s with an iterator per epoch; "
                 f"loader alone {rates['loader_per_worker']:.1f} pairs/s per worker",
                 flush=True,
             )
     first = {
         label: results.get(f"cuda_{label}", results.get(f"cpu_{label}")) for label in ("tiny", "resnet50")
     }
+    headline = {}
+    for label, entry in first.items():
+        if entry is not None:
+            headline[f"{label}_pairs_per_s"] = entry["model_only"]["median"]  # type: ignore[index]
+            headline[f"{label}_full_over_model_only"] = entry["full_over_model_only"]["median"]  # type: ignore[index]
     print(
         json.dumps(
             {
-                "tiny_pairs_per_s": first["tiny"]["model_only"],  # type: ignore[index]
-                "resnet50_pairs_per_s": first["resnet50"]["model_only"],  # type: ignore[index]
-                "tiny_full_over_model_only": first["tiny"]["full_over_model_only"],  # type: ignore[index]
-                "resnet50_full_over_model_only": first["resnet50"]["full_over_model_only"],  # type: ignore[index]
+                **headline,
                 "device": torch.cuda.get_device_name()
                 if "cuda_tiny" in results
                 else f"cpu ({torch.get_num_threads()} threads)",

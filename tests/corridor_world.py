@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import write_kitti_odometry, write_scan
 from PIL import Image
 
@@ -72,4 +73,39 @@ def write_corridor(root: Path, sequence: str, n_frames: int, seed: int) -> np.nd
     return codes
 
 
-__all__ = ["IMAGE_SIZE", "corridor_image", "corridor_scan", "place_codes", "write_corridor"]
+def write_corridors(root: Path, *drives: tuple[str, int, int]) -> Path:
+    """Write a corridor drive for each (sequence, n_frames, seed) under ``root``; returns ``root``."""
+    for sequence, n_frames, seed in drives:
+        write_corridor(root, sequence, n_frames, seed=seed)
+    return root
+
+
+def write_train_and_val(root: Path, n_train: int, n_val: int) -> Path:
+    """Toy drives: ``n_train`` training places (sequence 00, seed 0) and ``n_val`` other places for
+    validation (01, seed 100); returns ``root``."""
+    return write_corridors(root, ("00", n_train, 0), ("01", n_val, 100))
+
+
+def corridor_fixture(n_train: int, n_val: int, name: str = "corridor"):
+    """A module-scoped fixture ``name``: a folder with :func:`write_train_and_val`'s two drives.
+
+    Use as ``corridor = corridor_fixture(64, 32)`` at the top of a test module.
+    """
+
+    @pytest.fixture(scope="module", name=name)
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return write_train_and_val(tmp_path_factory.mktemp("corridor"), n_train, n_val)
+
+    return fixture
+
+
+__all__ = [
+    "IMAGE_SIZE",
+    "corridor_fixture",
+    "corridor_image",
+    "corridor_scan",
+    "place_codes",
+    "write_corridor",
+    "write_corridors",
+    "write_train_and_val",
+]

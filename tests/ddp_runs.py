@@ -1,7 +1,9 @@
 """Training runs of the DDP equivalence tests, run by ``torchrun`` (one process group for all).
 
 ``python -m torch.distributed.run --nproc_per_node=2 tests/ddp_runs.py DATA OUT``:
-``OUT/short``: a few steps (compared with one process on the concatenated batch);
+``OUT/short``: a few plain-SGD steps (compared with one process on the concatenated batch);
+``OUT/short-gradient-x2``: the same with the gradient multiplied by the number of processes (the
+failing control of that comparison: a gradient-scaling bug);
 ``OUT/straight``: the plateau schedule run uninterrupted; ``OUT/resumed``: the same run stopped
 mid-way and resumed; ``OUT/signalled``: Ctrl-C in rank 1 alone after step 3 (all processes must
 stop together and save).
@@ -12,13 +14,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from liploc.config import Config, load_config
-from liploc.training import distributed
-from liploc.training.data import resolve_data_roots
+from liploc.runtime.data_roots import resolve_data_roots
+from liploc.training import distributed, run_setup
+from liploc.training.losses import ContrastiveLoss
 from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -48,11 +53,50 @@ def config(data: Path, overrides: list[str]) -> Config:
     return resolve_data_roots(load_config(TINY, overrides), [data])
 
 
+def _plain_sgd(groups: list[dict], tc, device: torch.device) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+    return torch.optim.SGD(groups, lr=tc.lr_head, weight_decay=tc.weight_decay)
+
+
+@contextmanager
+def plain_sgd() -> Iterator[None]:
+    """Training steps with plain SGD (no momentum) instead of AdamW: the update is the learning rate
+    times the gradient, so a wrong gradient scale shows in the weights (Adam divides it out)."""
+    saved = run_setup.build_optimizer
+    run_setup.build_optimizer = _plain_sgd
+    try:
+        yield
+    finally:
+        run_setup.build_optimizer = saved
+
+
+@contextmanager
+def gradient_times_world_size() -> Iterator[None]:
+    """A gradient-scaling bug: the loss's value unchanged, its gradient multiplied by the number of
+    processes (as if the loss's scaling for DDP's gradient averaging were applied twice). One
+    process: no change."""
+    real = ContrastiveLoss._forward_fp32
+
+    def scaled(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loss = real(self, *args, **kwargs)
+        world = distributed.get_world_size()
+        return loss * world - (loss * (world - 1)).detach()
+
+    ContrastiveLoss._forward_fp32 = scaled  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ContrastiveLoss._forward_fp32 = real  # type: ignore[method-assign]
+
+
 def main(data: Path, out: Path) -> None:
     torch.set_num_threads(1)
     distributed.init_from_env()  # one group for every run below (train keeps a group it finds)
     try:
-        train(config(data, [*EQUIVALENCE, "train.max_steps=3"]), out / "short", progress=False)
+        with plain_sgd():
+            train(config(data, [*EQUIVALENCE, "train.max_steps=3"]), out / "short", progress=False)
+            with gradient_times_world_size():
+                short = config(data, [*EQUIVALENCE, "train.max_steps=3"])
+                train(short, out / "short-gradient-x2", progress=False)
         train(config(data, PLATEAU), out / "straight", progress=False)
         train(config(data, [*PLATEAU, "train.max_steps=10"]), out / "resumed", progress=False)
         train(config(data, PLATEAU), out / "resumed", resume=True, progress=False)

@@ -10,40 +10,21 @@ import functools
 from pathlib import Path
 
 import pytest
-from corridor_world import write_corridor
+from corridor_world import write_corridors
+from tiny_runs import train_on_00
 
-from liploc.config import load_config
-from liploc.retrieval.localize import build_map
-from liploc.training.train import train
+from liploc.localization.localize import build_map
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MAP_SEQUENCE = "02"
 MAP_FRAMES = 30
-
-
-def _train(root: Path, out: Path, seed: int, steps: int) -> Path:
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['00'], val: ['01']}}]",
-            "data.image_size=[32, 32]",
-            f"train.max_steps={steps}",
-            f"train.seed={seed}",
-            "train.batch_size=8",
-        ],
-    )
-    train(cfg, out, progress=False)
-    return out
 
 
 @functools.cache
 def _build(base: Path) -> dict[str, Path]:
     root = base / "corridor"
-    write_corridor(root, "00", 24, seed=1)
-    write_corridor(root, "01", 8, seed=2)
-    write_corridor(root, MAP_SEQUENCE, MAP_FRAMES, seed=3)
-    run = _train(root, base / "run", seed=0, steps=3)
-    other_run = _train(root, base / "other-run", seed=1, steps=1)
+    write_corridors(root, ("00", 24, 1), ("01", 8, 2), (MAP_SEQUENCE, MAP_FRAMES, 3))
+    run = train_on_00(root, base / "run", seed=0, steps=3, batch_size=8)
+    other_run = train_on_00(root, base / "other-run", seed=1, steps=1, batch_size=8)
     map_dir = base / "map"
     build_map(run, root, [MAP_SEQUENCE], map_dir, device="cpu")
     return {"root": root, "run": run, "other_run": other_run, "map": map_dir}

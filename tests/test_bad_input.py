@@ -199,9 +199,9 @@ def test_grey_image_is_loaded_as_rgb(tmp_path: Path) -> None:
     from PIL import Image
 
     path = tmp_path / "grey.png"
-    Image.fromarray(np.full((5, 6), 200, dtype=np.uint8)).save(path)
+    Image.fromarray(np.full((20, 30), 200, dtype=np.uint8)).save(path)
     image = load_image(path)
-    assert image.shape == (5, 6, 3) and image.dtype == np.uint8 and (image == 200).all()
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8 and (image == 200).all()
 
 
 def test_unknown_sequence_and_not_a_dataset(tmp_path: Path) -> None:

@@ -9,29 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corridor_world import write_corridor
+import tiny_runs
+from corridor_world import corridor_fixture
+from tiny_runs import TINY
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import Config, load_config
-from liploc.retrieval.embedding import EmbeddingCache
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.config import Config
+from liploc.localization.embedding import EmbeddingCache
+from liploc.runtime.data_roots import split_frames
+from liploc.runtime.frame_dataset import PairDataset
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 12, seed=0)
-    write_corridor(root, "01", 6, seed=100)
-    return root
+corridor = corridor_fixture(12, 6)
 
 
 def tiny_config(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", "data.image_size=[32, 32]", *overrides])
-    return resolve_data_roots(cfg, [root])
+    return tiny_runs.tiny_config(root, "data.image_size=[32, 32]", *overrides)
 
 
 def _flip_data_byte(path: Path) -> None:
@@ -75,6 +68,57 @@ def test_a_tampered_embedding_cache_is_rebuilt(corridor: Path, tmp_path: Path) -
     assert not cached and np.array_equal(emb, made)
     emb, cached = EmbeddingCache(tmp_path, "ab" * 32).get_or_make(frames, "lidar", lambda: made.copy())
     assert cached and np.array_equal(emb, made)
+
+
+def test_swapped_preprocessing_entries_are_refused_and_rebuilt(corridor: Path, tmp_path: Path) -> None:
+    # Fault found from outside: the entries of frames 0 and 5 swapped passed their checksums and
+    # were used silently. A checksum covers the entry's key too.
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+    truth = [PairDataset(frames, cfg).preprocessed(i, "image") for i in (0, 5)]
+    cached = PairDataset(frames, cfg, cache_dir=tmp_path)
+    paths = [cached.cache.path_for(frames[i].image_path, "image") for i in (0, 5)]
+    for i in (0, 5):
+        cached.preprocessed(i, "image")
+    a, b = (p.read_bytes() for p in paths)
+    paths[0].write_bytes(b)
+    paths[1].write_bytes(a)
+    fresh = PairDataset(frames, cfg, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="another entry's"):
+        again = [fresh.preprocessed(i, "image") for i in (0, 5)]
+    assert all(np.array_equal(x, y) for x, y in zip(again, truth, strict=True))
+
+
+def test_an_entry_of_the_wrong_shape_with_a_valid_checksum_is_rebuilt(corridor: Path, tmp_path: Path) -> None:
+    # Fault found from outside: such an entry crashed evaluate with "stack expects each tensor to
+    # be equal size". Entries are checked against the shape the settings give.
+    from liploc.checked_array import write_checked
+
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+    truth = PairDataset(frames, cfg).preprocessed(2, "lidar")
+    cached = PairDataset(frames, cfg, cache_dir=tmp_path)
+    write_checked(cached.cache.path_for(frames[2].scan_path, "lidar"), np.zeros((3, 16, 16), np.uint8))
+    with pytest.warns(UserWarning, match=r"shape \(3, 16, 16\), not \(3, 32, 32\)"):
+        again = cached.preprocessed(2, "lidar")
+    assert np.array_equal(again, truth)
+
+
+def test_an_image_embedding_entry_copied_over_the_lidar_entry_is_refused(
+    corridor: Path, tmp_path: Path
+) -> None:
+    # Fault found from outside: evaluate then matched images with themselves (R@1 45 % -> 100 %).
+    cfg = tiny_config(corridor)
+    frames = split_frames(cfg.data, "train")
+    cache = EmbeddingCache(tmp_path, "cd" * 32)
+    lidar = np.eye(len(frames), 8, dtype=np.float32)
+    cache.put(frames, "lidar", lidar)
+    cache.put(frames, "image", np.eye(len(frames), 8, k=1, dtype=np.float32))
+    [image_entry] = [p for p in tmp_path.rglob("*.npy") if "-image-" in p.name]
+    [lidar_entry] = [p for p in tmp_path.rglob("*.npy") if "-lidar-" in p.name]
+    lidar_entry.write_bytes(image_entry.read_bytes())
+    with pytest.warns(UserWarning, match=lidar_entry.name):
+        assert cache.get(frames, "lidar") is None
 
 
 def test_a_failed_embedding_cache_write_costs_only_speed(

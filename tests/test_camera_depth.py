@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared_data
 
 from liploc.config import ProjectionConfig
 from liploc.datasets import Calibration, open_dataset
 from liploc.datasets.scan import load_scan
 from liploc.errors import LiplocError
 from liploc.lidar import camera_depth_image, camera_depth_input, project_to_camera, scale_calibration
-
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti-raw-sample"
 
 # LiDAR (x forward, y left, z up) -> camera (x right, y down, z forward), no offset.
 LIDAR_TO_CAMERA_AXES = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
@@ -29,9 +27,7 @@ def simple_calib(width: int = 640, height: int = 480, f: float = 500.0) -> Calib
 
 @pytest.fixture(scope="module")
 def sample():
-    if not SAMPLE.is_dir():
-        pytest.skip(f"shared sample data not found at {SAMPLE}")
-    reader = open_dataset(SAMPLE)
+    reader = open_dataset(require_shared_data() / "kitti-raw-sample")
     frames = reader.frames(reader.sequences()[0])
     return frames[0].calib, [load_scan(f.scan_path) for f in frames[:4]]
 

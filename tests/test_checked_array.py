@@ -12,7 +12,7 @@ from liploc.checked_array import MAGIC, DamagedEntry, _digest, decode_checked, e
 
 def _checked(body: bytes) -> bytes:
     """``body`` with a valid trailer, as if an entry had been written with it."""
-    return body + MAGIC + _digest(body)
+    return body + MAGIC + _digest("", body)
 
 
 ARRAYS = {

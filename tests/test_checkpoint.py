@@ -13,7 +13,7 @@ import torch
 
 from liploc.config import LossConfig
 from liploc.errors import DataError
-from liploc.training.checkpoint import (
+from liploc.runtime.checkpoint import (
     load_checkpoint,
     metadata_path,
     read_checkpoint_metadata,

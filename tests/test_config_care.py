@@ -7,8 +7,7 @@ import pytest
 
 from liploc.config import load_config
 from liploc.errors import ConfigError
-from liploc.retrieval.embedding import pick_device
-from liploc.training.train import capped_num_workers
+from liploc.runtime.device import capped_num_workers, pick_device
 
 
 @pytest.mark.parametrize(

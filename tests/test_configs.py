@@ -94,7 +94,7 @@ def test_tiny_config_is_small() -> None:
 
 @pytest.mark.parametrize("path", all_configs(), ids=lambda p: p.stem)
 def test_protocol_configs_train_and_test_as_their_preset(path: Path) -> None:
-    from liploc.retrieval.protocols import get_preset
+    from liploc.evaluation.protocols import get_preset
 
     cfg = load_config(path)
     if cfg.eval.preset is None:
@@ -109,7 +109,7 @@ def test_protocol_configs_train_and_test_as_their_preset(path: Path) -> None:
 
 
 def test_every_preset_has_a_training_config() -> None:
-    from liploc.retrieval.protocols import PRESETS
+    from liploc.evaluation.protocols import PRESETS
 
     presets = {load_config(p).eval.preset for p in all_configs()}
     assert presets >= set(PRESETS)

@@ -15,20 +15,12 @@ from liploc.config import Config, DatasetSplit, load_config
 from liploc.datasets import load_scan
 from liploc.errors import ConfigError, DataError
 from liploc.lidar import lidar_range_input
-from liploc.training.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EpochSampler,
-    ImageDataset,
-    LidarDataset,
-    PairDataset,
-    PreprocessCache,
-    build_transforms,
-    resize_chw,
-    resolve_data_roots,
-    split_frames,
-    training_splits,
-)
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import ImageDataset, LidarDataset, PairDataset
+from liploc.runtime.inputs import IMAGENET_MEAN, IMAGENET_STD, build_transforms, resize_chw
+from liploc.runtime.preprocess_cache import PreprocessCache
+from liploc.training.samplers import EpochSampler
+from liploc.training.splits import training_splits
 
 SIZE = (24, 40)  # (height, width) of the network inputs in these tests
 
@@ -143,9 +135,10 @@ def test_preprocess_cache_reuses_and_invalidates(odometry: Path, tmp_path: Path)
     cache = PreprocessCache(tmp_path / "cache", cfg)
     calls: list[int] = []
 
-    def make() -> np.ndarray:
+    def make() -> np.ndarray:  # an entry of the shape the settings give (others are rebuilt)
         calls.append(1)
-        return np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+        h, w = cfg.data.image_size
+        return (np.arange(3 * h * w) % 251).astype(np.uint8).reshape(3, h, w)
 
     source = frames[0].image_path
     first = cache.get(source, "image", make)

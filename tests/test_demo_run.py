@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from liploc.demo import DemoOptions, run_demo
+from liploc.commands.demo import DemoOptions, run_demo
 
 
 def test_the_demo_prints_single_and_sequence_rows_for_each_window(tmp_path: Path) -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from liploc.config import DatasetSplit, load_config
-from liploc.retrieval.evaluate import evaluate
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.synth import SynthOptions, generate_dataset
 from liploc.training.train import train
 
@@ -35,8 +34,8 @@ def town(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("two_threads")  # see conftest.py
 def test_trained_tiny_model_beats_chance_on_held_out_streets(town, tmp_path: Path) -> None:
-    torch.set_num_threads(2)
     config = load_config(CONFIG)
     config.data.datasets = [DatasetSplit(layout="kitti", root=town.root, train=town.train_sequences())]
     config.train.epochs = 20
@@ -50,16 +49,15 @@ def test_trained_tiny_model_beats_chance_on_held_out_streets(town, tmp_path: Pat
     assert result.stopped == "finished"
 
     test_seq, partner = town.pairs(role="test")[0]
-    same_ev = evaluate(tmp_path / "run", town.root, test_seq, num_examples=0, seq_len=7, odometry=True)
+    same_ev = evaluate(
+        tmp_path / "run", town.root, EvaluationSettings(test_seq, num_examples=0, seq_len=7, odometry=True)
+    )
     cross_ev = evaluate(
         tmp_path / "run",
         town.root,
-        partner,
-        protocol="cross-drive",
-        map_sequence=test_seq,
-        num_examples=0,
-        seq_len=7,
-        odometry=True,
+        EvaluationSettings(
+            partner, protocol="cross-drive", map_sequence=test_seq, num_examples=0, seq_len=7, odometry=True
+        ),
     )
     same, cross = same_ev.result.main, cross_ev.result.main
     # Chance R@1 at 20 m on a 180 m drive is about 0.2. The cross-drive queries come from another

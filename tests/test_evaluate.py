@@ -7,51 +7,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corridor_world import write_corridor
+from corridor_world import write_corridors
+from tiny_runs import train_on_00, train_tiny
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import load_config
 from liploc.errors import ConfigError, DataError, ModelMismatchError
-from liploc.retrieval.evaluate import evaluate
-from liploc.retrieval.localize import Localizer, build_map
-from liploc.training.train import train
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-def _train_run(root: Path, out: Path, seed: int, steps: int) -> Path:
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['00'], val: ['01']}}]",
-            "data.image_size=[32, 32]",
-            f"train.max_steps={steps}",
-            f"train.seed={seed}",
-            "train.batch_size=16",
-        ],
-    )
-    train(cfg, out, progress=False)
-    return out
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
+from liploc.localization.localize import Localizer, build_map
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 64, seed=1)
-    write_corridor(root, "01", 24, seed=2)
-    write_corridor(root, "02", 40, seed=3)
-    write_corridor(root, "03", 40, seed=4)
+    root = write_corridors(
+        tmp_path_factory.mktemp("corridor"), ("00", 64, 1), ("01", 24, 2), ("02", 40, 3), ("03", 40, 4)
+    )
     runs = tmp_path_factory.mktemp("runs")
     return {
         "root": root,
-        "run": _train_run(root, runs / "a", seed=0, steps=6),
-        "other_run": _train_run(root, runs / "b", seed=1, steps=2),
+        "run": train_on_00(root, runs / "a", seed=0, steps=6, batch_size=16),
+        "other_run": train_on_00(root, runs / "b", seed=1, steps=2, batch_size=16),
     }
 
 
 def test_same_sequence_writes_metrics_report_and_embeddings(world: dict[str, Path]) -> None:
-    out = evaluate(world["run"], world["root"], "02", protocol="same-sequence", num_examples=2)
+    out = evaluate(
+        world["run"], world["root"], EvaluationSettings("02", protocol="same-sequence", num_examples=2)
+    )
     assert out.out_dir == world["run"] / "eval" / "02-same-sequence"
     data = json.loads((out.out_dir / "metrics.json").read_text())
     main = data["thresholds"][0]
@@ -68,7 +50,9 @@ def test_same_sequence_writes_metrics_report_and_embeddings(world: dict[str, Pat
     cached = list((world["run"] / "embeddings").rglob("*.npy"))
     assert len(cached) == 2  # image and lidar embeddings of sequence 02, kept for re-evaluation
     # A second evaluation (another threshold) reuses them and gives the same retrievals.
-    again = evaluate(world["run"], world["root"], "02", thresholds_m=[5.0], num_examples=0)
+    again = evaluate(
+        world["run"], world["root"], EvaluationSettings("02", thresholds_m=[5.0], num_examples=0)
+    )
     np.testing.assert_array_equal(again.result.retrieved, out.result.retrieved)
     assert again.result.main.threshold_m == 5.0
     assert len(list((world["run"] / "embeddings").rglob("*.npy"))) == 2
@@ -78,7 +62,11 @@ def test_cross_drive_uses_the_other_drive_as_database(world: dict[str, Path]) ->
     # KITTI odometry layout: every sequence starts at the identity in its own frame, so comparing
     # positions of 02 and 03 means nothing and is refused, naming both and why.
     with pytest.raises(ConfigError, match=r"sequences 02 and 03 .*different world frames") as refused:
-        evaluate(world["run"], world["root"], "02", protocol="cross-drive", map_sequence="03", num_examples=0)
+        evaluate(
+            world["run"],
+            world["root"],
+            EvaluationSettings("02", protocol="cross-drive", map_sequence="03", num_examples=0),
+        )
     assert "02 (own frame) vs 03 (own frame)" in str(refused.value)
     assert not (world["run"] / "eval" / "02-on-03").exists()  # nothing written for a refused run
     # Written by `liploc synth --pose-frame town`, the same files are one world: allowed.
@@ -86,7 +74,9 @@ def test_cross_drive_uses_the_other_drive_as_database(world: dict[str, Path]) ->
     manifest.write_text('{"pose_frame": "town"}')
     try:
         out = evaluate(
-            world["run"], world["root"], "02", protocol="cross-drive", map_sequence="03", num_examples=0
+            world["run"],
+            world["root"],
+            EvaluationSettings("02", protocol="cross-drive", map_sequence="03", num_examples=0),
         )
     finally:
         manifest.unlink()
@@ -94,30 +84,34 @@ def test_cross_drive_uses_the_other_drive_as_database(world: dict[str, Path]) ->
     assert out.result.info["map_sequence"] == "03"
     assert out.result.info["own_scan_in_database"] is False
     with pytest.raises(ConfigError, match="map-sequence"):
-        evaluate(world["run"], world["root"], "02", protocol="cross-drive")
+        evaluate(world["run"], world["root"], EvaluationSettings("02", protocol="cross-drive"))
     with pytest.raises(ConfigError, match="exclude-self is for same-sequence"):
-        evaluate(world["run"], world["root"], "02", protocol="revisit", exclude_self=True)
+        evaluate(world["run"], world["root"], EvaluationSettings("02", protocol="revisit", exclude_self=True))
 
 
 def test_evaluation_on_training_sequences_is_refused(world: dict[str, Path]) -> None:
     # The run trained on 00 and validated on 01.
     with pytest.raises(ConfigError, match=r"trained or validated on .*00 \(the run used train 00\)"):
-        evaluate(world["run"], world["root"], "00", num_examples=0)
+        evaluate(world["run"], world["root"], EvaluationSettings("00", num_examples=0))
     with pytest.raises(ConfigError, match=r"01\[5:\] \(the run used val 01\)"):
-        evaluate(world["run"], world["root"], "01[5:]", num_examples=0)
-    out = evaluate(world["run"], world["root"], "01[5:]", num_examples=0, allow_training_data=True)
+        evaluate(world["run"], world["root"], EvaluationSettings("01[5:]", num_examples=0))
+    out = evaluate(
+        world["run"], world["root"], EvaluationSettings("01[5:]", num_examples=0, allow_training_data=True)
+    )
     assert out.result.num_queries == 19  # frames 5-23 of the 24
     assert out.result.info["evaluated_on_training_data"] == ["01[5:] (the run used val 01)"]
 
 
 def test_revisit_excludes_the_same_time_scans(world: dict[str, Path]) -> None:
     # The corridor never comes back: with a 30 s window (300 frames at 10 Hz) nothing is left to find.
-    out = evaluate(world["run"], world["root"], "02", protocol="revisit", num_examples=0)
+    out = evaluate(world["run"], world["root"], EvaluationSettings("02", protocol="revisit", num_examples=0))
     assert out.result.main.num_counted == 0
     assert out.result.main.num_without_positive == 40
     # A 1.05 s window leaves scans 11+ frames away: positives within 20 m exist again.
     short = evaluate(
-        world["run"], world["root"], "02", protocol="revisit", revisit_window_s=1.05, num_examples=0
+        world["run"],
+        world["root"],
+        EvaluationSettings("02", protocol="revisit", revisit_window_s=1.05, num_examples=0),
     )
     assert short.result.main.num_counted == 40
     assert np.all(np.abs(short.result.retrieved[:, 0] - np.arange(40)) > 10)
@@ -125,9 +119,9 @@ def test_revisit_excludes_the_same_time_scans(world: dict[str, Path]) -> None:
 
 def test_unknown_sequence_and_protocol(world: dict[str, Path]) -> None:
     with pytest.raises(DataError, match="no sequence '42'"):
-        evaluate(world["run"], world["root"], "42")
+        evaluate(world["run"], world["root"], EvaluationSettings("42"))
     with pytest.raises(ConfigError, match="unknown protocol"):
-        evaluate(world["run"], world["root"], "02", protocol="nearest")
+        evaluate(world["run"], world["root"], EvaluationSettings("02", protocol="nearest"))
 
 
 def test_map_build_localize_and_refuse_other_model(world: dict[str, Path], tmp_path: Path) -> None:
@@ -145,7 +139,7 @@ def test_map_build_localize_and_refuse_other_model(world: dict[str, Path], tmp_p
     assert matches[0].score >= matches[1].score >= matches[2].score
     assert matches[0].pose.shape == (4, 4)
     # The Python API agrees with the evaluation's retrieval for the same image.
-    ev = evaluate(world["run"], world["root"], "02", num_examples=0)
+    ev = evaluate(world["run"], world["root"], EvaluationSettings("02", num_examples=0))
     assert matches[0].map_index == ev.result.retrieved[7, 0]
     with pytest.raises(ModelMismatchError, match="built with model"):
         Localizer.open(map_dir, checkpoint=world["other_run"]).localize([image])
@@ -248,25 +242,17 @@ def protocol_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_kitti_odometry(root, "00", n_frames=3060, skip_scans=range(60, 3000), skip_images=range(60, 3000))
     for name in PROTOCOL_SEQUENCES:
         write_kitti_odometry(root, name, n_frames=60 if name != "01" else 24)
-    run = tmp_path_factory.mktemp("protocol_run") / "run"
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['01'], val: [], test: ['02', '00[3000:]']}}]",
-            "data.image_size=[32, 32]",
-            "data.val_fraction=0",
-            "train.max_steps=1",
-            "train.batch_size=8",
-            "eval.thresholds_m=[10.0, 20.0]",
-        ],
+    run = train_tiny(
+        tmp_path_factory.mktemp("protocol_run") / "run",
+        f"{{root: '{root}', train: ['01'], val: [], test: ['02', '00[3000:]']}}",
+        *("data.val_fraction=0", "train.max_steps=1", "train.batch_size=8", "eval.thresholds_m=[10.0, 20.0]"),
     )
-    train(cfg, run, progress=False)
     return {"root": root, "run": run}
 
 
 @pytest.fixture
 def hand_made(monkeypatch: pytest.MonkeyPatch) -> None:
-    import liploc.retrieval.evaluate as evaluate_module
+    import liploc.evaluation.evaluate as evaluate_module
 
     monkeypatch.setattr(evaluate_module, "embed_with_cache", _hand_made_sets)
 
@@ -288,7 +274,7 @@ def test_preset_recall_on_hand_made_embeddings(
     r5: float,
     own_scan: bool,
 ) -> None:
-    from liploc.retrieval.protocols import evaluate_protocol
+    from liploc.evaluation.protocols import evaluate_protocol
 
     report = evaluate_protocol(
         protocol_world["run"], protocol_world["root"], preset, out_dir=protocol_world["run"] / preset
@@ -311,8 +297,9 @@ def test_exclude_self_and_thresholds_change_the_recall(
 ) -> None:
     def r1_r5(threshold: float, exclude_self: bool, sequence: str = "05") -> tuple[float, float]:
         out = evaluate(
-            protocol_world["run"], protocol_world["root"], sequence, thresholds_m=[threshold],
-            ks=[1, 5], exclude_self=exclude_self, num_examples=0,
+            protocol_world["run"], protocol_world["root"], EvaluationSettings(
+                sequence, thresholds_m=[threshold], ks=[1, 5], exclude_self=exclude_self, num_examples=0,
+            ),
         )  # fmt: skip
         return out.result.main.recall[1], out.result.main.recall[5]
 
@@ -323,7 +310,9 @@ def test_exclude_self_and_thresholds_change_the_recall(
     assert r1_r5(20.0, exclude_self=True) == (0.5, 1.0)
     # A frame range evaluates those frames only: 00[3000:] is 60 queries, 00 is 120.
     out = evaluate(
-        protocol_world["run"], protocol_world["root"], "00[3000:]", thresholds_m=[10.0], num_examples=0
+        protocol_world["run"],
+        protocol_world["root"],
+        EvaluationSettings("00[3000:]", thresholds_m=[10.0], num_examples=0),
     )
     assert out.result.num_queries == 60 and out.result.main.recall[1] == 0.5
 
@@ -331,8 +320,8 @@ def test_exclude_self_and_thresholds_change_the_recall(
 def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Path]) -> None:
     from liploc.config import Config
     from liploc.datasets.sequence_range import parse_ranges
-    from liploc.retrieval.protocols import PRESETS
-    from liploc.retrieval.training_overlap import refuse_training_data
+    from liploc.evaluation.protocols import PRESETS
+    from liploc.evaluation.training_overlap import refuse_training_data
 
     kitti_a = Config()
     kitti_a.data.datasets[0].train = ["00[0:3000]"]
@@ -353,7 +342,7 @@ def test_preset_refuses_the_runs_training_sequences(protocol_world: dict[str, Pa
 def test_without_preset_the_configs_test_split_is_evaluated(
     protocol_world: dict[str, Path], hand_made: None
 ) -> None:
-    from liploc.retrieval.protocols import evaluate_protocol
+    from liploc.evaluation.protocols import evaluate_protocol
 
     # The run's config: test ['02', '00[3000:]'], eval.protocol same-sequence, thresholds [10, 20].
     report = evaluate_protocol(
@@ -385,7 +374,7 @@ def test_cli_evaluate_json_and_sequence_names_as_typed(world: dict[str, Path], t
 def test_failed_or_interrupted_evaluation_leaves_no_folder(
     world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import liploc.retrieval.evaluate as evaluation
+    import liploc.evaluation.evaluate as evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -409,16 +398,20 @@ def test_failed_or_interrupted_evaluation_leaves_no_folder(
     assert "interrupted: evaluation stopped; nothing was written" in res.output
     assert not (tmp_path / "runs").exists()  # neither the folder nor the parents it made
     with pytest.raises(DataError, match="no sequence '42'"):
-        evaluate(world["run"], world["root"], "42", out_dir=tmp_path / "bad")
+        evaluate(world["run"], world["root"], EvaluationSettings("42", out_dir=tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
 
 
 def test_evaluate_with_sequence_matching_adds_rows_files_and_report(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    single = evaluate(world["run"], world["root"], "02", num_examples=0, out_dir=tmp_path / "single")
+    single = evaluate(
+        world["run"], world["root"], EvaluationSettings("02", num_examples=0, out_dir=tmp_path / "single")
+    )
     out = evaluate(
-        world["run"], world["root"], "02", num_examples=0, out_dir=tmp_path / "seq", seq_len=5, odometry=True
+        world["run"],
+        world["root"],
+        EvaluationSettings("02", num_examples=0, out_dir=tmp_path / "seq", seq_len=5, odometry=True),
     )
     assert single.sequence_result is None
     seq = out.sequence_result

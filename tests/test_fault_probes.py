@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from liploc.faults import ENV, INSTANTS
-from liploc.training.checkpoint import load_checkpoint, sweep_checkpoint_folder
+from liploc.runtime.checkpoint import load_checkpoint, sweep_checkpoint_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_TWICE = """
 import sys, os, torch
-from liploc.training.checkpoint import save_checkpoint
+from liploc.runtime.checkpoint import save_checkpoint
 path = sys.argv[1]
 save_checkpoint(path, {"w": torch.full((64,), 1.0)}, {"step": 1})
 os.environ["LIPLOC_FAULT_KILL_AT"] = sys.argv[2]

@@ -58,13 +58,18 @@ def test_every_kind_of_png_decodes_as_pillow_decodes_it(tmp_path: Path) -> None:
         "rgba": (_png(np.dstack([rgb, grey])), False),
         "grey": (_png(grey), False),
         "palette": (_png(Image.fromarray(rgb).quantize(16)), False),
-        "grey 16-bit": (_png(grey.astype(np.uint16) * 257), False),
     }
     for name, (data, fast) in cases.items():
         path = tmp_path / f"{name}.png"
         path.write_bytes(data)
         assert (_decode_rgb8_png(data) is not None) == fast, name
         np.testing.assert_array_equal(load_image(path), _pillow_rgb(path), err_msg=name)
+    # A 16-bit grey PNG is a depth or raw sensor image, not a camera frame: refused by the one
+    # image rule every reader applies (datasets.scan.check_image_header), naming the file.
+    deep = tmp_path / "grey 16-bit.png"
+    deep.write_bytes(_png(grey.astype(np.uint16) * 257))
+    with pytest.raises(DataError, match=r"grey 16-bit\.png: I;16.* image \(16-bit"):
+        load_image(deep)
 
 
 def test_a_damaged_rgb_png_is_an_error_naming_it(tmp_path: Path) -> None:

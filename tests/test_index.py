@@ -6,23 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from retrieval_reference import brute_force_search as brute_force
 
 from liploc.errors import DataError, EmbeddingError
-from liploc.retrieval.index import EmbeddingIndex, check_embeddings, l2_normalize
-from liploc.retrieval.metrics import TimeWindowExclusion
+from liploc.evaluation.metrics import TimeWindowExclusion
+from liploc.localization.index import EmbeddingIndex, check_embeddings, l2_normalize
 
 
 def random_embeddings(n: int, dim: int = 24, seed: int = 0) -> np.ndarray:
     return l2_normalize(np.random.default_rng(seed).normal(size=(n, dim)))
-
-
-def brute_force(
-    queries: np.ndarray, db: np.ndarray, k: int, excluded: np.ndarray | None = None
-) -> np.ndarray:
-    sim = queries.astype(np.float64) @ db.astype(np.float64).T
-    if excluded is not None:
-        sim = np.where(excluded, -np.inf, sim)
-    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
 def test_flat_search_is_exact_and_sorted() -> None:

@@ -11,8 +11,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from liploc.cli import app
+from liploc.commands.info import describe_dataset
 from liploc.datasets.calibration_files import read_calibration_file
-from liploc.info import describe_dataset
 
 SAMPLE_DRIVE = "2011_09_26_drive_0000_sync"
 

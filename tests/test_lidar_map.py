@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from liploc.errors import DataError, EmbeddingError, ModelMismatchError
-from liploc.retrieval.index import l2_normalize
-from liploc.retrieval.lidar_map import LidarMap
+from liploc.localization.index import l2_normalize
+from liploc.localization.lidar_map import LidarMap
 
 FINGERPRINT = "sha256:model-a"
 MODEL_CONFIG = {"image_encoder": "resnet50", "lidar_encoder": "resnet50", "embed_dim": 16}
@@ -138,3 +138,69 @@ def test_build_checks_its_inputs() -> None:
         LidarMap.build(2 * emb, poses, ids, FINGERPRINT, {})
     with pytest.raises(ValueError, match="fingerprint"):
         LidarMap.build(emb, poses, ids, "", {})
+
+
+def test_load_memory_maps_the_embeddings_and_poses(tmp_path: Path) -> None:
+    folder = small_map().save(tmp_path / "m")
+    loaded = LidarMap.load(folder)
+    assert isinstance(loaded.embeddings, np.memmap) and isinstance(loaded.poses, np.memmap)
+    assert not loaded.embeddings.flags.writeable
+    assert loaded.sequences[0] is loaded.sequences[1]  # one string per drive, not per entry
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["index_kind"] == "flat" and manifest["index"] == {"kind": "flat"}
+
+
+def test_a_compressed_index_round_trips_with_its_settings(tmp_path: Path) -> None:
+    lidar_map = small_map()
+    built = LidarMap.build(
+        lidar_map.embeddings,
+        lidar_map.poses,
+        [("08", i) for i in range(30)],
+        FINGERPRINT,
+        MODEL_CONFIG,
+        index_kind="flat-fp16",
+        world="synth:/data:town",
+    )
+    built.index.shortlist = 5
+    folder = built.save(tmp_path / "m")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["version"] == 2  # a liploc that cannot re-rank refuses it
+    assert manifest["index"] == {"kind": "flat-fp16", "shortlist": 5}
+    assert manifest["world"] == "synth:/data:town"
+    loaded = LidarMap.load(folder)
+    assert (loaded.index.kind, loaded.index.shortlist, loaded.world) == ("flat-fp16", 5, "synth:/data:town")
+    assert loaded.index.vectors is loaded.embeddings
+    query = lidar_map.embeddings[[3, 9]]
+    scores, ids = loaded.search(query, 4, query_fingerprint=FINGERPRINT)
+    np.testing.assert_allclose(scores, np.take_along_axis(query @ lidar_map.embeddings.T, ids, 1), atol=1e-6)
+    assert ids[:, 0].tolist() == [3, 9]
+
+
+def test_an_index_that_does_not_hold_the_embeddings_is_refused(tmp_path: Path) -> None:
+    """The issue's crafted map: index.faiss replaced by an index over other vectors (45.2 times
+    the embeddings) and its checksum updated: every file verifies, the scores were 45.2."""
+    from liploc.checksums import file_size_and_sha256
+    from liploc.localization.index import EmbeddingIndex
+
+    lidar_map = small_map()
+    folder = lidar_map.save(tmp_path / "m")
+    forged = EmbeddingIndex.build(45.2 * lidar_map.embeddings, kind="flat", unit_norm=False)
+    forged.save(folder / "index.faiss")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["index.faiss"]["sha256"] = file_size_and_sha256(folder / "index.faiss")[1]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"index\.faiss: does not match embeddings\.npy: .* scores entry"):
+        LidarMap.load(folder)
+    manifest["index_kind"] = "hnsw"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"index\.faiss: holds a flat index but the manifest says hnsw"):
+        LidarMap.load(folder)
+
+
+def test_maps_of_another_version_are_refused_naming_the_versions(tmp_path: Path) -> None:
+    folder = small_map().save(tmp_path / "m")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["version"] = 3
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"map format version 3 is not supported .*versions 1 and 2"):
+        LidarMap.load(folder)

@@ -7,7 +7,6 @@ The parity tests use ``shared/data/lip-loc-reference`` (what the authors' own co
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, skip_unless_ci
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -23,11 +22,11 @@ from liploc.cli import app
 from liploc.config import Config
 from liploc.datasets import load_scan, open_dataset
 from liploc.errors import DataError
+from liploc.evaluation.evaluate import EvaluationSettings, evaluate
 from liploc.interop.lip_loc import import_lip_loc
 from liploc.lidar import RangeProjector
-from liploc.retrieval.evaluate import evaluate
-from liploc.training.data import build_transforms, camera_input, lidar_input
-from liploc.training.run_folder import load_model_from_checkpoint
+from liploc.runtime.inputs import build_transforms, camera_input, lidar_input
+from liploc.runtime.run_folder import load_model_from_checkpoint
 
 REFERENCE = SHARED_DATA / "lip-loc-reference"
 CHECKPOINT = REFERENCE / "lip-loc-test_resnet.pth"
@@ -37,10 +36,7 @@ DRIVE = "2011_09_26_drive_0013_sync"
 
 def _need_reference() -> None:
     if not (CHECKPOINT.is_file() and POSED.is_dir()):
-        message = f"LIP-Loc reference fixture not found at {REFERENCE} / {POSED}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"LIP-Loc reference fixture not found at {REFERENCE} / {POSED}")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +72,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def _relative(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(ours - theirs, axis=1) / np.linalg.norm(theirs, axis=1)
+
+
+PARITY_RELATIVE = 5e-7
+"""README: the imported model gives the reference's embeddings to 5e-7 relative on identical inputs."""
+PARITY_COSINE = 0.99999
+"""README: on liploc's own preprocessing, the cosine to the reference's embeddings is at least this."""
+
+
 # --- the import itself ----------------------------------------------------------------------------
 def test_import_writes_a_paper_exact_run_folder(imported: Path) -> None:
     _, config = load_model_from_checkpoint(imported)
@@ -102,8 +108,8 @@ def test_imported_model_gives_the_reference_embeddings_on_its_exact_inputs(impor
     lidars = [a.transpose(2, 0, 1) for a in reference["lidar_resized_uint8"]]
     image, lidar = _embed(model, config, images, lidars)
     for ours, theirs in ((image, reference["camera_embedding"]), (lidar, reference["lidar_embedding"])):
-        relative = np.linalg.norm(ours - theirs, axis=1) / np.linalg.norm(theirs, axis=1)
-        assert relative.max() <= 1e-4
+        # float32 rounding only (measured 2.6e-7; float32's epsilon is 1.2e-7): the README's bound.
+        assert _relative(ours, theirs).max() <= PARITY_RELATIVE
     # Un-normalised, as the reference's: |e| is far from 1.
     assert np.linalg.norm(image, axis=1).min() > 2.0
     assert np.array_equal((image @ lidar.T).argmax(axis=1), reference["top1"])
@@ -130,9 +136,16 @@ def test_paper_preprocessing_equals_the_reference(imported: Path, reference, fra
 def test_torch_resizing_stays_within_one_level_of_opencv(imported: Path, reference, frames) -> None:
     _, config = load_model_from_checkpoint(imported)
     config.data.resize = "torch"
-    for i, frame in enumerate(frames[:6]):
+    worst = {"camera": 0, "lidar": 0}
+    for i, frame in enumerate(frames):
         camera = camera_input(frame, config).astype(int).transpose(1, 2, 0)
-        assert np.abs(camera - reference["camera_resized_uint8"][i]).max() <= 1
+        lidar = lidar_input(frame, config).astype(int).transpose(1, 2, 0)
+        worst["camera"] = max(
+            worst["camera"], int(np.abs(camera - reference["camera_resized_uint8"][i]).max())
+        )
+        worst["lidar"] = max(worst["lidar"], int(np.abs(lidar - reference["lidar_resized_uint8"][i]).max()))
+    # Within one level, and not identical (else this would not test the torch path at all).
+    assert worst == {"camera": 1, "lidar": 1}
 
 
 def test_liploc_preprocessing_gives_the_reference_embeddings_and_retrievals(
@@ -140,22 +153,29 @@ def test_liploc_preprocessing_gives_the_reference_embeddings_and_retrievals(
 ) -> None:
     model, config = load_model_from_checkpoint(imported)
     # liploc's default resizing (torch) rather than the paper preset's OpenCV: the hardest case.
-    for resize in ("torch", "opencv"):
+    # README: 23 of 24 queries retrieve the reference's top-1 scan with torch resizing, 24 of 24
+    # with OpenCV (measured: cosines 0.999997 and 0.9999999 at the least).
+    for resize, top1_at_least in (("torch", 23), ("opencv", 24)):
         config.data.resize = resize
         images = [camera_input(f, config) for f in frames]
         lidars = [lidar_input(f, config) for f in frames]
         image, lidar = _embed(model, config, images, lidars)
-        assert _cosine(image, reference["camera_embedding"]).min() >= 0.999
-        assert _cosine(lidar, reference["lidar_embedding"]).min() >= 0.999
+        assert _cosine(image, reference["camera_embedding"]).min() >= PARITY_COSINE, resize
+        assert _cosine(lidar, reference["lidar_embedding"]).min() >= PARITY_COSINE, resize
         same_top1 = int(np.sum((image @ lidar.T).argmax(axis=1) == reference["top1"]))
         print(f"resize={resize}: same top-1 scan as the reference for {same_top1} of 24 queries")
-        assert same_top1 >= 22
+        assert same_top1 >= top1_at_least, resize
+        if resize == "opencv":  # the reference's very inputs: the embeddings to float32 rounding
+            assert _relative(image, reference["camera_embedding"]).max() <= PARITY_RELATIVE
+            assert _relative(lidar, reference["lidar_embedding"]).max() <= PARITY_RELATIVE
 
 
 def test_evaluate_of_the_imported_run_reproduces_the_reference_top1(
     imported: Path, reference, tmp_path
 ) -> None:
-    output = evaluate(imported, POSED, DRIVE, out_dir=tmp_path / "eval", device="cpu", num_examples=0)
+    output = evaluate(
+        imported, POSED, EvaluationSettings(DRIVE, out_dir=tmp_path / "eval", device="cpu", num_examples=0)
+    )
     assert np.array_equal(output.result.retrieved[:, 0], reference["top1"])
     # Raw dot-product scores, not cosines.
     assert output.result.scores[:, 0].max() > 1.5
@@ -186,6 +206,15 @@ def test_refuses_a_pickle_with_code(tmp_path: Path, capsys) -> None:
     torch.save({"model": _Payload()}, tmp_path / "evil2.pth")
     _refused(tmp_path / "evil2.pth", "refers to code")
     assert "this pickle runs code" not in capsys.readouterr().out
+
+
+def test_random_bytes_are_not_called_a_pickle_with_code(tmp_path: Path) -> None:
+    # Fault found from outside: torch says "weights only load failed" for any bytes it cannot
+    # unpickle, and liploc reported random bytes as "refused: the pickle refers to code".
+    path = tmp_path / "noise.pth"
+    path.write_bytes(np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    text = _refused(path, "not a torch.save file")
+    assert "refers to code" not in text
 
 
 def test_refuses_a_truncated_file(tmp_path: Path) -> None:
@@ -291,8 +320,7 @@ def test_unknown_backbone_asks_for_backbone_option(tmp_path: Path) -> None:
 
 
 # --- the command line -----------------------------------------------------------------------------
-def test_cli_import_then_evaluate_prints_both_metrics(tmp_path: Path) -> None:
-    _need_reference()
+def test_cli_import_then_evaluate_prints_both_metrics(tmp_path: Path, reference, frames) -> None:
     runner = CliRunner()
     run = tmp_path / "R"
     res = runner.invoke(app, ["import", "lip-loc", str(CHECKPOINT), "--out", str(run)])
@@ -319,7 +347,22 @@ def test_cli_import_then_evaluate_prints_both_metrics(tmp_path: Path) -> None:
     metrics = json.loads((run / "eval" / f"{DRIVE}-same-sequence" / "metrics.json").read_text())
     rows = metrics["reference_metric"]["thresholds"]
     assert [r["threshold_m"] for r in rows] == [20.0, 10.0]
-    assert all(0.0 <= r["reference_recall_at_1"] <= 1.0 for r in rows)
+    # The figures of the reference's own top-1 retrievals, computed here from the poses: the
+    # authors' distance (camera 0 in the frame of the first camera 0, columns 1 and 2, strict <)
+    # and liploc's (the LiDAR's ground-plane x-y, <=).
+    top1 = reference["top1"]
+    lidar_poses = np.stack([f.pose for f in frames])
+    tr = frames[0].calib.T_cam_lidar
+    camera = np.stack(
+        [(tr @ np.linalg.inv(lidar_poses[0]) @ p @ np.linalg.inv(tr))[:3, 3] for p in lidar_poses]
+    )
+    authors = np.hypot(*(camera[:, 1:] - camera[top1, 1:]).T)
+    ground = np.linalg.norm(lidar_poses[:, :2, 3] - lidar_poses[top1, :2, 3], axis=1)
+    expected = [(float(np.mean(authors < t)), float(np.mean(ground <= t))) for t in (20.0, 10.0)]
+    assert expected == [(0.75, 0.75), (0.75, 0.75)]  # 18 of 24 queries by either metric
+    assert [(r["reference_recall_at_1"], r["liploc_recall_at_1"]) for r in rows] == expected
+    table = [" ".join(line.split()) for line in res.output.splitlines()]
+    assert "20 m 75.0% 75.0%" in table and "10 m 75.0% 75.0%" in table
 
 
 def test_cli_refusal_is_one_error_line(tmp_path: Path) -> None:
@@ -335,7 +378,7 @@ def test_cli_refusal_is_one_error_line(tmp_path: Path) -> None:
 def test_map_build_and_localize_use_the_imported_run(
     imported: Path, reference, frames, tmp_path: Path
 ) -> None:
-    from liploc.retrieval.localize import Localizer, build_map
+    from liploc.localization.localize import Localizer, build_map
 
     build_map(imported, POSED, [DRIVE], tmp_path / "map", device="cpu", onnx=False)
     localizer = Localizer.open(tmp_path / "map", device="cpu")

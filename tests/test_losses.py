@@ -240,7 +240,7 @@ def test_pose_aware_positives_only_within_one_world(tmp_path, shared_world: bool
 
     from liploc.config import Config
     from liploc.datasets import open_dataset
-    from liploc.training.data import PairDataset
+    from liploc.runtime.frame_dataset import PairDataset
 
     for name in ("00", "01"):
         write_kitti_odometry(tmp_path, name, n_frames=3)

@@ -2,13 +2,12 @@
 
 Loads the page from a real server on 127.0.0.1, checks the trajectory drawing, uploads a synthetic
 camera image through the file input, and checks that the top-k poses are drawn on the map, listed
-with their scores, and that the retrieved scans' range images load. Under CI (CI=true) a missing
+with their scores, and that the retrieved scans' range images load. Under CI (conftest.under_ci) a missing
 Chromium fails the test instead of skipping it: `.ci/run` installs it from Debian.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import skip_unless_ci
 from map_world import MAP_FRAMES, map_world, query_image  # noqa: F401
 
 from liploc.serving.app import create_app
@@ -38,10 +38,7 @@ CHROMIUM_FLAGS = [
 def _require_chromium() -> None:
     if CHROMIUM.is_file():
         return
-    message = f"{CHROMIUM} is missing: apt-get install chromium (the CI script installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_unless_ci(f"{CHROMIUM} is missing: apt-get install chromium (the CI script installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +80,30 @@ def page(tmp_path: Path):
             context.close()
 
 
+def _rects(page, selector: str) -> list[dict]:
+    return page.locator(selector).evaluate_all(
+        "els => els.map(e => { const r = e.getBoundingClientRect();"
+        " return {x: r.x, y: r.y, w: r.width, h: r.height}; })"
+    )
+
+
+def _overlapping(rects: list[dict]) -> list[tuple[int, int]]:
+    return [
+        (i, j)
+        for i, a in enumerate(rects)
+        for j, b in enumerate(rects[i + 1 :], i + 1)
+        if a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    ]
+
+
 def test_page_draws_the_map_and_the_poses_of_an_uploaded_image(page, server, map_world, tmp_path) -> None:  # noqa: F811
     errors: list[str] = []
+    failed: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("response", lambda res: failed.append(f"{res.status} {res.url}") if res.status >= 400 else None)
     page.goto(server + "/")
     page.wait_for_selector("body[data-ready=true]", timeout=20000)
     assert page.locator("#scans circle").count() == MAP_FRAMES
@@ -122,15 +140,24 @@ def test_page_draws_the_map_and_the_poses_of_an_uploaded_image(page, server, map
     span = max(extent["x_max"] - extent["x_min"], extent["y_max"] - extent["y_min"], 1.0)
     cx = float(page.locator('#matches-layer .match-marker[data-rank="1"] circle').get_attribute("cx"))
     assert cx == pytest.approx(expected[0]["x"] - extent["x_min"] + 0.06 * span, abs=1e-3)
+    # The top-5 of a corridor lie a metre or two apart: their labels are placed apart, not printed
+    # over each other, and a label moved away from its marker has a line to it.
+    labels = _rects(page, "#labels-layer .match-label")
+    assert len(labels) == 5 and not _overlapping(labels), labels
     page.screenshot(path=str(tmp_path / "page.png"))
     assert not errors
+    assert not failed, failed  # the favicon too: nothing the page asks for is missing
 
-    # A bad upload shows the service's message instead of poses.
+    # A bad upload shows the service's message and nothing of the previous answer.
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is not an image")
     page.set_input_files("#image-input", str(bad))
     page.wait_for_selector("#status.error", timeout=20000)
     assert "not a PNG or JPEG" in page.locator("#status").inner_text()
+    assert page.locator("#matches-layer *, #labels-layer *, #range-images *").count() == 0
+    assert page.locator("#matches").is_hidden() and page.locator("#matches tbody tr").count() == 0
+    page.wait_for_function("() => document.getElementById('query-figure').hidden", timeout=20000)
+    assert page.locator("#query-image").is_hidden()  # no broken-image icon
 
 
 def test_page_localizes_several_images_as_a_sequence_and_draws_the_path(page, server, map_world) -> None:  # noqa: F811
@@ -149,12 +176,94 @@ def test_page_localizes_several_images_as_a_sequence_and_draws_the_path(page, se
     ]
     steps = page.locator("#sequence-path circle.path-step").evaluate_all("cs => cs.map(c => c.dataset.frame)")
     assert steps == [p["frame_id"] for p in expected["path"] if p["frame_id"] is not None]
-    assert page.locator("#sequence-path polyline").count() == 1
+    assert page.locator("#sequence-path polyline.path-line").count() == 1
+    # The path is wide and long enough to be seen: nothing covers the middle of its first step,
+    # it spans tens of pixels on the screen, and the best pose's marker is still on top of it.
+    line = _rects(page, "#sequence-path polyline.path-line")[0]
+    assert max(line["w"], line["h"]) >= 60, line
+    covered = page.evaluate(
+        """() => {
+          const steps = [...document.querySelectorAll('#sequence-path circle.path-step')];
+          const [a, b] = steps.slice(0, 2).map(c => c.getBoundingClientRect());
+          const x = (a.x + a.width / 2 + b.x + b.width / 2) / 2;
+          const y = (a.y + a.height / 2 + b.y + b.height / 2) / 2;
+          const top = document.elementFromPoint(x, y);
+          return top.closest('#sequence-path') ? null : top.outerHTML.slice(0, 120);
+        }"""
+    )
+    assert covered is None, covered
+    width = page.locator("#sequence-path polyline.path-line").evaluate(
+        "p => p.getScreenCTM().a * parseFloat(p.getAttribute('stroke-width'))"
+    )
+    assert width >= 3, f"the path is {width:.1f} px wide"
+    best = page.evaluate(
+        """() => {
+          const r = document.querySelector('.match-marker[data-rank="1"] circle').getBoundingClientRect();
+          return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2).closest('.match-marker')
+            ?.dataset.rank;
+        }"""
+    )
+    assert best == "1"
+    assert not _overlapping(_rects(page, "#labels-layer .match-label"))
     assert "the last of 4 images" in page.locator("#status").inner_text()
     assert "000015.png" in page.locator("#status").inner_text()
 
-    # A bad distance shows the service's message (other files: choosing the same fires no change).
+    # A bad distance shows the service's message (other files: choosing the same fires no change),
+    # and the previous path and poses go.
     page.fill("#travelled-input", "1,far")
     page.set_input_files("#image-input", [str(query_image(map_world["root"], f)) for f in (20, 21, 22)])
     page.wait_for_selector("#status.error", timeout=20000)
     assert "not a number" in page.locator("#status").inner_text()
+    assert page.locator("#path-layer *, #matches-layer *, #labels-layer *").count() == 0
+
+
+@pytest.fixture()
+def narrow_page(tmp_path: Path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 420, "height": 800},
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def test_page_at_420_px_keeps_the_map_wide_and_the_legend_apart(narrow_page, server, map_world) -> None:  # noqa: F811
+    page = narrow_page
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=20000)
+    svg = _rects(page, "#trajectory")[0]
+    assert svg["w"] >= 380 and svg["h"] >= 250, svg  # was a strip of about 50 px
+    legend = _rects(page, "#legend > *:not([hidden])")
+    assert not _overlapping(legend), legend
+    assert all(r["x"] >= 0 and r["x"] + r["w"] <= 420 for r in legend), legend
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 420  # nothing sideways
+    page.set_input_files("#image-input", str(query_image(map_world["root"], 12)))
+    page.wait_for_selector("#matches tbody tr", timeout=20000)
+    assert not _overlapping(_rects(page, "#labels-layer .match-label"))
+
+
+def test_api_docs_render_with_no_network(page, server) -> None:
+    outside: list[str] = []
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30000)
+    text = page.locator(".swagger-ui").inner_text()
+    assert "/localize/sequence" in text and "/localize/batch" in text
+    assert not outside, outside

@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, require_shared_data
+from retrieval_reference import brute_force_search
 
 from liploc.console import table_lines
-from liploc.retrieval.index import l2_normalize
-from liploc.retrieval.metrics import (
+from liploc.evaluation.metrics import (
     TimeWindowExclusion,
     chance_hit_probability,
-    count_positives_within,
     evaluate_retrieval,
     one_percent_k,
-    positives_within,
     recall_at_k,
     score_retrieval,
     xy_from_poses,
 )
+from liploc.localization.index import l2_normalize
+from liploc.localization.neighbours import count_positives_within, positives_within
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-KITTI_POSES = SHARED / "kitti-odometry-poses"
+KITTI_POSES = SHARED_DATA / "kitti-odometry-poses"
 
 
 def line_db(n: int = 101) -> np.ndarray:
@@ -34,6 +33,7 @@ def line_db(n: int = 101) -> np.ndarray:
 
 def kitti00_lidar_xy() -> np.ndarray:
     """Ground-plane LiDAR positions of KITTI odometry 00: translation of inv(Tr) @ P_i @ Tr."""
+    require_shared_data()
     poses = np.loadtxt(KITTI_POSES / "00.txt").reshape(-1, 3, 4)
     poses = np.concatenate([poses, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(poses), 1, 1))], axis=1)
     calib = {}
@@ -42,16 +42,6 @@ def kitti00_lidar_xy() -> np.ndarray:
         calib[key] = np.array(values.split(), dtype=float)
     tr = np.vstack([calib["Tr"].reshape(3, 4), [0.0, 0.0, 0.0, 1.0]])
     return xy_from_poses(np.linalg.inv(tr) @ poses @ tr)
-
-
-def brute_force_search(
-    query_emb: np.ndarray, db_emb: np.ndarray, k: int, excluded: np.ndarray | None = None
-) -> np.ndarray:
-    """Top-k indices by cosine similarity with excluded pairs (Q, N) removed: the reference."""
-    sim = query_emb.astype(np.float64) @ db_emb.astype(np.float64).T
-    if excluded is not None:
-        sim = np.where(excluded, -np.inf, sim)
-    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
 # --- positives -------------------------------------------------------------------------------
@@ -308,7 +298,7 @@ def test_kitti00_revisit_positives_appear_only_where_the_drive_returns() -> None
 
 
 def test_same_scan_exclusion_removes_only_the_querys_own_scan() -> None:
-    from liploc.retrieval.metrics import SameScanExclusion
+    from liploc.evaluation.metrics import SameScanExclusion
 
     xy = np.array([[0.0, 0.0], [5.0, 0.0], [30.0, 0.0]])
     db = np.eye(3, dtype=np.float32)

@@ -6,7 +6,6 @@ tests write.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,7 @@ from liploc.errors import ConfigError, DataError
 from liploc.models import ProjectionHead, TwoTowerModel, create_model, inference_config
 from liploc.training.losses import build_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions gain nothing from threads, and OpenMP threads on a busy 2-core machine
-    # slow them down many times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 TINY = ModelConfig(image_encoder="test_resnet", lidar_encoder="test_vit", embed_dim=32, lidar_in_chans=1)

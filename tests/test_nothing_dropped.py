@@ -5,47 +5,37 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_runs
 import torch
-from corridor_world import write_corridor
+from corridor_world import write_corridor, write_train_and_val
 from rich.console import Console
+from tiny_runs import TINY
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import Config, load_config
+from liploc.config import Config
 from liploc.datasets import open_dataset
 from liploc.errors import DataError
-from liploc.retrieval.embedding import embed_frames
-from liploc.retrieval.localize import Localizer, build_map
-from liploc.training.data import ValidationBatches, resolve_data_roots
+from liploc.localization.embedding import embed_frames
+from liploc.localization.localize import Localizer, build_map
+from liploc.runtime.run_folder import load_model_from_checkpoint
 from liploc.training.data_fingerprint import DataChangedError
-from liploc.training.run_folder import load_model_from_checkpoint
+from liploc.training.samplers import ValidationBatches
 from liploc.training.train import train
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def corridor(root: Path) -> Path:
-    write_corridor(root, "00", 40, seed=0)
-    write_corridor(root, "01", 16, seed=100)
-    return root
+    return write_train_and_val(root, 40, 16)
 
 
 def tiny(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", "train.max_steps=1", "train.batch_size=8", *overrides])
-    return resolve_data_roots(cfg, [root])
+    return tiny_runs.tiny_config(root, "train.max_steps=1", "train.batch_size=8", *overrides)
 
 
 def test_a_named_sequence_without_images_is_an_error_unless_allowed(tmp_path: Path) -> None:
@@ -101,7 +91,7 @@ def test_resume_on_changed_data_is_refused_naming_the_change(tmp_path: Path) -> 
 
 
 def test_the_demo_starts_a_fresh_run_when_the_data_changed(tmp_path: Path) -> None:
-    from liploc.demo import train_or_restart
+    from liploc.commands.demo import train_or_restart
 
     data = corridor(tmp_path / "data")
     cfg = tiny(data)

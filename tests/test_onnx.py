@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,13 @@ from map_world import map_world, query_image  # noqa: F401
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.errors import DataError, ModelMismatchError
+from liploc.errors import ConfigError, DataError, ModelMismatchError
 from liploc.interop.camera_preprocess import CameraPreprocess
-from liploc.interop.onnx_localizer import OnnxLocalizer
+from liploc.localization.onnx_localizer import OnnxLocalizer
+from liploc.runtime.inputs import build_transforms, camera_image_input
+from liploc.runtime.run_folder import load_model_from_checkpoint
 from liploc.serving.app import create_app
 from liploc.serving.engine import MapService
-from liploc.training.data import build_transforms, camera_image_input
-from liploc.training.run_folder import load_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,54 +52,76 @@ def test_a_built_map_localizes_without_torch_by_default(map_world) -> None:  # n
 
 
 def test_auto_backend_takes_onnx_only_where_it_gives_torchs_poses(tmp_path: Path) -> None:
-    from liploc.cli import _localize_backend
+    from liploc.localization.backend import choose_backend
 
     map_dir = tmp_path / "map"
     (map_dir / "model" / "onnx").mkdir(parents=True)
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "fp32"}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"  # no export yet
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"  # no export yet
     (map_dir / "model" / "onnx" / "preprocessing.json").write_text("{}")
-    assert _localize_backend(map_dir, None, None, "auto", False) == "onnx"
-    assert _localize_backend(map_dir, None, None, "cpu", False) == "onnx"
-    assert _localize_backend(map_dir, None, None, "cuda", False) == "torch"
-    assert _localize_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
-    assert _localize_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
-    assert _localize_backend(map_dir, tmp_path / "elsewhere", None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "onnx"
+    assert choose_backend(map_dir, None, None, "cpu", False) == "onnx"
+    assert choose_backend(map_dir, None, None, "cuda", False) == "torch"
+    assert choose_backend(map_dir, None, tmp_path / "other.safetensors", "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", True) == "torch"  # --sequence
+    # --onnx DIR is what the user asked for: onnx, or a refusal that says why (it was ignored).
+    with pytest.raises(ConfigError, match="no ONNX export there"):
+        choose_backend(map_dir, tmp_path / "elsewhere", None, "auto", False)
+    assert choose_backend(map_dir, map_dir / "model" / "onnx", None, "auto", True) == "onnx"
+    with pytest.raises(ConfigError, match="--checkpoint"):
+        choose_backend(map_dir, map_dir / "model" / "onnx", tmp_path / "other.safetensors", "auto", False)
     # A map embedded in bf16 (built on a GPU): the fp32 export would not embed queries like it.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": "bf16"}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"
     # A map that did not record its precision: the model's train.precision decides, as it does
     # for torch's queries (auto and fp32 are fp32 on a CPU); no model file to tell: torch.
     (map_dir / "manifest.json").write_text(json.dumps({"embedding_precision": None}))
-    assert _localize_backend(map_dir, None, None, "auto", False) == "torch"
+    assert choose_backend(map_dir, None, None, "auto", False) == "torch"
     for precision, backend in (("auto", "onnx"), ("fp32", "onnx"), ("bf16", "torch"), ("fp16", "torch")):
         config = {"train": {"precision": precision}}
         (map_dir / "model" / "model.json").write_text(json.dumps({"metadata": {"config": config}}))
-        assert _localize_backend(map_dir, None, None, "auto", False) == backend, precision
+        assert choose_backend(map_dir, None, None, "auto", False) == backend, precision
 
 
 @pytest.fixture(scope="module")
-def exported(map_world: dict[str, Path]) -> dict[str, Path]:  # noqa: F811
-    """The map's model exported into MAP/model/onnx by the CLI, and the other run's export."""
+def exported(map_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+    """A private copy of the map, its model exported into COPY/model/onnx by the CLI, and the other
+    run's export. The session's map (and its own export) is shared with other test modules: left
+    as it is."""
     runner = CliRunner()
-    onnx_dir = map_world["map"] / "model" / "onnx"
+    shared_before = _file_states(map_world["map"])
+    private = tmp_path_factory.mktemp("onnx")
+    map_dir = private / "map"
+    shutil.copytree(map_world["map"], map_dir, symlinks=True)
+    onnx_dir = map_dir / "model" / "onnx"
     res = runner.invoke(
         app,
         [
             "export",
-            str(map_world["map"] / "model" / "model.safetensors"),
+            str(map_dir / "model" / "model.safetensors"),
             "--format",
             "onnx",
             "--out",
             str(onnx_dir),
+            "--force",  # map build left the map's own export there
         ],
     )
     assert res.exit_code == 0, res.output
     assert "largest difference to torch" in res.output
-    other = map_world["other_run"].parent / "other-onnx"
+    other = private / "other-onnx"
     res = runner.invoke(app, ["export", str(map_world["other_run"]), "--out", str(other)])
     assert res.exit_code == 0, res.output
-    return {"map_export": onnx_dir, "other_export": other}
+    assert _file_states(map_world["map"]) == shared_before, "the session's map was changed"
+    return {"map": map_dir, "map_export": onnx_dir, "other_export": other}
+
+
+def _file_states(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime in ns, size) of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_export_writes_both_towers_that_match_torch_with_a_dynamic_batch(exported, map_world) -> None:  # noqa: F811
@@ -125,7 +148,7 @@ def test_export_writes_both_towers_that_match_torch_with_a_dynamic_batch(exporte
 @pytest.mark.parametrize("shape", [(40, 128), (17, 23), (300, 500), (32, 32)])
 def test_numpy_camera_preprocessing_equals_torchs(exported, map_world, shape) -> None:  # noqa: F811
     _, config = load_model_from_checkpoint(map_world["run"])
-    spec = json.loads((map_world["map"] / "model" / "onnx" / "preprocessing.json").read_text())
+    spec = json.loads((exported["map"] / "model" / "onnx" / "preprocessing.json").read_text())
     image = np.random.default_rng(shape[0]).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     expected = (
         build_transforms(config.data, train=False, model=config.model)
@@ -146,8 +169,8 @@ def _localize_json(args: list[str]) -> list[dict]:
 
 def test_localize_backend_onnx_gives_the_torch_results(exported, map_world) -> None:  # noqa: F811
     images = [str(query_image(map_world["root"], f)) for f in (0, 9, 21, 29)]
-    torch_out = _localize_json([str(map_world["map"]), *images, "--backend", "torch", "--device", "cpu"])
-    onnx_out = _localize_json([str(map_world["map"]), *images, "--backend", "onnx"])
+    torch_out = _localize_json([str(exported["map"]), *images, "--backend", "torch", "--device", "cpu"])
+    onnx_out = _localize_json([str(exported["map"]), *images, "--backend", "onnx"])
     for a, b in zip(torch_out, onnx_out, strict=True):
         assert [m["frame"] for m in a["matches"]] == [m["frame"] for m in b["matches"]]
         np.testing.assert_allclose(
@@ -159,7 +182,7 @@ def test_serve_backend_onnx_answers_like_torch(exported, map_world) -> None:  # 
     data = query_image(map_world["root"], 13).read_bytes()
     answers = []
     for backend in ("torch", "onnx"):
-        service = MapService.open(map_world["map"], backend=backend, device="cpu")
+        service = MapService.open(exported["map"], backend=backend, device="cpu")
         with TestClient(create_app(service)) as c:
             body = c.post("/localize?k=5", files={"image": data}).json()
         assert body["backend"] == backend
@@ -175,7 +198,7 @@ def test_serve_backend_onnx_localizes_sequences_like_torch(exported, map_world) 
     ]
     answers = []
     for backend in ("torch", "onnx"):
-        service = MapService.open(map_world["map"], backend=backend, device="cpu")
+        service = MapService.open(exported["map"], backend=backend, device="cpu")
         with TestClient(create_app(service)) as c:
             res = c.post("/localize/sequence?k=3", files=files, data={"travelled": "1,1,1"})
         assert res.status_code == 200, res.text
@@ -197,7 +220,7 @@ def test_localize_sequence_on_the_onnx_backend_gives_torchs_path(exported, map_w
     runner = CliRunner()
     answers = {}
     for backend in ("torch", "onnx"):
-        cmd = ["localize", str(map_world["map"]), *images, "--sequence", "--travelled", "1,1,1"]
+        cmd = ["localize", str(exported["map"]), *images, "--sequence", "--travelled", "1,1,1"]
         res = runner.invoke(app, [*cmd, "--json", "-k", "3", "--backend", backend])
         assert res.exit_code == 0, res.output
         answers[backend] = json.loads(res.output)
@@ -212,32 +235,34 @@ def test_localize_sequence_on_the_onnx_backend_gives_torchs_path(exported, map_w
     # Another model's checkpoint is torch's business: refused, not silently ignored.
     other = ["--checkpoint", str(map_world["other_run"])]
     res = runner.invoke(
-        app, ["localize", str(map_world["map"]), *images, "--sequence", "--backend", "onnx", *other]
+        app, ["localize", str(exported["map"]), *images, "--sequence", "--backend", "onnx", *other]
     )
     assert res.exit_code == 1 and "--checkpoint is for the torch backend" in res.output
 
 
 def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # noqa: F811
-    # torch made unimportable: the ONNX path must not need it.
+    # torch installed and importable, but the ONNX path never imports it (nor timm): a torch-free
+    # install would run the same code. (test_a_built_map_localizes_without_torch_by_default runs
+    # with torch made unimportable.)
     script = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from liploc.interop.onnx_localizer import OnnxLocalizer\n"
-        f"loc = OnnxLocalizer.open({str(map_world['map'])!r})\n"
+        "import sys\n"
+        "from liploc.localization.onnx_localizer import OnnxLocalizer\n"
+        f"loc = OnnxLocalizer.open({str(exported['map'])!r})\n"
         f"m = loc.localize([{str(query_image(map_world['root'], 4))!r}], 3)[0]\n"
-        "print(len(m), m[0].frame_id, 'torch' in sys.modules and sys.modules['torch'] is not None)\n"
+        "print(len(m), m[0].frame_id, 'torch' in sys.modules, 'timm' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
-    n, _, torch_loaded = res.stdout.split()
-    assert n == "3" and torch_loaded == "False"
+    n, _, torch_imported, timm_imported = res.stdout.split()
+    assert n == "3" and torch_imported == "False" and timm_imported == "False"
 
 
 def test_an_export_of_another_model_or_a_changed_graph_is_refused(exported, map_world, tmp_path) -> None:  # noqa: F811
     with pytest.raises(ModelMismatchError, match="built with model"):
-        OnnxLocalizer.open(map_world["map"], exported["other_export"])
+        OnnxLocalizer.open(exported["map"], exported["other_export"])
     with pytest.raises(DataError, match="liploc export"):
-        OnnxLocalizer.open(map_world["map"], tmp_path / "nowhere")
+        OnnxLocalizer.open(exported["map"], tmp_path / "nowhere")
     copy = tmp_path / "tampered"
     copy.mkdir()
     for f in exported["map_export"].iterdir():
@@ -245,11 +270,47 @@ def test_an_export_of_another_model_or_a_changed_graph_is_refused(exported, map_
     graph = copy / "image_tower.onnx"
     graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(DataError, match="checksum"):
-        OnnxLocalizer.open(map_world["map"], copy)
+        OnnxLocalizer.open(exported["map"], copy)
     res = CliRunner().invoke(
         app, ["export", str(map_world["run"]), "--format", "tflite", "--out", str(tmp_path / "x")]
     )
-    assert res.exit_code == 1 and "unknown export format" in res.output
-    res = CliRunner().invoke(app, ["localize", str(map_world["map"]), "x.png", "--backend", "tpu"])
+    assert res.exit_code == 2 and "tflite" in res.output  # a usage error, like other bad values
+    res = CliRunner().invoke(app, ["localize", str(exported["map"]), "x.png", "--backend", "tpu"])
     # A usage error, refused by the command line's own check before anything loads.
     assert res.exit_code == 2 and "tpu" in res.output
+
+
+def _export_copy(source: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in source.iterdir():
+        dest.joinpath(f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_a_graph_swapped_for_another_models_is_refused_by_its_own_word(exported, tmp_path) -> None:
+    # Fault found from outside: the other model's graph, with preprocessing.json's sha256 rewritten
+    # to match, was used with the JSON's fingerprint (frame 55 where torch gives 53).
+    from liploc.checksums import file_size_and_sha256
+    from liploc.interop.onnx_encoder import OnnxImageEncoder
+
+    forged = _export_copy(exported["map_export"], tmp_path / "forged")
+    (forged / "image_tower.onnx").write_bytes((exported["other_export"] / "image_tower.onnx").read_bytes())
+    spec = json.loads((forged / "preprocessing.json").read_text())
+    spec["image"]["sha256"] = file_size_and_sha256(forged / "image_tower.onnx")[1]
+    (forged / "preprocessing.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"image_tower\.onnx: the graph is of model"):
+        OnnxImageEncoder(forged)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/image_tower.onnx", ".."])
+def test_the_export_description_cannot_point_outside_its_folder(exported, tmp_path, name: str) -> None:
+    from liploc.interop.onnx_encoder import OnnxImageEncoder
+
+    bad = _export_copy(exported["map_export"], tmp_path / "bad")
+    spec = json.loads((bad / "preprocessing.json").read_text())
+    spec["image"]["file"] = name
+    (bad / "preprocessing.json").write_text(json.dumps(spec))
+    with pytest.raises(
+        DataError, match=r"preprocessing\.json: names the graph .* not a file of the export folder"
+    ):
+        OnnxImageEncoder(bad)

@@ -14,13 +14,13 @@ from conftest import IDEAL_TR, forward_camera_poses, write_kitti_odometry
 from liploc.config import Config, LossConfig, ModelConfig, load_config
 from liploc.datasets import Calibration, Frame
 from liploc.errors import EmbeddingError
+from liploc.evaluation.metrics import evaluate_retrieval
+from liploc.evaluation.reference_metric import odometry_camera_translations, reference_metric
 from liploc.interop.lip_loc import PAPER_SETTINGS
+from liploc.localization.index import EmbeddingIndex
+from liploc.localization.lidar_map import LidarMap
 from liploc.models import create_model
-from liploc.retrieval.index import EmbeddingIndex
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.metrics import evaluate_retrieval
-from liploc.retrieval.reference_metric import odometry_camera_translations, reference_metric
-from liploc.training.data import resize_chw, resize_chw_opencv
+from liploc.runtime.inputs import resize_chw, resize_chw_opencv
 from liploc.training.losses import SoftTargetLoss, build_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 from conftest import write_kitti_odometry
+from tiny_runs import train_tiny
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import load_config
-from liploc.training.train import train
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +25,11 @@ def kitti_style(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "--frames", "2", "--spacing", "4", "--blocks", "3x2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    run = tmp_path_factory.mktemp("run") / "run"
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.datasets=[{{root: '{root}', train: ['01', '03'], val: []}}]",
-            "data.image_size=[32, 32]",
-            "data.val_fraction=0",
-            "train.max_steps=1",
-            "train.batch_size=4",
-        ],
+    run = train_tiny(
+        tmp_path_factory.mktemp("run") / "run",
+        f"{{root: '{root}', train: ['01', '03'], val: []}}",
+        *("data.val_fraction=0", "train.max_steps=1", "train.batch_size=4"),
     )
-    train(cfg, run, progress=False)
     return {"root": root, "run": run}
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_shared_data
 
 from liploc.config import ProjectionConfig, load_config
 from liploc.datasets import Calibration, open_dataset
@@ -24,14 +24,10 @@ from liploc.lidar import (
     project_to_range_image,
 )
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti-raw-sample"
-
 
 @pytest.fixture(scope="module")
 def sample_frames():
-    if not SAMPLE.is_dir():
-        pytest.skip(f"shared sample data not found at {SAMPLE}")
-    reader = open_dataset(SAMPLE)
+    reader = open_dataset(require_shared_data() / "kitti-raw-sample")
     return reader.frames(reader.sequences()[0])
 
 

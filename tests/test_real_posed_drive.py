@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.retrieval.metrics import format_percent
+from liploc.evaluation.metrics import format_percent
 
 DRIVE = "2011_09_26_drive_0013_sync"
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"

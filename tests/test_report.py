@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from liploc.console import table_lines
-from liploc.retrieval.metrics import score_retrieval
-from liploc.retrieval.report import RetrievalExample, example_rank_name, select_examples, write_report
+from liploc.evaluation.metrics import score_retrieval
+from liploc.evaluation.report import RetrievalExample, example_rank_name, select_examples, write_report
 
 
 def loop_result():
@@ -123,7 +123,7 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
 
 
 def test_trajectory_title_names_the_method_and_the_legend_every_group() -> None:
-    from liploc.retrieval.report import plot_trajectory
+    from liploc.evaluation.report import plot_trajectory
 
     result, xy = loop_result()
     fig = plot_trajectory(result, xy, xy, label="sequence of 7 images")

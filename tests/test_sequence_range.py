@@ -10,7 +10,7 @@ from conftest import write_kitti_odometry
 from liploc.config import load_config
 from liploc.datasets.sequence_range import SequenceRange
 from liploc.errors import ConfigError
-from liploc.training.data import split_frames
+from liploc.runtime.data_roots import split_frames
 
 
 def test_parse_and_print() -> None:

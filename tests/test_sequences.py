@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from liploc.retrieval.sequences import (
+from liploc.localization.sequences import (
     MapTrack,
     SequenceMatcher,
     SequenceSettings,

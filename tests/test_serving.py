@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from map_world import MAP_FRAMES, MAP_SEQUENCE, map_world, query_image  # noqa: 
 from PIL import Image
 
 from liploc.errors import ModelMismatchError
-from liploc.retrieval.localize import Localizer
+from liploc.localization.localize import Localizer
 from liploc.serving.app import create_app
 from liploc.serving.engine import MapService
 from liploc.serving.settings import ServeSettings
@@ -158,8 +159,8 @@ GOOD_PNG = png_bytes(GOOD)
                 "headers": {"content-type": "multipart/form-data; boundary=b"},
             },
             400,
-            "no_image",
-            "file field",
+            "unknown_field",
+            "'note'",
         ),
         ({"data": {"note": "no file"}}, 415, "unsupported_content_type", "x-www-form-urlencoded"),
         ({"files": [("image", GOOD_PNG), ("image", GOOD_PNG)]}, 400, "too_many_images", "/localize/batch"),
@@ -301,7 +302,7 @@ def test_limits_are_settings(service, map_world) -> None:  # noqa: F811
     with TestClient(create_app(service, ServeSettings(max_sequence_images=3))) as c:
         res = c.post("/localize/sequence", files=sequence_form(map_world, [1, 2, 3, 4]))
         assert res.status_code == 413 and res.json()["error"] == "too_many_images"
-        assert "4 images" in res.json()["detail"] and "limit is 3" in res.json()["detail"]
+        assert "more than 3 images" in res.json()["detail"] and "limit is 3" in res.json()["detail"]
         assert c.post("/localize/sequence", files=sequence_form(map_world, [1, 2, 3])).status_code == 200
 
 
@@ -331,18 +332,30 @@ def test_internal_failure_is_a_500_json_without_traceback(service, monkeypatch) 
     assert res.json()["error"] == "internal_error" and "Traceback" not in res.text
 
 
-def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, map_world) -> None:  # noqa: F811
+def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, map_world, monkeypatch) -> None:  # noqa: F811
     frames = list(range(0, MAP_FRAMES, 3))
     expected = dict(zip(frames, expected_matches(map_world, frames, 3), strict=True))
     answers: dict[int, list[dict]] = {}
     errors: list[str] = []
+    # Happens-before, not timing: the first batch is held on the batch thread until every other
+    # request has been queued behind it; then the queue must go out as one batch (the batcher
+    # takes what is queued without waiting), whatever the machine's load.
+    release, first_batch = threading.Event(), []
+    real_batch = service.localize_prepared
+
+    def held_first_batch(images, k):  # type: ignore[no-untyped-def]
+        if not first_batch:
+            first_batch.append(len(images))
+            assert release.wait(120), "the other requests were never queued"
+        return real_batch(images, k)
+
+    monkeypatch.setattr(service, "localize_prepared", held_first_batch)
     settings = ServeSettings(max_wait_ms=200.0, max_batch=16)
-    with TestClient(create_app(service, settings)) as c:
-        barrier = threading.Barrier(len(frames))
+    app = create_app(service, settings)
+    with TestClient(app) as c:
 
         def one(frame: int) -> None:
             data = query_image(map_world["root"], frame).read_bytes()
-            barrier.wait()
             res = c.post("/localize?k=3", files={"image": data})
             if res.status_code != 200:
                 errors.append(res.text)
@@ -352,6 +365,14 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
         threads = [threading.Thread(target=one, args=(f,)) for f in frames]
         for t in threads:
             t.start()
+        queue = app.state.batcher._queue
+        deadline = time.monotonic() + 120  # only bounds a failure; nothing here is timed
+        try:
+            while not (first_batch and queue.qsize() == len(frames) - first_batch[0]):
+                assert time.monotonic() < deadline and not errors, (first_batch, queue.qsize(), errors)
+                time.sleep(0.01)
+        finally:
+            release.set()
         for t in threads:
             t.join()
         stats = c.get("/health").json()["batching"]
@@ -362,7 +383,10 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(service, ma
     # Scores differ from image to image, so a mixed-up answer would be caught above.
     assert len({round(answers[f][0]["score"], 5) for f in frames}) > len(frames) // 2
     assert stats["requests"] == len(frames)
-    assert stats["largest_batch_images"] > 1 and stats["batches"] < len(frames), stats
+    # The held batch (which may already hold them all: it waits for requests still uploading),
+    # then everything that queued behind it, in one batch.
+    assert stats["batches"] == (1 if first_batch[0] == len(frames) else 2), (first_batch, stats)
+    assert stats["largest_batch_images"] == max(first_batch[0], len(frames) - first_batch[0]) > 1, stats
 
 
 def test_a_service_refuses_another_models_queries(map_world) -> None:  # noqa: F811
@@ -376,8 +400,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop_signal) -> None:  # noqa: F811
+@pytest.mark.parametrize(("stop_signal", "backend"), [(signal.SIGTERM, "auto"), (signal.SIGINT, "torch")])
+def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop_signal, backend) -> None:  # noqa: F811
+    """``serve`` starts on the map's ONNX export by default (auto, as ``localize``), on torch when asked."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(
@@ -391,6 +416,7 @@ def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop
             str(port),
             "--device",
             "cpu",
+            *(["--backend", backend] if backend != "auto" else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -411,6 +437,7 @@ def test_serve_process_binds_localhost_answers_and_stops_cleanly(map_world, stop
         image = query_image(map_world["root"], 5).read_bytes()
         res = httpx.post(f"http://127.0.0.1:{port}/localize", files={"image": image}, timeout=30)
         assert res.status_code == 200 and len(res.json()["matches"]) == 5
+        assert res.json()["backend"] == ("onnx" if backend == "auto" else "torch")
         proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -449,3 +476,117 @@ def test_batcher_waits_only_for_announced_requests_and_only_so_long() -> None:
 
     asyncio.run(scenario())
     assert calls == [1, 3]
+
+
+# --- what a new user trips over (issue 24) and memory a request can take (issue 26) -----------------
+def test_too_many_images_is_413_naming_the_option_whatever_the_count(service, map_world) -> None:  # noqa: F811
+    tiny = png_bytes(np.zeros((20, 20, 3), dtype=np.uint8))
+    settings = ServeSettings(max_images_per_request=2, max_sequence_images=3)
+    with TestClient(create_app(service, settings)) as c:
+        for count in (3, 4, 40):  # one over the limit, and past starlette's own file count limit
+            res = c.post("/localize/batch", files=[("images", tiny)] * count)
+            assert res.status_code == 413, (count, res.text)
+            assert res.json()["error"] == "too_many_images"
+            assert "--max-images-per-request" in res.json()["detail"] and "limit is 2" in res.json()["detail"]
+        for count in (4, 5, 40):
+            res = c.post("/localize/sequence", files=sequence_form(map_world, [1] * count))
+            assert res.status_code == 413 and res.json()["error"] == "too_many_images", (count, res.text)
+            assert "--max-sequence-images" in res.json()["detail"]
+        for count in (2, 3, 40):
+            res = c.post("/localize", files=[("image", tiny)] * count)
+            assert res.status_code == 400 and res.json()["error"] == "too_many_images", (count, res.text)
+            assert "/localize/batch" in res.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("url", "files", "data", "words"),
+    [
+        ("/localize", [("file", GOOD_PNG)], {}, "'file'"),
+        ("/localize", [("foo", GOOD_PNG)], {}, "'foo'"),
+        ("/localize", [("image", GOOD_PNG)], {"note": "hi"}, "'note'"),
+        ("/localize/batch", [("image", GOOD_PNG)], {}, "'images'"),
+        ("/localize/batch", [("images", GOOD_PNG), ("extra", GOOD_PNG)], {}, "'extra'"),
+        ("/localize/sequence", [("frames", GOOD_PNG)], {}, "'frames'"),
+    ],
+)
+def test_unknown_form_fields_are_a_400_that_names_the_right_one(client, url, files, data, words) -> None:
+    res = client.post(url, files=files, data=data)
+    assert res.status_code == 400, res.text
+    assert res.json()["error"] == "unknown_field" and words in res.json()["detail"], res.json()
+
+
+def test_a_text_field_where_the_image_should_be_says_so(client) -> None:
+    res = client.post("/localize", files={"image": (None, "query.png")})  # a text part, not a file
+    assert res.status_code == 400 and res.json()["error"] == "not_a_file", res.text
+    assert "image=@" in res.json()["detail"]
+
+
+def test_k_answered_is_the_number_of_poses_returned(client, map_world) -> None:  # noqa: F811
+    image = query_image(map_world["root"], 4).read_bytes()
+    body = client.post("/localize?k=40", files={"image": image}).json()
+    assert len(body["matches"]) == MAP_FRAMES and body["k"] == MAP_FRAMES and body["k_requested"] == 40
+    body = client.post("/localize?k=3", files={"image": image}).json()
+    assert body["k"] == body["k_requested"] == 3 and len(body["matches"]) == 3
+    body = client.post("/localize/batch?k=99", files=[("images", image)] * 2).json()
+    assert body["k"] == MAP_FRAMES and body["k_requested"] == 99
+    assert all(len(r["matches"]) == MAP_FRAMES for r in body["results"])
+    body = client.post("/localize/sequence?k=50", files=sequence_form(map_world, [3, 4])).json()
+    assert body["k"] == len(body["matches"]) == MAP_FRAMES and body["k_requested"] == 50
+
+
+def test_favicon_and_docs_need_nothing_from_outside(client) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200, page
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert assets and not [a for a in assets if "//" in a], (page, assets)  # no CDN
+        for asset in assets:
+            res = client.get(asset)
+            assert res.status_code == 200 and len(res.content) > 100, asset
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_a_request_of_many_large_images_is_413_before_any_is_decoded(service) -> None:
+    settings = ServeSettings()
+    big = _png_header(7000, 7000)  # 49 Mpx: under the per-image limit, 147 MB once decoded
+    with TestClient(create_app(service, settings)) as c:
+        for url, field in (("/localize/sequence", "image"), ("/localize/batch", "images")):
+            res = c.post(url, files=[(field, (f"{i}.png", big)) for i in range(16)])
+            assert res.status_code == 413, res.text
+            body = res.json()
+            assert body["error"] == "too_many_pixels" and "--max-request-megapixels" in body["detail"]
+            assert "16 images" in body["detail"], body
+        res = c.post("/localize", files={"image": _png_header(9000, 9000)})
+        assert res.status_code == 422 and res.json()["error"] == "image_too_large"
+
+
+def test_a_sequence_is_decoded_and_shrunk_one_image_at_a_time(service) -> None:
+    import tracemalloc
+
+    frame = png_bytes(np.zeros((1500, 2000, 3), dtype=np.uint8))  # 9 MB of pixels, 9 kB of PNG
+    decoded = 1500 * 2000 * 3
+    one = 5 * decoded  # its pixels, and the float32 copy the resize to the network's input makes
+    with TestClient(create_app(service)) as c:
+        tracemalloc.start()
+        try:
+            res = c.post("/localize/sequence", files=[("image", (f"{i}.png", frame)) for i in range(8)])
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert res.status_code == 200, res.text
+    # All eight kept until the last is decoded: 72 MB, plus the one being resized (109 MB before);
+    # one at a time: one image and its copies.
+    assert peak < 1.5 * one, f"peak {peak / 1e6:.0f} MB for 8 images of {decoded / 1e6:.0f} MB"

@@ -9,35 +9,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from corridor_world import write_corridor
+from corridor_world import corridor_fixture
+from tiny_runs import TINY
+from tiny_runs import tiny_config as _config
 from torch import nn
 
 from liploc.config import load_config
 from liploc.errors import LiplocError
+from liploc.localization import embedding
+from liploc.localization.embedding import embed_frames
+from liploc.localization.lidar_map import LidarMap
+from liploc.localization.localize import Localizer
+from liploc.localization.map_folder import MODEL_DIR
 from liploc.models import ImageTower, create_model
-from liploc.retrieval import embedding
-from liploc.retrieval.embedding import embed_frames
-from liploc.retrieval.lidar_map import LidarMap
-from liploc.retrieval.localize import MODEL_DIR, Localizer
-from liploc.training.checkpoint import load_checkpoint
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.runtime.checkpoint import load_checkpoint
+from liploc.runtime.data_roots import split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.preprocess_cache import CACHE_DIR_ENV, preprocess_cache_dir
+from liploc.training.checkpointing import save_training_checkpoint
+from liploc.training.distributed import _needs_buffer_broadcast
 from liploc.training.losses import ClipLoss, build_loss
-from liploc.training.preprocess_cache import preprocess_cache_dir
-from liploc.training.train import _needs_buffer_broadcast, _save_training_checkpoint, train
+from liploc.training.train import train
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 40, seed=0)
-    write_corridor(root, "01", 16, seed=100)
-    return root
-
-
-def _config(root: Path, *overrides: str):
-    return resolve_data_roots(load_config(TINY, ["data.num_workers=0", *overrides]), [root])
+drive = corridor_fixture(40, 16, name="drive")
 
 
 def test_raw_worker_inputs_with_device_transform_equal_the_cpu_transform(drive: Path) -> None:
@@ -99,6 +93,10 @@ def test_image_and_scan_sets_embed_in_one_pass_as_they_do_apart(
 
     monkeypatch.setattr(embedding, "embed_batch", recording)
     monkeypatch.setattr(embedding, "loader_cores", lambda: 2)
+    # A cache folder of this test alone: the embeddings above (and other tests) filled the session's.
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "user-cache"))
+    cache = Path(preprocess_cache_dir(cfg.data))
+    assert cache == tmp_path / "user-cache" and not cache.exists()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -111,9 +109,9 @@ def test_image_and_scan_sets_embed_in_one_pass_as_they_do_apart(
     assert set(threads_seen) == {1}
     for a, b in zip(apart, together, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)  # one torch thread vs several: sums reorder
-    # Evaluation-style embedding fills the shared preprocessing cache (training's) by default.
-    cache = Path(preprocess_cache_dir(cfg.data))
-    assert any(cache.rglob("*.npy"))
+    # Evaluation-style embedding fills the shared preprocessing cache (training's) by default: one
+    # entry per query image and per database scan.
+    assert len(list(cache.rglob("*.npy"))) == len(queries) + len(database)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +132,7 @@ def tiny_map(drive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     lidar_map.save(out)
     position = {"step": 0, "epoch": 0, "step_in_epoch": 0, "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
     (out / MODEL_DIR).mkdir()
-    _save_training_checkpoint(
+    save_training_checkpoint(
         out / MODEL_DIR / "model.safetensors", cfg, model, build_loss(cfg.loss), position, {}
     )
     return out, model

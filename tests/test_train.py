@@ -6,51 +6,33 @@ import json
 import math
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from corridor_world import write_corridor
+from corridor_world import corridor_fixture
+from tiny_runs import TINY, tiny_config
 from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from liploc.cli import app
-from liploc.config import Config, TrainConfig, load_config
+from liploc.config import TrainConfig
 from liploc.errors import ConfigError, DataError
 from liploc.models import create_model
-from liploc.training.checkpoint import load_checkpoint, metadata_path, strip_prefix
-from liploc.training.data import PairDataset, resolve_data_roots, split_frames
+from liploc.runtime.checkpoint import load_checkpoint, metadata_path, strip_prefix
+from liploc.runtime.data_roots import split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
-from liploc.training.run_folder import load_model_from_checkpoint, read_csv_rows
-from liploc.training.train import LrSchedule, train, validate
+from liploc.training.schedule import LrSchedule
+from liploc.training.train import train
+from liploc.training.validation import validate
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models run many small ops: one thread is as fast and immune to other processes
-    # competing for the cores (two threads can then be an order of magnitude slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-@pytest.fixture(scope="module")
-def corridor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Toy drives: 64 training places (sequence 00), 32 other places for validation (01)."""
-    root = tmp_path_factory.mktemp("corridor")
-    write_corridor(root, "00", 64, seed=0)
-    write_corridor(root, "01", 32, seed=100)
-    return root
-
-
-def tiny_config(root: Path, *overrides: str) -> Config:
-    cfg = load_config(TINY, ["data.num_workers=0", *overrides])
-    return resolve_data_roots(cfg, [root])
+corridor = corridor_fixture(64, 32)  # 64 training places (sequence 00), 32 for validation (01)
 
 
 def test_untrained_loss_is_near_log_n(corridor: Path) -> None:
@@ -97,6 +79,10 @@ def test_tiny_config_learns_the_corridor(corridor: Path, tmp_path: Path) -> None
     last_model, _ = load_model_from_checkpoint(result.last_checkpoint)
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"step": 60' in summary and last_model.embed_dim == cfg.model.embed_dim
+    # The run records the input normalisation its towers were trained with, and where it came from.
+    normalization = json.loads(summary)["input_normalization"]
+    assert normalization["setting"] == cfg.data.normalize
+    assert set(normalization) == {"setting", "image", "lidar"} and "source" in normalization["image"]
 
 
 @pytest.mark.parametrize(("metric", "best_epoch"), [("val_top1", 2), ("val_loss", 1)])
@@ -105,7 +91,7 @@ def test_best_checkpoint_follows_the_chosen_metric(
 ) -> None:
     # Scripted validation: the loss is lowest at epoch 1 while the retrieval accuracy peaks at
     # epoch 2, as on a leak-free validation set where the model grows confident.
-    import liploc.training.train as train_module
+    import liploc.training.loop as loop_module
 
     script = iter([(1.0, 0.1), (2.0, 0.5), (3.0, 0.3)])
 
@@ -118,7 +104,7 @@ def test_best_checkpoint_follows_the_chosen_metric(
             "val_pairs": 16.0,
         }
 
-    monkeypatch.setattr(train_module, "validate", scripted_validate)
+    monkeypatch.setattr(loop_module, "validate", scripted_validate)
     cfg = tiny_config(corridor, "train.epochs=3", "train.scheduler=none", f"train.best_metric={metric}")
     result = train(cfg, tmp_path / "run", progress=False)
     epochs = read_csv_rows(tmp_path / "run" / "epochs.csv")

@@ -14,11 +14,12 @@ from corridor_world import write_corridor
 from torch.utils.data import DataLoader
 
 from liploc.config import load_config
-from liploc.training.checkpoint import load_checkpoint, strip_prefix
-from liploc.training.data import PairDataset, split_frames
+from liploc.runtime.checkpoint import load_checkpoint, strip_prefix
+from liploc.runtime.data_roots import split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.run_folder import load_model_from_checkpoint, read_csv_rows
 from liploc.training.losses import build_loss
-from liploc.training.run_folder import load_model_from_checkpoint, read_csv_rows
-from liploc.training.train import validate
+from liploc.training.validation import validate
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

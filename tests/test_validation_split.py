@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from corridor_world import write_corridor
 
 from liploc.config import load_config
 from liploc.datasets import Calibration, Frame
-from liploc.training.data import resolve_data_roots
+from liploc.runtime.data_roots import resolve_data_roots
 from liploc.training.train import train
 from liploc.training.validation_split import block_split, min_train_val_distance, random_split
 
@@ -88,8 +87,8 @@ def test_the_papers_random_split_leaks_a_neighbour_one_metre_away() -> None:
     assert min_train_val_distance(held.train, held.val) == pytest.approx(1.0)
 
 
+@pytest.mark.usefixtures("one_thread")  # see conftest.py
 def test_training_log_and_summary_give_the_splits_and_the_smallest_distance(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     write_corridor(tmp_path / "data", "00", 80, seed=0)  # frames 1 m apart
     cfg = load_config(
         TINY,
@@ -143,3 +142,30 @@ def test_sequences_of_one_world_keep_each_other_out_of_the_gap() -> None:
         seed=4,
     )
     assert nearest(alone.train, alone.val) < 15.0
+
+
+def test_named_val_sequences_that_pass_where_training_drives_do_are_called_a_leak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # configs/tiny.yaml trains on 00 and validates on 01; on a synthetic town 01 is 00's partner
+    # drive one lane over, and the log said "0.1 m (same sequence)" of two different drives.
+    import liploc.training.splits as splits
+
+    def town(sequence: str, xy: np.ndarray) -> list[Frame]:
+        return [
+            TownFrame(f.sequence, f.index, f.image_path, f.scan_path, f.pose, f.calib)
+            for f in frames_at(sequence, xy)
+        ]
+
+    drives = {"train": town("00", straight(100)), "val": town("01", straight(60) + np.array([0.0, 3.0]))}
+    monkeypatch.setattr(splits, "check_named_sequences", lambda data: (data, []))
+    monkeypatch.setattr(splits, "_unpaired_count", lambda data, split: 0)
+    monkeypatch.setattr(splits, "split_frames", lambda data, split: list(drives[split]))
+    data = load_config(TINY).data
+    notes = " | ".join(splits.training_splits(data, seed=0).notes)
+    assert "smallest train-validation distance: 3.0 m (same world)" in notes
+    assert "validation leaks: 60 of 60 validation frames lie within 20 m of a training frame" in notes
+    # Validation on another street (200 m away) is not called a leak.
+    drives["val"] = town("01", straight(60) + np.array([0.0, 200.0]))
+    notes = " | ".join(splits.training_splits(data, seed=0).notes)
+    assert "leaks" not in notes and "200.0 m (same world)" in notes

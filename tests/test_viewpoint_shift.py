@@ -19,7 +19,9 @@ from liploc.lidar import (
     shift_points_sideways,
 )
 from liploc.lidar.range_image import column_of_azimuth, row_of_elevation
-from liploc.training.data import PairDataset, lidar_input, resolve_data_roots, split_frames
+from liploc.runtime.data_roots import resolve_data_roots, split_frames
+from liploc.runtime.frame_dataset import PairDataset
+from liploc.runtime.inputs import lidar_input
 
 
 def test_points_move_opposite_to_the_lidar_and_keep_their_other_values() -> None:

@@ -26,9 +26,9 @@ import torch
 
 from liploc.config import Config, load_config
 from liploc.models import create_model
+from liploc.runtime.checkpoint import load_checkpoint
+from liploc.runtime.data_roots import resolve_data_roots
 from liploc.training import distributed
-from liploc.training.checkpoint import load_checkpoint
-from liploc.training.data import resolve_data_roots
 from liploc.training.train import train
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"

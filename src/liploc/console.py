@@ -12,8 +12,18 @@ path in the middle.
 
 from __future__ import annotations
 
+from typing import overload
+
 from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -96,3 +106,28 @@ def _plain(cell: object) -> str:
     if isinstance(cell, Text):
         return cell.plain
     return Text.from_markup(str(cell)).plain
+
+
+@overload
+def progress_bar(console: Console, *, transient: bool = True, elapsed: bool = False) -> Progress: ...
+@overload
+def progress_bar(console: None, *, transient: bool = True, elapsed: bool = False) -> None: ...
+def progress_bar(
+    console: Console | None, *, transient: bool = True, elapsed: bool = False
+) -> Progress | None:
+    """The rich progress bar of every command: description, bar, done/total and the time left
+    (``elapsed``: the time taken so far); None when quiet (``console`` None).
+
+    ``transient``: the bar disappears when done; otherwise its last state stays, in a terminal
+    and, as one line, in a pipe or log file.
+    """
+    if console is None:
+        return None
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn() if elapsed else TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )

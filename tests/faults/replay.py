@@ -83,7 +83,7 @@ def train_args(run: Path, steps: int, world: Path | None = None) -> list[str]:
 
 
 def probe_checkpoint_instant(instant: str, base: Path, work: Path, cache: Path) -> Outcome:
-    from liploc.training.checkpoint import load_checkpoint
+    from liploc.runtime.checkpoint import load_checkpoint
 
     run = work / f"run-{instant}"
     shutil.copytree(base, run)
@@ -150,7 +150,7 @@ def probe_second_writer(base: Path, work: Path, cache: Path) -> Outcome:
 def probe_random_kill(base: Path, straight: Path, work: Path, cache: Path, seed: int) -> Outcome:
     import torch
 
-    from liploc.training.checkpoint import load_checkpoint
+    from liploc.runtime.checkpoint import load_checkpoint
 
     run = work / f"run-random-{seed}"
     shutil.copytree(base, run)
@@ -195,7 +195,7 @@ def probe_random_kill(base: Path, straight: Path, work: Path, cache: Path, seed:
 
 
 def probe_map_instant(instant: str, base: Path, world: Path, work: Path, cache: Path) -> Outcome:
-    from liploc.retrieval.localize import Localizer
+    from liploc.localization.localize import Localizer
 
     maps = work / f"maps-{instant}"
     args = ["map", "build", str(base), "--data-root", str(world), "--sequence", "01", "--device", "cpu"]

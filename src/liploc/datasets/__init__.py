@@ -1,13 +1,12 @@
 """Dataset readers, one module per layout, registered by name."""
 
+from liploc.datasets.base import DatasetReader
 from liploc.datasets.frame import Calibration, Frame
 from liploc.datasets.registry import (
-    DatasetReader,
     available_layouts,
     detect_layout,
     get_reader_class,
     open_dataset,
-    register,
 )
 from liploc.datasets.scan import LoadedScan, load_image, load_scan, read_image_size, read_scan
 
@@ -24,5 +23,4 @@ __all__ = [
     "open_dataset",
     "read_image_size",
     "read_scan",
-    "register",
 ]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+FALLBACK_FRAME_RATE_HZ = 10.0  # KITTI's LiDAR rate, for sequences without timestamps
+
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
@@ -58,7 +60,7 @@ class Frame:
         calib: calibration of this frame.
         timestamp: seconds since the start of the sequence, when known.
         world: id of the world frame ``pose`` is expressed in (see
-            :meth:`~liploc.datasets.registry.DatasetReader.world_frame`). Positions of two frames
+            :meth:`~liploc.datasets.base.DatasetReader.world_frame`). Positions of two frames
             can only be compared when their worlds are equal; None (frames made by hand) means
             the sequence's own frame.
     """
@@ -84,3 +86,11 @@ class Frame:
         if self.pose is None:
             return np.array([np.nan, np.nan])
         return np.asarray(self.pose[:2, 3], dtype=np.float64)
+
+
+def frame_times(frames: list[Frame]) -> np.ndarray:
+    """Timestamps of frames; the frame index at 10 Hz where a sequence has none."""
+    return np.array(
+        [f.timestamp if f.timestamp is not None else f.index / FALLBACK_FRAME_RATE_HZ for f in frames],
+        dtype=np.float64,
+    )

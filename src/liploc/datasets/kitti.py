@@ -30,7 +30,6 @@ from liploc.datasets.calibration_files import (
 )
 from liploc.datasets.frame import Calibration
 from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
-from liploc.datasets.registry import register
 from liploc.errors import DataError
 
 SYNTH_MANIFEST = "synth.json"
@@ -83,7 +82,6 @@ def read_camera_poses(path: Path) -> np.ndarray:
     return poses
 
 
-@register
 class KittiOdometryReader(PairedFramesReader):
     """KITTI odometry: ``sequences/NN/{velodyne, image_2, calib.txt, times.txt}`` + ``poses/NN.txt``.
 
@@ -196,7 +194,6 @@ class KittiOdometryReader(PairedFramesReader):
         return {i: float(times[i]) for i in files.paired}
 
 
-@register
 class SemanticKittiReader(KittiOdometryReader):
     """SemanticKITTI: KITTI odometry with ``sequences/NN/poses.txt`` (poses for all 22 sequences)."""
 

@@ -34,7 +34,6 @@ from liploc.datasets.calibration_files import (
 )
 from liploc.datasets.frame import Calibration
 from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
-from liploc.datasets.registry import register
 from liploc.errors import DataError
 
 _DATA_FOLDERS = ("data_3d_raw", "data_2d_raw")
@@ -99,7 +98,6 @@ def read_kitti360_poses(path: Path) -> dict[int, np.ndarray]:
     return poses
 
 
-@register
 class Kitti360Reader(PairedFramesReader):
     """KITTI-360: Velodyne scans with perspective camera 0 (``image_00/data_rect``)."""
 

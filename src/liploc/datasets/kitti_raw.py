@@ -34,7 +34,6 @@ from liploc.datasets.calibration_files import (
 )
 from liploc.datasets.frame import Calibration
 from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
-from liploc.datasets.registry import register
 from liploc.errors import DataError
 
 CAMERAS = ("image_02", "image_03")
@@ -123,7 +122,6 @@ def _rot_z(a: np.ndarray) -> np.ndarray:
     return np.stack([c, -s, z, s, c, z, z, z, o], axis=-1).reshape(-1, 3, 3)
 
 
-@register
 class KittiRawReader(PairedFramesReader):
     """KITTI raw synced drives: Velodyne scans with ``image_02``, poses from OXTS when present."""
 

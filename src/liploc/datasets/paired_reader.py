@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from liploc.datasets.base import DatasetReader
 from liploc.datasets.frame import Calibration, Frame
-from liploc.datasets.registry import DatasetReader
 from liploc.datasets.scan import read_image_size
 from liploc.errors import DataError
 

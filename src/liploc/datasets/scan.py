@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,14 @@ from liploc.errors import DataError
 logger = logging.getLogger(__name__)
 
 POINT_BYTES = 16
+MAX_IMAGE_PIXELS = 64_000_000
+"""Images with more pixels are refused from their header, before decoding (KITTI's: 0.47 MP;
+a 74-byte PNG may declare 20000 x 20000). One rule for every reader of images."""
+MIN_IMAGE_SIDE_PX = 16
+"""Images with a shorter side are refused by every reader: nothing of a street fits in them (the
+query checks of ``liploc localize`` and the dataset readers share this rule)."""
+NOT_CAMERA_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+"""PIL modes of 16-bit or floating-point grey images: depth or raw sensor images, not camera frames."""
 """Bytes per point of a KITTI ``.bin`` scan: float32 x, y, z, intensity."""
 
 
@@ -120,6 +129,37 @@ def _decode_rgb8_png(data: bytes) -> np.ndarray | None:
     return rgb if rgb.shape == (height, width, 3) and rgb.dtype == np.uint8 else None
 
 
+def check_image_header(path: Path, width: int, height: int, mode: str | None = None) -> None:
+    """Refuse, from its header, an image no camera of liploc's takes: more than
+    :data:`MAX_IMAGE_PIXELS` pixels, a side under :data:`MIN_IMAGE_SIDE_PX`, or a 16-bit or
+    floating-point grey image."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            path, f"image declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} liploc reads"
+        )
+    if min(width, height) < MIN_IMAGE_SIDE_PX:
+        raise DataError(
+            path,
+            f"image of {width}x{height} px is too small: each side must be at least {MIN_IMAGE_SIDE_PX} px",
+        )
+    if mode in NOT_CAMERA_MODES:
+        raise DataError(
+            path, f"{mode} image (16-bit or floating-point grey, e.g. depth), not an 8-bit camera frame"
+        )
+
+
+def open_image_header(path: Path, data: bytes | None = None) -> Image.Image:
+    """PIL's lazy image (header read, no pixels), with PIL's own global bomb limit left to ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data) if data is not None else path)
+        except Image.DecompressionBombError:
+            raise DataError(
+                path, f"image declares more than the {MAX_IMAGE_PIXELS:,} pixels liploc reads"
+            ) from None
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """uint8 (H, W, 3) RGB array of an image file (grey or RGBA images are converted to RGB).
 
@@ -132,11 +172,14 @@ def load_image(path: str | Path) -> np.ndarray:
         raise DataError(path, "image file not found") from None
     except OSError as err:
         raise DataError(path, f"cannot read image file ({err.strerror or err})") from None
+    if len(data) >= 24 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        check_image_header(path, int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
     rgb8 = _decode_rgb8_png(data)
     if rgb8 is not None:
         return rgb8
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image_header(path, data) as image:
+            check_image_header(path, *image.size, image.mode)
             image.load()
             rgb = image.convert("RGB")
     except UnidentifiedImageError:
@@ -154,8 +197,11 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with open_image_header(path) as image:
+            check_image_header(path, *image.size, image.mode)
             return int(image.size[0]), int(image.size[1])
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
     except UnidentifiedImageError:

@@ -1,6 +1,6 @@
 """The camera tower's preprocessing in NumPy, from the JSON an ONNX export writes (no torch).
 
-It reproduces :func:`liploc.training.data.camera_image_input` and the evaluation transform:
+It reproduces :func:`liploc.runtime.inputs.camera_image_input` and the evaluation transform:
 bilinear resize with half-pixel centres and no antialiasing (OpenCV ``INTER_LINEAR``, torch's
 ``interpolate(align_corners=False)``), rounding to 8 bits, scaling to 0..1 and the mean/std
 normalisation. The ONNX parity test holds both paths to the same embeddings.

@@ -117,6 +117,29 @@ def _some(keys: list[str], shown: int = 4) -> str:
     return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
 
 
+def _unpickler_detail(message: str) -> str:
+    """The WeightsUnpickler's own reason inside torch's long message, lower case."""
+    _, _, detail = message.partition("WeightsUnpickler error:")
+    return detail.strip().splitlines()[0] if detail.strip() else ""
+
+
+def _names_code(path: Path) -> bool:
+    """Whether a file that is not a torch zip is a pickle naming a class or function (read with
+    pickletools, which runs nothing); random bytes are not."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            for opcode, _, _ in pickletools.genops(f):
+                if opcode.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ"):
+                    return True
+    except (ValueError, EOFError, OSError, UnicodeDecodeError, KeyError, IndexError):
+        return False
+    return False
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a ``torch.save``-d state dict, loaded with ``weights_only=True``.
 
@@ -134,14 +157,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights only" in str(err).lower() or "unsupported global" in str(err).lower():
+        # torch's message says "weights only load failed" for random bytes too: only a pickle
+        # that names a global (a class or function) refers to code.
+        if "unsupported global" in str(err).lower() or _names_code(path):
             raise DataError(
                 path,
                 "refused: the pickle refers to code (liploc loads checkpoints with "
                 "torch.load(weights_only=True) and never runs code from a file; save the model's "
                 f"state_dict instead). torch said: {first}",
             ) from None
-        raise DataError(path, f"not a torch.save file ({first})") from None
+        raise DataError(path, f"not a torch.save file ({_unpickler_detail(str(err)) or first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, EOFError) or any(
@@ -376,8 +401,8 @@ def import_lip_loc(
             its embeddings (same tensors as ``CLIPModelV1``, so the file cannot tell).
     """
     from liploc.models import create_model
-    from liploc.training.checkpoint import save_checkpoint
-    from liploc.training.run_folder import MODEL_PREFIX, RunFolder
+    from liploc.runtime.checkpoint import save_checkpoint
+    from liploc.runtime.run_folder import MODEL_PREFIX, RunFolder
 
     path = Path(checkpoint)
     run = RunFolder(Path(out))

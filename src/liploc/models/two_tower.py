@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from liploc.config import ModelConfig
+from liploc.config import BRIDGE_TRAINING_FIELDS, ModelConfig
 from liploc.models.heads import ProjectionHead
 
 # ModelConfig fields that define what the network computes (not how its weights were obtained).
@@ -143,6 +143,11 @@ def architecture_of(cfg: ModelConfig) -> dict[str, Any]:
     for name, default in OPTIONAL_ARCHITECTURE_FIELDS.items():
         if config[name] != default:
             out[name] = config[name]
+    if cfg.method != "appearance":
+        # The bridge's settings enter only for bridge models (appearance fingerprints hold), and
+        # only those that change what the network computes (not its losses).
+        out["method"] = cfg.method
+        out["bridge"] = {k: v for k, v in config["bridge"].items() if k not in BRIDGE_TRAINING_FIELDS}
     return out
 
 

@@ -1,22 +1,25 @@
 """The HTTP API and the map page: a FastAPI app over a :class:`MapService`.
 
-Endpoints (OpenAPI docs at ``/docs``)::
+Endpoints (OpenAPI docs at ``/docs`` and ``/redoc``, their scripts served from the package
+fastapi-offline: no CDN, so they work offline)::
 
     GET  /                                  the map page (static HTML + script, no build step)
+    GET  /favicon.ico                       the page's icon (an SVG)
     GET  /health                            liveness, the map, backend and batching counters
     GET  /map                               the map's metadata: frames, extent, model, created
     GET  /map/trajectory                    every entry's x, y, yaw and frame id (for drawing)
     GET  /map/frames/{sequence}/{frame}     one entry's pose
     GET  /map/frames/{sequence}/{frame}/range.png   its scan's range image (needs --data-root)
     POST /localize?k=5                      one PNG/JPEG (multipart field ``image`` or raw body)
-    POST /localize/batch?k=5                several images (multipart, one field per image)
+    POST /localize/batch?k=5                several images (multipart, one field ``images`` each)
     POST /localize/sequence?k=5             consecutive images (multipart ``image`` fields in
                                             driving order, optional ``travelled`` metres):
                                             the last one's poses by sequence matching, and the path
 
 Every error is a JSON object ``{"error": code, "detail": what is wrong}`` with a 4xx status for a
-bad request; an unexpected failure is a 500 with the same shape and no traceback (it goes to the
-server's log).
+bad request (a form field of another name, too many images or pixels, an image that is not one);
+an unexpected failure is a 500 with the same shape and no traceback (it goes to the server's log).
+Answers say ``k``, the poses returned per image (at most the map's frames), and ``k_requested``.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from liploc.errors import ConfigError, DataError
-from liploc.retrieval.lidar_map import Match
+from liploc.localization.map_folder import place_json
+from liploc.localization.results import LocalizedImage, LocalizedSequence
 from liploc.serving.batching import MicroBatcher
 from liploc.serving.engine import MapService, UnknownFrame
-from liploc.serving.images import BadRequest, DecodedQuery, decode_query
+from liploc.serving.images import BadRequest, DecodedQuery, check_request_pixels, decode_query, read_header
 from liploc.serving.settings import ServeSettings
 
 log = logging.getLogger("liploc.serve")
@@ -97,24 +102,6 @@ def _too_large(size: int, limit: int) -> str:
     return f"the upload is {size} bytes or more; the limit is {limit} bytes (--max-upload-mb)"
 
 
-def match_json(m: Match) -> dict[str, Any]:
-    """One retrieved map entry as JSON: frame id, score, x, y, yaw and the full 4 x 4 pose."""
-    return {
-        "rank": m.rank,
-        "score": round(float(m.score), 6),
-        "frame_id": m.frame_id,
-        "sequence": m.sequence,
-        "frame": m.frame_index,
-        "timestamp_s": m.timestamp,
-        "x": float(m.pose[0, 3]),
-        "y": float(m.pose[1, 3]),
-        "z": float(m.pose[2, 3]),
-        "yaw_rad": m.yaw,
-        "yaw_deg": m.yaw * 57.29577951308232,
-        "pose": m.pose.tolist(),
-    }
-
-
 def create_app(service: MapService, settings: ServeSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``service`` with ``settings``' limits and batching."""
     settings = settings or ServeSettings()
@@ -124,45 +111,86 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         settings.max_wait_ms / 1000.0,
         thread_init=service.encoder.init_thread,
     )
-    # Uploads are decoded (and resized for the network) in these threads, in parallel with each
-    # other and with the batch on the device; the event loop only moves bytes.
-    decoders = ThreadPoolExecutor(
-        settings.decode_threads, thread_name_prefix="liploc-decode", initializer=service.encoder.init_thread
-    )
-    identity = {
-        "map": service.name,
-        "model_fingerprint": service.encoder.fingerprint,
-        "backend": service.encoder.backend,
-    }
-    started = time.time()
-
-    async def decode(uploads: list[tuple[str, bytes]], *, for_network: bool = True) -> list[DecodedQuery]:
-        loop = asyncio.get_running_loop()
-        prepare = service.encoder.prepare if for_network else None
-        jobs = [
-            loop.run_in_executor(decoders, decode_query, data, settings, name, prepare)
-            for name, data in uploads
-        ]
-        return list(await asyncio.gather(*jobs))
+    decoder = QueryDecoder(service, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         yield
         await batcher.stop()
-        decoders.shutdown(wait=True)
+        decoder.shutdown()
 
     app = FastAPI(
         title="liploc",
         summary="Global visual localization of camera images in a LiDAR map (LIP-Loc).",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: _add_docs serves them
+        redoc_url=None,
     )
     app.state.service = service
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    _add_page(app)
+    _add_docs(app)
+    _add_map_routes(app, service, settings, batcher)
+    _add_localize_routes(app, service, settings, batcher, decoder)
+    return app
 
-    # --- errors: always JSON, never a traceback -----------------------------------------------------
+
+class QueryDecoder:
+    """Decodes uploads (and resizes them for the network) in its own threads, in parallel with
+    each other and with the batch on the device; the event loop only moves bytes.
+
+    Every request's images are first read from their headers: their sizes are checked, and their
+    pixels together bounded (``max_request_pixels``, 413), before any pixel is decoded.
+    """
+
+    def __init__(self, service: MapService, settings: ServeSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.threads = ThreadPoolExecutor(
+            settings.decode_threads,
+            thread_name_prefix="liploc-decode",
+            initializer=service.encoder.init_thread,
+        )
+
+    async def __call__(self, uploads: list[tuple[str, bytes]]) -> list[DecodedQuery]:
+        """The uploads decoded, checked and prepared as the network's inputs, in parallel."""
+        self._check_headers(uploads)
+        loop = asyncio.get_running_loop()
+        prepare = self.service.encoder.prepare
+        jobs = [
+            loop.run_in_executor(self.threads, decode_query, data, self.settings, name, prepare)
+            for name, data in uploads
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    async def one_at_a_time(self, uploads: list[tuple[str, bytes]]) -> list[DecodedQuery]:
+        """The uploads decoded one after the other, each shrunk at once to the RGB image the
+        network sees (:meth:`MapService.sequence_input`): a sequence of many large images never
+        holds more than one of them decoded."""
+        self._check_headers(uploads)
+        loop = asyncio.get_running_loop()
+        shrink = self.service.sequence_input
+        return [
+            await loop.run_in_executor(self.threads, decode_query, data, self.settings, name, shrink)
+            for name, data in uploads
+        ]
+
+    def _check_headers(self, uploads: list[tuple[str, bytes]]) -> None:
+        check_request_pixels(
+            [read_header(data, self.settings, name) for name, data in uploads], self.settings
+        )
+
+    def shutdown(self) -> None:
+        self.threads.shutdown(wait=True)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors are always JSON (:func:`error_body`), never a traceback."""
+
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, err: BadRequest) -> JSONResponse:
         return JSONResponse(error_body(err.code, err.detail), status_code=err.status)
@@ -191,14 +219,70 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             status_code=500,
         )
 
-    # --- the page -----------------------------------------------------------------------------------
+
+def _add_page(app: FastAPI) -> None:
+    """The map page: static HTML and script, no build step."""
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    # --- the map ------------------------------------------------------------------------------------
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # Browsers ask for it on every page; an SVG is as welcome as an .ico.
+        icon = (STATIC / "favicon.svg").read_bytes()
+        return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from the package
+    fastapi-offline ships them in, so that the documentation works on a machine without internet."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi = app.openapi_url or "/openapi.json"
+    oauth2 = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi,
+            title=f"{app.title} - API documentation",
+            oauth2_redirect_url=oauth2,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+        )
+
+    if oauth2:
+
+        @app.get(oauth2, include_in_schema=False)
+        async def swagger_ui_redirect() -> HTMLResponse:
+            return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi,
+            title=f"{app.title} - API documentation",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url="/favicon.ico",
+            with_google_fonts=False,
+        )
+
+
+def _add_map_routes(
+    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher
+) -> None:
+    """/health and the map: its metadata, trajectory, entries and their range images."""
+    started = time.time()
+
     @app.get("/health", summary="Liveness, the map, the backend and the batching counters")
     async def health() -> dict[str, Any]:
         return {
@@ -232,7 +316,7 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             entry = service.frame_info(sequence, frame)
         except UnknownFrame as err:
             raise BadRequest(404, "unknown_frame", str(err)) from None
-        return {k: v for k, v in match_json(entry).items() if k not in ("rank", "score")}
+        return place_json(entry)
 
     @app.get(
         "/map/frames/{sequence}/{frame}/range.png",
@@ -249,7 +333,24 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
             raise BadRequest(404, "range_images_unavailable", str(err)) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    # --- localization -------------------------------------------------------------------------------
+
+def _add_localize_routes(
+    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher, decode: QueryDecoder
+) -> None:
+    """POST /localize, /localize/batch and /localize/sequence: the JSON of ``liploc localize
+    --json`` (:mod:`liploc.localization.results`), each image described by name and size, with
+    the map, model and backend that answered and the time taken."""
+    identity = {
+        "map": service.name,
+        "model_fingerprint": service.encoder.fingerprint,
+        "backend": service.encoder.backend,
+    }
+    frames = len(service.lidar_map)
+
+    def _k_json(k: int) -> dict[str, int]:
+        # A map of 60 frames answers 60 poses to k=100: say so, rather than "k": 100.
+        return {"k": min(k, frames), "k_requested": k}
+
     k_query = Query(
         None, ge=1, le=settings.max_k, description=f"Poses to return (default {settings.default_k})."
     )
@@ -268,15 +369,10 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         kk = k or settings.default_k
         matches = (await batcher.submit([query.input], kk))[0]
         t2 = time.perf_counter()
+        result = LocalizedImage(query.name, matches).to_json()
         # A Response, not a dict: FastAPI's encoder would walk every number of the 4 x 4 poses.
         return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "image": _image_json(query),
-                "matches": [match_json(m) for m in matches],
-                "time_ms": _times(t0, t1, t2),
-            }
+            {**identity, **_k_json(kk), **result, "image": _image_json(query), "time_ms": _times(t0, t1, t2)}
         )
 
     @app.post(
@@ -293,85 +389,45 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         kk = k or settings.default_k
         results = await batcher.submit([q.input for q in queries], kk)
         t2 = time.perf_counter()
-        return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "results": [
-                    {"image": _image_json(q), "matches": [match_json(m) for m in matches]}
-                    for q, matches in zip(queries, results, strict=True)
-                ],
-                "time_ms": _times(t0, t1, t2),
-            }
-        )
+        answers = [
+            {**LocalizedImage(q.name, matches).to_json(), "image": _image_json(q)}
+            for q, matches in zip(queries, results, strict=True)
+        ]
+        return JSONResponse({**identity, **_k_json(kk), "results": answers, "time_ms": _times(t0, t1, t2)})
 
     @app.post(
         "/localize/sequence",
         summary="Pose of the last of several consecutive camera images, by sequence matching",
-        description=(
-            "Several images in driving order (multipart, one file field `image` per image, oldest "
-            "first) and, optionally, the metres travelled between consecutive images (text field "
-            "`travelled`: comma-separated, one value fewer than images; the semantics of "
-            "`liploc localize --sequence --travelled`). Returns the last image's top-k poses "
-            "(the /localize shape; `score` is the path's mean normalised similarity, z-score "
-            "units) and the best path: each image's map place with its cosine similarity."
-        ),
+        description=SEQUENCE_DESCRIPTION,
         openapi_extra=_sequence_body(),
     )
     async def localize_sequence(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
         uploads, travelled = await _read_sequence_form(request, settings)
-        queries = await decode(uploads, for_network=False)
+        queries = await decode.one_at_a_time(uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
         try:
-            result = await batcher.run_alone(
+            found = await batcher.run_alone(
                 service.localize_sequence, [q.input for q in queries], kk, travelled
             )
         except ConfigError as err:  # the Localizer's own checks of the window
             raise BadRequest(422, "invalid_sequence", str(err)) from None
         t2 = time.perf_counter()
-        return JSONResponse(
-            {
-                **identity,
-                "k": kk,
-                "image": _image_json(queries[-1]),
-                "images": [_image_json(q) for q in queries],
-                "travelled_m": travelled,
-                "matches": [match_json(m) for m in result.matches],
-                "path": [_path_json(q, m) for q, m in zip(queries, result.path, strict=True)],
-                "time_ms": _times(t0, t1, t2),
-            }
-        )
-
-    return app
+        names = [q.name for q in queries]
+        result = LocalizedSequence(names, found.matches, found.path, travelled).to_json()
+        images = {"image": _image_json(queries[-1]), "images": [_image_json(q) for q in queries]}
+        return JSONResponse({**identity, **_k_json(kk), **result, **images, "time_ms": _times(t0, t1, t2)})
 
 
-def _path_json(query: DecodedQuery, m: Match | None) -> dict[str, Any]:
-    """One image's place on the best path: frame id, x, y, yaw and its similarity (None off the map)."""
-    if m is None:
-        return {
-            "image": query.name,
-            "frame_id": None,
-            "sequence": None,
-            "frame": None,
-            "x": None,
-            "y": None,
-            "yaw_rad": None,
-            "yaw_deg": None,
-            "similarity": None,
-        }
-    return {
-        "image": query.name,
-        "frame_id": m.frame_id,
-        "sequence": m.sequence,
-        "frame": m.frame_index,
-        "x": float(m.pose[0, 3]),
-        "y": float(m.pose[1, 3]),
-        "yaw_rad": m.yaw,
-        "yaw_deg": m.yaw * 57.29577951308232,
-        "similarity": round(float(m.score), 6),
-    }
+SEQUENCE_DESCRIPTION = (
+    "Several images in driving order (multipart, one file field `image` per image, oldest "
+    "first) and, optionally, the metres travelled between consecutive images (text field "
+    "`travelled`: comma-separated, one value fewer than images; the semantics of "
+    "`liploc localize --sequence --travelled`). Returns the last image's top-k poses "
+    "(the /localize shape; `score` is the path's mean normalised similarity, z-score "
+    "units) and the best path: each image's map place with its cosine similarity."
+)
 
 
 def _image_json(query: DecodedQuery) -> dict[str, Any]:
@@ -386,36 +442,43 @@ def _times(t0: float, t1: float, t2: float) -> dict[str, float]:
     }
 
 
+IMAGE_FIELD = "image"
+"""The file field of /localize and, one per image, of /localize/sequence."""
+BATCH_FIELD = "images"
+"""The file field of /localize/batch, one per image."""
+TRAVELLED_FIELD = "travelled"
+
+
 async def _read_uploads(request: Request, settings: ServeSettings, *, many: bool) -> list[tuple[str, bytes]]:
     """(name, bytes) of each uploaded image: multipart file fields, or the raw body."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
+    endpoint = "/localize/batch" if many else "/localize"
     if media == "multipart/form-data":
-        limit = settings.max_images_per_request if many else 1
-        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-        uploads = [
-            (v.filename or key, await v.read()) for key, v in form.multi_items() if isinstance(v, UploadFile)
-        ]
-        await form.close()
+        if many:
+            limit, field = settings.max_images_per_request, BATCH_FIELD
+            too_many = BadRequest(
+                413,
+                "too_many_images",
+                f"more than {limit} images in one request; the limit is {limit} (--max-images-per-request)",
+            )
+        else:
+            limit, field = 1, IMAGE_FIELD
+            too_many = BadRequest(
+                400, "too_many_images", "/localize takes one image; use /localize/batch for several"
+            )
+        uploads, _ = await _read_form(request, endpoint, field, limit, too_many)
         if not uploads:
-            field = "images" if many else "image"
             raise BadRequest(
                 400, "no_image", f"the form has no file field; send the image as file field '{field}'"
             )
-        if len(uploads) > limit:
-            detail = (
-                f"{len(uploads)} images in one request; the limit is {limit} (--max-images-per-request)"
-                if many
-                else f"/localize takes one image, got {len(uploads)}; use /localize/batch for several"
-            )
-            raise BadRequest(400 if not many else 413, "too_many_images", detail)
         return uploads
     if media in RAW_IMAGE_TYPES or media == "":
         if many:
             raise BadRequest(
                 415,
                 "multipart_required",
-                "/localize/batch takes multipart/form-data, one file field per image",
+                "/localize/batch takes multipart/form-data, one file field 'images' per image",
             )
         return [("body", await request.body())]
     raise BadRequest(
@@ -426,7 +489,50 @@ async def _read_uploads(request: Request, settings: ServeSettings, *, many: bool
     )
 
 
-TRAVELLED_FIELD = "travelled"
+async def _read_form(
+    request: Request,
+    endpoint: str,
+    file_field: str,
+    limit: int,
+    too_many: BadRequest,
+    text_fields: tuple[str, ...] = (),
+) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+    """The files of ``file_field`` as (name, bytes), in order, and the values of ``text_fields``.
+
+    ``too_many`` is raised as soon as the form holds more than ``limit`` files (starlette stops
+    reading there); any other field is refused with a 400 that names it and the right one.
+    """
+    try:
+        form = await request.form(max_files=limit, max_fields=limit + 8)
+    except (StarletteHTTPException, MultiPartException) as err:
+        detail = str(getattr(err, "detail", None) or getattr(err, "message", err))
+        if "number of files" in detail:  # starlette's "Too many files. Maximum number of files is N."
+            raise too_many from None
+        raise BadRequest(400, "bad_multipart", f"the multipart form cannot be read: {detail}") from None
+    takes = f"{endpoint} takes file fields '{file_field}'" + "".join(
+        f" and the text field '{name}'" for name in text_fields
+    )
+    uploads: list[tuple[str, bytes]] = []
+    texts: dict[str, list[str]] = {name: [] for name in text_fields}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile) and key == file_field:
+                uploads.append((value.filename or key, await value.read()))
+            elif isinstance(value, str) and key in texts:
+                texts[key].append(value)
+            elif key == file_field:
+                raise BadRequest(
+                    400,
+                    "not_a_file",
+                    f"form field '{key}' holds text, not a file: send the image itself as a file, "
+                    f"e.g. curl -F {key}=@query.png",
+                )
+            else:
+                kind = "file field" if isinstance(value, UploadFile) else "form field"
+                raise BadRequest(400, "unknown_field", f"unknown {kind} '{key}'; {takes}")
+    finally:
+        await form.close()
+    return uploads, texts
 
 
 async def _read_sequence_form(
@@ -442,35 +548,20 @@ async def _read_sequence_form(
             f"driving order, and optionally a text field '{TRAVELLED_FIELD}'",
         )
     limit = settings.max_sequence_images
-    form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-    try:
-        uploads: list[tuple[str, bytes]] = []
-        texts: list[str] = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                uploads.append((f"image {len(uploads) + 1} ({value.filename or key})", await value.read()))
-            elif key == TRAVELLED_FIELD:
-                texts.append(value)
-            else:
-                raise BadRequest(
-                    400,
-                    "unknown_field",
-                    f"unknown form field '{key}'; /localize/sequence takes file fields 'image' and "
-                    f"the text field '{TRAVELLED_FIELD}'",
-                )
-    finally:
-        await form.close()
+    too_many = BadRequest(
+        413,
+        "too_many_images",
+        f"more than {limit} images in one sequence; the limit is {limit} (--max-sequence-images)",
+    )
+    files, texts = await _read_form(
+        request, "/localize/sequence", IMAGE_FIELD, limit, too_many, (TRAVELLED_FIELD,)
+    )
+    uploads = [(f"image {n} ({name})", data) for n, (name, data) in enumerate(files, 1)]
     if not uploads:
         raise BadRequest(400, "no_image", "the form has no image; send each image as file field 'image'")
-    if len(uploads) > limit:
-        raise BadRequest(
-            413,
-            "too_many_images",
-            f"{len(uploads)} images in one sequence; the limit is {limit} (--max-sequence-images)",
-        )
-    if not texts:
+    if not texts[TRAVELLED_FIELD]:
         return uploads, None
-    travelled = _parse_travelled(",".join(texts))
+    travelled = _parse_travelled(",".join(texts[TRAVELLED_FIELD]))
     if len(travelled) != len(uploads) - 1:
         raise BadRequest(
             422,

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from liploc.retrieval.lidar_map import Match
+from liploc.localization.lidar_map import Match
 
 T = TypeVar("T")
 RunBatch = Callable[[Sequence[np.ndarray], int], list[list[Match]]]

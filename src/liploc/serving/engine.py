@@ -21,10 +21,11 @@ import numpy as np
 
 from liploc.config import Config, ProjectionConfig
 from liploc.errors import ConfigError, DataError, LiplocError
-from liploc.retrieval.lidar_map import MANIFEST, LidarMap, Match
+from liploc.localization.lidar_map import LidarMap, Match
+from liploc.localization.map_folder import MANIFEST
 
 if TYPE_CHECKING:
-    from liploc.retrieval.localize import SequenceLocalization
+    from liploc.localization.localize import SequenceLocalization
 
 Backend = Literal["torch", "onnx"]
 RANGE_CACHE_SIZE = 256
@@ -143,7 +144,7 @@ class MapService:
         if backend == "onnx":
             if checkpoint is not None:
                 raise ConfigError("--checkpoint is for the torch backend; give --onnx DIR for onnx")
-            from liploc.interop.onnx_localizer import OnnxLocalizer, export_config
+            from liploc.localization.onnx_localizer import OnnxLocalizer, export_config
 
             loc = OnnxLocalizer.open(map_dir, onnx_dir, threads=threads)
             config = export_config(loc.encoder.folder)
@@ -151,7 +152,7 @@ class MapService:
         elif backend == "torch":
             if onnx_dir is not None:
                 raise ConfigError("--onnx is for the onnx backend (--backend onnx)")
-            from liploc.retrieval.localize import Localizer
+            from liploc.localization.localize import Localizer
 
             torch_loc = Localizer.open(map_dir, checkpoint, device)
             config = torch_loc.config
@@ -186,20 +187,31 @@ class MapService:
         emb = self.encoder.embed_prepared(inputs)
         return self.lidar_map.localize(emb, k, query_fingerprint=self.encoder.fingerprint)
 
+    def sequence_input(self, image: np.ndarray) -> np.ndarray:
+        """An (H, W, 3) uint8 RGB image resized to the network's input, as the Localizer resizes
+        its queries: :meth:`localize_sequence` gives the same answer for it as for ``image``
+        (the Localizer's resize of an image already at the input size changes nothing), and a
+        request keeps a few kilobytes per image instead of its decoded pixels. Thread-safe."""
+        from liploc.runtime.inputs import camera_image_input
+
+        if self.config is None:
+            raise ConfigError("sequence localization needs the model's configuration")
+        return np.ascontiguousarray(camera_image_input(image, self.config).transpose(1, 2, 0))
+
     def localize_sequence(
         self, images: Sequence[np.ndarray], k: int, travelled_m: Sequence[float] | None = None
     ) -> SequenceLocalization:
-        """The last of ``images`` (RGB, in driving order) localized by sequence matching over all
-        of them, with the best path (:meth:`Localizer.localize_sequence`; ``travelled_m``: metres
-        between consecutive images, or None). Not thread-safe: the service runs it on its batch
-        thread, between batches."""
+        """The last of ``images`` (RGB, in driving order; full size or :meth:`sequence_input`)
+        localized by sequence matching over all of them, with the best path
+        (:meth:`Localizer.localize_sequence`; ``travelled_m``: metres between consecutive images,
+        or None). Not thread-safe: the service runs it on its batch thread, between batches."""
         if self._sequencer is None:
             if isinstance(self.encoder, TorchImageEncoder):
                 self._sequencer = self.encoder.localizer
             else:
                 if self.config is None:
                     raise ConfigError("sequence localization needs the model's configuration")
-                from liploc.interop.onnx_localizer import onnx_sequence_localizer
+                from liploc.localization.onnx_localizer import onnx_sequence_localizer
 
                 self._sequencer = onnx_sequence_localizer(self.lidar_map, self.encoder, self.config)
         return self._sequencer.localize_sequence(list(images), k, travelled_m=travelled_m)
@@ -228,6 +240,7 @@ class MapService:
                 "y_max": float(xy[:, 1].max()),
             },
             "embedding_dim": m.dim,
+            "method": m.method,
             "index_kind": m.index.kind,
             "model": {"fingerprint": m.model_fingerprint, "config": m.model_config},
             "created": created.isoformat(timespec="seconds"),

@@ -28,6 +28,10 @@ class ServeSettings(BaseModel):
     """Smallest accepted image width or height in pixels."""
     max_image_pixels: int = Field(50_000_000, gt=0)
     """Largest accepted width x height (a decompression bomb is refused before decoding)."""
+    max_request_pixels: int = Field(100_000_000, gt=0)
+    """Largest sum of width x height over one request's images, read from their headers before
+    any is decoded: 16 images of 7000 x 7000 pixels fit in a 2.3 MB body and would take 2.3 GB
+    decoded. 100 Mpx is 200 KITTI frames, or eight 12 Mpx photos."""
     default_k: int = Field(5, ge=1)
     max_k: int = Field(100, ge=1)
     max_images_per_request: int = Field(32, ge=1)

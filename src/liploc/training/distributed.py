@@ -1,4 +1,5 @@
-"""Process-group helpers: rank and world size, start-up from torchrun, collectives with gradients.
+"""Process-group helpers: rank and world size, start-up from torchrun, collectives with gradients,
+the DDP wrapper of the model.
 
 Everything here also works without ``torch.distributed`` being initialised: a single process is
 rank 0 of a world of size 1, and the collectives return their input.
@@ -8,10 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from liploc.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -205,3 +211,39 @@ def check_same_rows(tensor: Tensor) -> None:
             f"processes hold different batch sizes {counts}; gathering needs equal batches "
             "(use drop_last=True in the distributed sampler and loader)"
         )
+
+
+# --- the model under DDP ---------------------------------------------------------------------------
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (the model itself when not wrapped)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _needs_buffer_broadcast(model: nn.Module) -> bool:
+    """Whether DDP must broadcast rank 0's buffers before each forward.
+
+    Batch-norm running statistics need not be: a training forward uses the batch's statistics,
+    :func:`liploc.training.validation.validate` broadcasts rank 0's before evaluating, and only
+    rank 0 saves. Any other buffer (unknown meaning) is kept in step, to be safe.
+    """
+    bn_names = {"running_mean", "running_var", "num_batches_tracked"}
+    for module in model.modules():
+        is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
+        for name, _ in module.named_buffers(recurse=False):
+            if not (is_bn and name in bn_names):
+                return True
+    return False
+
+
+def wrap_distributed(model: nn.Module, tc: TrainConfig, device: torch.device) -> DistributedDataParallel:
+    """DDP with gradients as views of its buckets (no copy, less memory), a static graph when
+    the graph cannot change between steps (no accumulation, no compiled encoders), and buffer
+    broadcasts only when :func:`_needs_buffer_broadcast`."""
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        model,
+        device_ids=ids,
+        gradient_as_bucket_view=True,
+        static_graph=tc.grad_accum == 1 and not tc.compile,
+        broadcast_buffers=_needs_buffer_broadcast(model),
+    )

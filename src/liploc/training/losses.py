@@ -19,7 +19,6 @@ inside the loss, so do not wrap the loss in DDP; give its parameters to the opti
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from liploc.config import LossConfig
+from liploc.config import BridgeConfig, LossConfig
 from liploc.errors import ConfigError
 from liploc.training import distributed
 
@@ -42,11 +41,6 @@ class _Batch:
     lidar_all: Tensor  # [N, D]
     positives: Tensor  # [n, N] bool: column j is a positive of local row i (diagonal included)
     offset: int  # global index of local row 0
-
-
-def world_code(world: str) -> int:
-    """A stable int64 code of a world-frame id (the same in every process and run)."""
-    return int.from_bytes(hashlib.sha1(world.encode("utf-8")).digest()[:8], "little", signed=True)
 
 
 def positive_mask(
@@ -291,3 +285,18 @@ def in_batch_accuracy(image_emb: Tensor, lidar_emb: Tensor) -> tuple[float, floa
     image_to_lidar = (similarity.argmax(dim=1) == target).float().mean().item()
     lidar_to_image = (similarity.argmax(dim=0) == target).float().mean().item()
     return image_to_lidar, lidar_to_image
+
+
+def bridge_depth_loss(pred: Tensor, target: Tensor, bridge: BridgeConfig) -> Tensor:
+    """The geometry bridge's depth loss (``bridge.depth_loss``: SILog or L1) of predicted depth
+    (B, h, w) against the scans' sparse depth (B, 1, h, w), over the pixels with a return closer
+    than ``bridge.max_depth`` (:func:`liploc.models.depth_head.depth_loss`), in float32."""
+    from liploc.models.depth_head import depth_loss
+
+    return depth_loss(
+        pred.float(),
+        target.float(),
+        kind=bridge.depth_loss,
+        silog_lambda=bridge.silog_lambda,
+        max_depth=bridge.max_depth,
+    )

@@ -89,6 +89,16 @@ def min_train_val_distance(train: Sequence[Frame], val: Sequence[Frame]) -> floa
     return best
 
 
+def val_frames_within(train: Sequence[Frame], val: Sequence[Frame], radius_m: float) -> int:
+    """How many validation frames lie within ``radius_m`` of a training frame of their world."""
+    train_groups, count = _by_world(train), 0
+    for world, val_frames in _by_world(val).items():
+        if world in train_groups:
+            d = nearest_distances(_positions(val_frames), _positions(train_groups[world]))
+            count += int((d <= radius_m).sum())
+    return count
+
+
 def random_split(frames: Sequence[Frame], fraction: float, seed: int) -> HeldOut:
     """``fraction`` of ``frames`` drawn at random for validation (the paper's reference code)."""
     frames = list(frames)

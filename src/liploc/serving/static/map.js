@@ -3,7 +3,7 @@
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-const state = { meta: null, view: null };
+const state = { meta: null, traj: null, view: null, whole: null, results: null };
 
 function colourAt(t) {
   const s = Math.min(Math.max(t, 0), 1) * (VIRIDIS.length - 1);
@@ -32,42 +32,107 @@ function setStatus(text, isError) {
   status.className = isError ? "error" : "";
 }
 
-function drawTrajectory(meta, traj) {
-  const svg = document.getElementById("trajectory");
+function wholeMap(meta) {
+  // The map's extent with a 6 % margin, in drawing units (metres from the extent's corner).
   const e = meta.extent_m;
   const span = Math.max(e.x_max - e.x_min, e.y_max - e.y_min, 1);
   const pad = span * 0.06;
-  const w = e.x_max - e.x_min + 2 * pad;
-  const h = e.y_max - e.y_min + 2 * pad;
+  return { x: 0, y: 0, w: e.x_max - e.x_min + 2 * pad, h: e.y_max - e.y_min + 2 * pad, pad };
+}
+
+function drawTrajectory(meta, traj) {
+  const svg = document.getElementById("trajectory");
+  const e = meta.extent_m;
+  const pad = wholeMap(meta).pad;
   // World x to the right, y up: one metre is the same length on both axes (drawn to scale).
-  const view = { sx: (x) => x - e.x_min + pad, sy: (y) => e.y_max - y + pad, r: span / 250, w, h };
-  state.view = view;
-  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  state.view = { sx: (x) => x - e.x_min + pad, sy: (y) => e.y_max - y + pad, r: 1 };
+  state.whole = wholeMap(meta);
   svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
   const n = traj.x.length;
   const points = el("g", { id: "scans" }, svg);
   for (let i = 0; i < n; i++) {
     const c = el("circle", {
-      cx: view.sx(traj.x[i]), cy: view.sy(traj.y[i]), r: view.r, fill: colourAt(n > 1 ? i / (n - 1) : 0),
+      cx: state.view.sx(traj.x[i]), cy: state.view.sy(traj.y[i]), fill: colourAt(n > 1 ? i / (n - 1) : 0),
     }, points);
     const title = el("title", {}, c);
     title.textContent = `${traj.sequence[i]}/${String(traj.frame[i]).padStart(6, "0")}`;
   }
-  const bar = niceLength(span);
-  const y0 = h - pad * 0.4;
-  const g = el("g", { id: "scale-bar" }, svg);
-  el("line", { x1: pad, y1: y0, x2: pad + bar, y2: y0, stroke: "#1d232b", "stroke-width": view.r * 0.6 }, g);
-  const label = el("text", { x: pad, y: y0 - view.r * 1.5, "font-size": view.r * 4 }, g);
-  label.textContent = `${bar} m`;
-  document.getElementById("scale-label").textContent = `scale bar: ${bar} m`;
+  el("g", { id: "scale-bar" }, svg);
+  // Layers, bottom to top: the sequence's path, the poses (rings: the path shows through them),
+  // then every label.
+  el("g", { id: "path-layer" }, svg);
   el("g", { id: "matches-layer" }, svg);
+  el("g", { id: "labels-layer" }, svg);
   document.getElementById("colour-bar").style.background =
     `linear-gradient(to right, ${VIRIDIS.map((c) => `rgb(${c.join(",")})`).join(",")})`;
+  showView(state.whole);
+}
+
+function showView(box) {
+  // Look at ``box`` (drawing units): the scans, the scale bar and the results are sized for it,
+  // so that a zoomed view shows them at the same size on screen as the whole map does.
+  const svg = document.getElementById("trajectory");
+  const span = Math.max(box.w, box.h);
+  state.view.r = span / 250;
+  state.view.box = box;
+  svg.setAttribute("viewBox", `${box.x} ${box.y} ${box.w} ${box.h}`);
+  for (const c of document.querySelectorAll("#scans circle")) c.setAttribute("r", state.view.r);
+  const g = document.getElementById("scale-bar");
+  g.replaceChildren();
+  const bar = niceLength(span);
+  const x0 = box.x + span * 0.025, y0 = box.y + box.h - span * 0.025;
+  el("line", { x1: x0, y1: y0, x2: x0 + bar, y2: y0, stroke: "#1d232b", "stroke-width": state.view.r * 0.6 }, g);
+  const label = el("text", { x: x0, y: y0 - state.view.r * 1.5, "font-size": state.view.r * 4 }, g);
+  label.textContent = `${bar} m`;
+  document.getElementById("scale-label").textContent = `scale bar: ${bar} m`;
+  const zoomed = box !== state.whole;
+  document.getElementById("whole-map").hidden = !zoomed;
+  document.getElementById("trajectory").dataset.zoomed = zoomed ? "true" : "false";
+  if (state.results) drawResults(state.results);
+}
+
+function resultsView(results) {
+  // The view of the poses and the path: the whole map, unless they lie in a small part of it
+  // (a path of a few metres on a map of kilometres would be a dot under the markers).
+  const v = state.view, whole = state.whole;
+  const places = [...results.matches, ...(results.path || []).filter((p) => p.frame_id !== null)];
+  const xs = places.map((p) => v.sx(p.x)), ys = places.map((p) => v.sy(p.y));
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const wholeSpan = Math.max(whole.w, whole.h);
+  const size = Math.max(x1 - x0, y1 - y0, wholeSpan * 0.08);
+  const pad = size * 0.35;
+  if (size + 2 * pad > wholeSpan * 0.6) return whole;
+  return { x: (x0 + x1) / 2 - size / 2 - pad, y: (y0 + y1) / 2 - size / 2 - pad, w: size + 2 * pad, h: size + 2 * pad };
+}
+
+function drawResults(results) {
+  const layer = document.getElementById("matches-layer");
+  layer.replaceChildren();
+  document.getElementById("path-layer").replaceChildren();
+  document.getElementById("labels-layer").replaceChildren();
+  drawMatches(results.matches);
+  if (results.path) drawPath(results.path);
+  placeLabels(results.matches);
+}
+
+function clearResults() {
+  // A new query (or a failed one) shows nothing of the previous answer.
+  state.results = null;
+  for (const id of ["matches-layer", "path-layer", "labels-layer", "range-images"]) {
+    document.getElementById(id).replaceChildren();
+  }
+  const table = document.getElementById("matches");
+  table.querySelector("tbody").replaceChildren();
+  table.hidden = true;
+}
+
+function showResults(results) {
+  state.results = results;
+  showView(resultsView(results));  // draws them
 }
 
 function drawMatches(matches) {
   const layer = document.getElementById("matches-layer");
-  layer.replaceChildren();
   const v = state.view;
   // Best match last so that it is drawn on top.
   for (const m of [...matches].reverse()) {
@@ -79,24 +144,62 @@ function drawMatches(matches) {
       "stroke-width": v.r * 0.8,
     }, g);
     el("circle", { cx: x, cy: y, r: v.r * (m.rank === 1 ? 3.2 : 2.2), "stroke-width": v.r * 0.5 }, g);
-    const t = el("text", { x: x + v.r * 3.5, y: y - v.r * 3, "font-size": v.r * 5 }, g);
+  }
+}
+
+function overlaps(a, b) {
+  return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+}
+
+function placeLabels(matches) {
+  // Each pose's "rank (score)" where it overlaps no label placed before it (best first): beside
+  // its marker if there is room, else further up or down the side, with a line to the marker.
+  const layer = document.getElementById("labels-layer");
+  const v = state.view;
+  const placed = [];
+  const size = v.r * 5, gap = v.r * 0.8;
+  for (const m of matches) {
+    const x = v.sx(m.x), y = v.sy(m.y);
+    const t = el("text", { class: "match-label", "data-rank": m.rank, "font-size": size, x, y }, layer);
     t.textContent = `${m.rank} (${m.score.toFixed(2)})`;
+    const box = t.getBBox();
+    const w = box.width + gap, h = box.height + gap;
+    let chosen = null;
+    for (let step = 0; step < 40 && !chosen; step++) {
+      const rise = Math.ceil(step / 2) * (step % 2 ? -1 : 1) * h;  // 0, -h, +h, -2h, ...
+      for (const side of [1, -1]) {
+        const left = side > 0 ? x + v.r * 3.5 : x - v.r * 3.5 - w;
+        const top = y - v.r * 3 - h + rise;
+        const candidate = { x: left, y: top, w, h };
+        if (!placed.some((p) => overlaps(p, candidate))) { chosen = candidate; break; }
+      }
+    }
+    chosen = chosen || { x: x + v.r * 3.5, y: y - v.r * 3 - h, w, h };
+    placed.push(chosen);
+    t.setAttribute("x", chosen.x + gap / 2);
+    t.setAttribute("y", chosen.y + h - gap / 2 - (box.y + box.height - y));
+    const near = Math.abs(chosen.y + h - (y - v.r * 3)) < 1e-6;
+    if (!near) {  // a line from the marker to a label moved away from it
+      const lx = chosen.x < x ? chosen.x + w : chosen.x, ly = chosen.y + h / 2;
+      const leader = el("line", { class: "label-leader", x1: x, y1: y, x2: lx, y2: ly, "stroke-width": v.r * 0.3 }, null);
+      layer.insertBefore(leader, layer.firstChild);
+    }
   }
 }
 
 function drawPath(path) {
-  // The best path of a sequence: each image's map place, oldest first (none off the map).
-  const layer = document.getElementById("matches-layer");
+  // The best path of a sequence: each image's map place, oldest first (none off the map), under
+  // the poses' rings, with a white casing so that it reads on the scans.
+  const layer = document.getElementById("path-layer");
   const v = state.view;
   const steps = path.filter((p) => p.frame_id !== null);
-  const g = el("g", { id: "sequence-path" }, null);
-  layer.insertBefore(g, layer.firstChild);  // under the poses
-  el("polyline", {
-    points: steps.map((p) => `${v.sx(p.x)},${v.sy(p.y)}`).join(" "), "stroke-width": v.r * 0.9,
-  }, g);
+  const g = el("g", { id: "sequence-path" }, layer);
+  const points = steps.map((p) => `${v.sx(p.x)},${v.sy(p.y)}`).join(" ");
+  el("polyline", { class: "path-casing", points, "stroke-width": v.r * 3 }, g);
+  el("polyline", { class: "path-line", points, "stroke-width": v.r * 1.6 }, g);
   for (const p of steps) {
-    const c = el("circle", { class: "path-step", cx: v.sx(p.x), cy: v.sy(p.y), r: v.r * 1.4,
-      "stroke-width": v.r * 0.3, "data-frame": p.frame_id }, g);
+    const c = el("circle", { class: "path-step", cx: v.sx(p.x), cy: v.sy(p.y), r: v.r * 1.5,
+      "stroke-width": v.r * 0.5, "data-frame": p.frame_id }, g);
     el("title", {}, c).textContent = `${p.image}: ${p.frame_id} (similarity ${p.similarity.toFixed(3)})`;
   }
 }
@@ -138,10 +241,24 @@ function showRangeImages(matches) {
   }
 }
 
-async function localize(file) {
+function showQuery(file) {
+  // The query beside its results; a file the browser cannot show (not an image) shows nothing.
   const query = document.getElementById("query-image");
+  const figure = document.getElementById("query-figure");
+  figure.hidden = true;
+  query.onload = () => { figure.hidden = false; };
+  query.onerror = () => { figure.hidden = true; };
   query.src = URL.createObjectURL(file);
-  document.getElementById("query-figure").hidden = false;
+}
+
+function failed(text) {
+  clearResults();
+  setStatus(text, true);
+}
+
+async function localize(file) {
+  clearResults();
+  showQuery(file);
   const k = document.getElementById("k-input").value || "5";
   const form = new FormData();
   form.append("image", file, file.name);
@@ -151,14 +268,14 @@ async function localize(file) {
     const response = await fetch(`/localize?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
     body = await response.json();
     if (!response.ok) {
-      setStatus(`${response.status}: ${body.detail || body.error}`, true);
+      failed(`${response.status}: ${body.detail || body.error}`);
       return;
     }
   } catch (err) {
-    setStatus(`request failed: ${err}`, true);
+    failed(`request failed: ${err}`);
     return;
   }
-  drawMatches(body.matches);
+  showResults({ matches: body.matches });
   listMatches(body.matches);
   showRangeImages(body.matches);
   setStatus(`${file.name}: ${body.matches.length} poses in ${body.time_ms.total.toFixed(1)} ms (${body.backend})`, false);
@@ -166,9 +283,8 @@ async function localize(file) {
 
 async function localizeSequence(files) {
   const last = files[files.length - 1];
-  const query = document.getElementById("query-image");
-  query.src = URL.createObjectURL(last);
-  document.getElementById("query-figure").hidden = false;
+  clearResults();
+  showQuery(last);
   const k = document.getElementById("k-input").value || "5";
   const travelled = document.getElementById("travelled-input").value.trim();
   const form = new FormData();
@@ -180,15 +296,14 @@ async function localizeSequence(files) {
     const response = await fetch(`/localize/sequence?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
     body = await response.json();
     if (!response.ok) {
-      setStatus(`${response.status}: ${body.detail || body.error}`, true);
+      failed(`${response.status}: ${body.detail || body.error}`);
       return;
     }
   } catch (err) {
-    setStatus(`request failed: ${err}`, true);
+    failed(`request failed: ${err}`);
     return;
   }
-  drawMatches(body.matches);
-  drawPath(body.path);
+  showResults({ matches: body.matches, path: body.path });
   listMatches(body.matches);
   showRangeImages(body.matches);
   setStatus(
@@ -214,11 +329,13 @@ async function start() {
       `${meta.frames} scans in ${meta.sequences.map((s) => s.name).join(", ")}; ` +
       `${(e.x_max - e.x_min).toFixed(0)} m x ${(e.y_max - e.y_min).toFixed(0)} m; ` +
       `model ${meta.model.fingerprint.slice(0, 12)} (${meta.backend}); built ${meta.created}`;
+    state.traj = traj;
     drawTrajectory(meta, traj);
     document.body.dataset.ready = "true";
   } catch (err) {
     setStatus(`cannot load the map: ${err}`, true);
   }
+  document.getElementById("whole-map").addEventListener("click", () => showView(state.whole));
   const input = document.getElementById("image-input");
   input.addEventListener("change", () => localizeFiles(input.files));
   const zone = document.getElementById("drop-zone");

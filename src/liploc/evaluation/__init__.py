@@ -1,0 +1,2 @@
+"""Evaluation of a trained model: metrics, protocols, evaluate, the report, the reference
+metric, training overlap."""

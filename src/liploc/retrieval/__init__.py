@@ -1,1 +1,0 @@
-"""Retrieval: embedding, the faiss index, metrics, evaluation protocols, LiDAR maps, localization, reports."""
