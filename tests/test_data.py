@@ -120,6 +120,44 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(odometry: Path) -> No
     assert torch.equal(PairDataset(frames, cfg, train=False)[(4, 5)]["image"], plain["image"])
 
 
+def test_photometric_jitter_changes_only_training_images_and_keeps_the_dropout_draws(
+    odometry: Path,
+) -> None:
+    base = ("data.datasets=[{train: ['00']}]", "data.coarse_dropout_p=1.0")
+    cfg = small_config(odometry, *base)
+    jittered = small_config(odometry, *base, "data.photometric.p=1.0", "data.photometric.blur_p=1.0")
+    frames = split_frames(cfg.data, "train")
+    plain, jit = PairDataset(frames, cfg, train=True), PairDataset(frames, jittered, train=True)
+    a, b = plain[(2, 5)], jit[(2, 5)]
+    assert torch.equal(a["lidar"], b["lidar"])  # the LiDAR input is never jittered
+    holes_a, holes_b = a["image"] == 0, b["image"] == 0
+    assert torch.equal(holes_a, holes_a & holes_b)  # the same holes: dropout's stream is untouched
+    assert not torch.equal(a["image"][~holes_a], b["image"][~holes_a])
+    assert torch.equal(b["image"], PairDataset(frames, jittered, train=True)[(2, 5)]["image"])
+    assert not torch.equal(b["image"], jit[(3, 5)]["image"])  # each epoch its own jitter
+    evaluation = PairDataset(frames, jittered, train=False)[5]["image"]
+    assert torch.equal(evaluation, PairDataset(frames, cfg, train=False)[5]["image"])
+    off = small_config(odometry, *base, "data.photometric.p=0.0", "data.photometric.brightness=0.9")
+    assert torch.equal(PairDataset(frames, off, train=True)[(2, 5)]["image"], a["image"])
+
+
+def test_photometric_jitter_stays_in_range_and_moves_brightness_within_its_bounds() -> None:
+    from liploc.config import PhotometricAugment
+    from liploc.runtime.inputs import PhotometricJitter
+
+    image = np.full((3, 16, 16), 100, np.uint8)
+    only_brightness = PhotometricAugment(
+        p=1.0, brightness=0.5, contrast=0, saturation=0, hue=0, gamma=0, white_balance=0, blur_p=0, noise=0
+    )
+    rng = np.random.default_rng(0)
+    means = [PhotometricJitter(only_brightness)(image, rng).mean() for _ in range(200)]
+    assert 50 - 1e-3 <= min(means) < 60 and 140 < max(means) <= 150 + 1e-3
+    everything = PhotometricJitter(PhotometricAugment(p=1.0, blur_p=1.0, noise=0.2))
+    out = everything(np.random.default_rng(1).integers(0, 256, (3, 16, 16)).astype(np.uint8), rng)
+    assert out.dtype == np.float32 and out.shape == (3, 16, 16)
+    assert out.min() >= 0 and out.max() <= 255
+
+
 def test_camera_depth_input_is_projected_at_the_network_size(odometry: Path) -> None:
     cfg = small_config(odometry, "data.datasets=[{train: ['00']}]", "data.lidar_input=camera_depth")
     frames = split_frames(cfg.data, "train")

@@ -46,6 +46,32 @@ class DatasetSplit(_Section):
         return v
 
 
+class PhotometricAugment(_Section):
+    """Photometric jitter of the camera image in training (not the LiDAR input), for a model that
+    is trained on one world's images and must work on another's (synthetic to real): each image,
+    with probability ``p``, gets a white-balance gain, brightness, contrast, saturation, hue and
+    gamma drawn uniformly within these bounds, then with probability ``blur_p`` a Gaussian blur
+    and sensor noise. Applied before normalisation on 0..1 values (torchvision's functions)."""
+
+    p: float = Field(0.0, ge=0, le=1)
+    """Probability that a training image is jittered at all (0: off, the paper)."""
+    brightness: float = Field(0.4, ge=0, lt=1)
+    """Brightness factor drawn in ``[1 - b, 1 + b]``."""
+    contrast: float = Field(0.4, ge=0, lt=1)
+    saturation: float = Field(0.4, ge=0, lt=1)
+    hue: float = Field(0.05, ge=0, le=0.5)
+    """Hue shift in ``[-h, h]`` of a full turn."""
+    gamma: float = Field(0.3, ge=0, lt=1)
+    """Gamma drawn in ``[1 - g, 1 + g]``."""
+    white_balance: float = Field(0.1, ge=0, lt=1)
+    """Per-channel gain drawn in ``[1 - w, 1 + w]``."""
+    blur_p: float = Field(0.3, ge=0, le=1)
+    blur_sigma: float = Field(1.0, ge=0)
+    """Largest Gaussian blur sigma, in pixels of the model input."""
+    noise: float = Field(0.02, ge=0)
+    """Largest standard deviation of additive Gaussian noise (0..1 scale), drawn per image."""
+
+
 class DataConfig(_Section):
     datasets: list[DatasetSplit] = Field(default_factory=lambda: [DatasetSplit()])
     lidar_input: Literal["range", "camera_depth"] = "range"
@@ -82,6 +108,8 @@ class DataConfig(_Section):
     coarse_dropout_size: float = Field(0.45, gt=0, le=1)
     """Largest side of a hole as a fraction of the input side (reference: 100 of 224 pixels); each
     hole's height and width are drawn uniformly between the two sizes."""
+    photometric: PhotometricAugment = Field(default_factory=PhotometricAugment)
+    """Photometric jitter of training images (off by default; ``configs/synth_to_real.yaml``)."""
     val_fraction: float = Field(0.2, ge=0, lt=1)
     """Fraction of the training frames held out for validation when no ``val`` sequences are given
     (reference code: 0.2)."""

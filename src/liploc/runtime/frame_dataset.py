@@ -178,9 +178,10 @@ class PairDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = int(index)
         frame = self.frames[index]
-        # Independent streams per modality and for the sideways move, fixed by (seed, epoch,
-        # index); the first two are what they were before the third existed.
-        streams = np.random.SeedSequence([self.seed, int(epoch), index]).spawn(3)
+        # Independent streams per modality, for the sideways move and the photometric jitter,
+        # fixed by (seed, epoch, index); a child stream depends only on its number, so each is
+        # what it was before the later ones existed.
+        streams = np.random.SeedSequence([self.seed, int(epoch), index]).spawn(4)
         sample: dict[str, torch.Tensor] = {
             "index": torch.tensor(index, dtype=torch.long),
             "position_xy": torch.from_numpy(frame.position_xy.astype(np.float64)),
@@ -196,6 +197,8 @@ class PairDataset(Dataset):
                 array = lidar_input(frame, self.config, self._range_projector(), sideways)
             else:
                 array = self.preprocessed(index, modality)  # type: ignore[arg-type]
+            if modality == "image" and self.transforms.photometric is not None:
+                array = self.transforms.photometric(array, np.random.default_rng(streams[3]))
             if not self.raw:
                 sample[modality] = transform(array, rng)
                 continue

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liploc.config import Config, DataConfig, ModelConfig
+from liploc.config import Config, DataConfig, ModelConfig, PhotometricAugment
 from liploc.datasets import Frame, load_image, load_scan
 from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.models.input_normalization import tower_mean_std
@@ -83,6 +83,43 @@ def fill_holes(x: torch.Tensor, holes: torch.Tensor, fill: float = 0.0) -> torch
     return x.masked_fill_(mask, fill)
 
 
+@dataclass(frozen=True)
+class PhotometricJitter:
+    """Photometric jitter of a camera image (see :class:`liploc.config.PhotometricAugment`)."""
+
+    settings: PhotometricAugment
+
+    def __call__(self, array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A (3, H, W) image in 0..255 -> float32 (3, H, W) in 0..255, jittered with draws from
+        ``rng`` (the image's own stream, so a sample's jitter is fixed by seed, epoch and index)."""
+        import torchvision.transforms.v2.functional as TF
+
+        s = self.settings
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32) / 255.0)
+        if rng.random() >= s.p:
+            return x.numpy() * 255.0
+
+        def factor(bound: float) -> float:
+            return float(rng.uniform(1.0 - bound, 1.0 + bound))
+
+        gains = torch.tensor([factor(s.white_balance) for _ in range(3)]).view(3, 1, 1)
+        x = (x * gains).clamp_(0.0, 1.0)
+        x = TF.adjust_brightness(x, factor(s.brightness))
+        x = TF.adjust_contrast(x, factor(s.contrast))
+        x = TF.adjust_saturation(x, factor(s.saturation))
+        x = TF.adjust_hue(x, float(rng.uniform(-s.hue, s.hue)))
+        x = TF.adjust_gamma(x, factor(s.gamma))
+        if s.blur_sigma > 0 and rng.random() < s.blur_p:
+            sigma = float(rng.uniform(0.1, s.blur_sigma))
+            kernel = 2 * int(np.ceil(3 * sigma)) + 1
+            x = TF.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+        if s.noise > 0:
+            std = float(rng.uniform(0.0, s.noise))
+            noise = rng.standard_normal(x.shape).astype(np.float32) * std
+            x = x + torch.from_numpy(noise)
+        return x.clamp_(0.0, 1.0).numpy() * 255.0
+
+
 def normalize_input(
     x: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
 ) -> torch.Tensor:
@@ -137,10 +174,13 @@ class Transforms:
 
     image: InputTransform
     lidar: InputTransform
+    photometric: PhotometricJitter | None = None
+    """Jitter of the camera image before :attr:`image` (training only, when configured)."""
 
 
 def build_transforms(data: DataConfig, train: bool, model: ModelConfig | None = None) -> Transforms:
-    """The per-sample transforms of ``data``: normalisation, plus coarse dropout when ``train``.
+    """The per-sample transforms of ``data``: normalisation, plus coarse dropout (and the camera
+    image's photometric jitter, when configured) when ``train``.
 
     Normalisation follows ``data.normalize``; ``auto`` (each encoder's pretrained statistics from
     timm) needs ``model``.
@@ -157,6 +197,7 @@ def build_transforms(data: DataConfig, train: bool, model: ModelConfig | None = 
     return Transforms(
         image=InputTransform(*(image_norm or (None, None)), dropout),
         lidar=InputTransform(*(lidar_norm or (None, None)), dropout if data.augment_lidar else None),
+        photometric=PhotometricJitter(data.photometric) if train and data.photometric.p > 0 else None,
     )
 
 

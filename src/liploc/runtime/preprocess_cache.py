@@ -45,6 +45,7 @@ _LATER_STAGES = {
     "normalize",
     "augment",
     "augment_lidar",
+    "photometric",
     "val_fraction",
     "num_workers",
     "cache",
