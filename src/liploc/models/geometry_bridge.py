@@ -124,12 +124,7 @@ class GeometryBridgeModel(TowerModel):
         if appearance:
             assert lidar_encoder is not None and lidar_features is not None
             self.lidar_encoder = lidar_encoder
-            if cfg.encoder_fc_dim is not None:
-                self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
-                self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
-                image_features = lidar_features = cfg.encoder_fc_dim
-            self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
-            self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+            self._add_appearance_heads(image_features, lidar_features)
         self.image_bev: BevEncoder | None = None
         self.lidar_bev: BevEncoder | None = None
         self.bev_dim = 0

@@ -37,6 +37,18 @@ class TowerModel(nn.Module):
 
     cfg: ModelConfig
 
+    def _add_appearance_heads(self, image_features: int, lidar_features: int) -> None:
+        """The appearance towers' layers after the backbones: with ``cfg.encoder_fc_dim`` a Linear
+        layer each (``image_fc``, ``lidar_fc``, as in the reference code's ViT models), then the
+        projection heads into the embedding space (``image_head``, ``lidar_head``)."""
+        cfg = self.cfg
+        if cfg.encoder_fc_dim is not None:
+            self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
+            self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
+            image_features = lidar_features = cfg.encoder_fc_dim
+        self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
+        self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+
     def _groups(
         self, lr_head: float, lr_image_encoder: float, lr_lidar_encoder: float
     ) -> list[tuple[str, list[nn.Parameter], float]]:
@@ -98,12 +110,7 @@ class TwoTowerModel(TowerModel):
         self.lidar_encoder = lidar_encoder
         self.image_fc: nn.Linear | None = None
         self.lidar_fc: nn.Linear | None = None
-        if cfg.encoder_fc_dim is not None:
-            self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
-            self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
-            image_features = lidar_features = cfg.encoder_fc_dim
-        self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
-        self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+        self._add_appearance_heads(image_features, lidar_features)
 
     @property
     def embed_dim(self) -> int:
