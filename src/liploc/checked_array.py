@@ -15,6 +15,7 @@ import functools
 import hashlib
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,26 @@ from liploc.faults import fault_point
 MAGIC = b"LIPLOCK2"
 _DIGEST = 16
 _TRAILER = len(MAGIC) + _DIGEST
+
+
+class CacheWriteWarning:
+    """Warns once per cache that an entry could not be written (a read-only or full disk): a cache
+    only saves time, so the work goes on, and one warning says so instead of one per entry."""
+
+    def __init__(self, cache: str) -> None:
+        self.cache = cache
+        self.reported = False
+
+    def report(self, err: Exception) -> None:
+        """Warn of ``err`` unless this cache already did (the warning points at the code that
+        called the cache's method, as the caller of ``report`` is that method)."""
+        if not self.reported:
+            self.reported = True
+            warnings.warn(
+                f"the {self.cache} could not be written, which only costs speed: {err}",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 class DamagedEntry(ValueError):

@@ -183,15 +183,10 @@ def _check_files(scans: list[Path], images: list[Path], progress: Progress, sequ
 
     problems: list[str] = []
     task = progress.add_task(f"checking {sequence}", total=len(scans) + len(images))
-    for path in scans:
+    checks = [(path, check_scan_size) for path in scans] + [(path, read_image_size) for path in images]
+    for path, check in checks:
         try:
-            check_scan_size(path)
-        except DataError as err:
-            problems.append(str(err))
-        progress.advance(task)
-    for path in images:
-        try:
-            read_image_size(path)
+            check(path)
         except DataError as err:
             problems.append(str(err))
         progress.advance(task)

@@ -76,7 +76,7 @@ def localize(
     travelled: Travelled = None,
 ) -> None:
     """Top-k map poses (x, y, yaw, score) for each camera image (or for the last one, --sequence)."""
-    from liploc.localization.backend import choose_backend, open_localizer, open_sequence_localizer
+    from liploc.localization.backend import choose_backend, open_localizer
     from liploc.localization.results import LocalizedImage, LocalizedSequence
 
     if travelled is not None and not sequence:
@@ -86,15 +86,16 @@ def localize(
         distances = _parse_travelled(travelled, len(paths)) if travelled is not None else None
         if backend == "auto":
             backend = choose_backend(map_dir, onnx_dir, checkpoint, device, sequence)
-        opened = {"checkpoint": checkpoint, "device": device, "onnx_dir": onnx_dir}
+        localizer = open_localizer(
+            map_dir, backend, checkpoint=checkpoint, device=device, onnx_dir=onnx_dir, sequence=sequence
+        )
         if sequence:
-            localizer = open_sequence_localizer(map_dir, backend, **opened)
             found = localizer.localize_sequence(paths, k, travelled_m=distances)
             result = LocalizedSequence([str(p) for p in paths], found.matches, found.path, distances)
             payload: Any = result.to_json()
             tables = list(result.tables())
         else:
-            matches = open_localizer(map_dir, backend, **opened).localize(paths, k)
+            matches = localizer.localize(paths, k)
             results = [LocalizedImage(str(p), m) for p, m in zip(paths, matches, strict=True)]
             payload = [r.to_json() for r in results]
             tables = [r.table() for r in results]

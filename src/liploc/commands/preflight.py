@@ -25,32 +25,17 @@ from pathlib import Path
 
 from liploc.config import Config, config_from_dict, load_config
 from liploc.errors import ConfigError, DataError, LiplocError
-from liploc.runtime.run_folder import RunFolder
+from liploc.runtime.run_folder import RunFolder, checkpoint_present, resolve_checkpoint
 
 ONNX_SPEC_FILE = "preprocessing.json"
 """What marks an ONNX export folder (liploc.interop.onnx_export.SPEC_FILE)."""
 
 
 # --- checkpoints and run folders -----------------------------------------------------------------
-def _checkpoint_exists(path: Path) -> bool:
-    # As liploc.runtime.checkpoint.checkpoint_exists: its JSON manifest, or a bare weights file.
-    return path.with_suffix(".json").is_file() or path.is_file()
-
-
 def require_checkpoint(run: Path) -> Path:
     """The checkpoint file ``run`` names (itself, or a run folder's best, else last), as
     :func:`liploc.runtime.run_folder.resolve_checkpoint` finds it; DataError when there is none."""
-    if run.is_dir():
-        folder = RunFolder(run)
-        for candidate in (folder.best_checkpoint, folder.last_checkpoint):
-            if _checkpoint_exists(candidate):
-                return candidate
-        raise DataError(
-            run, "no checkpoints/best.safetensors or checkpoints/last.safetensors in this run folder"
-        )
-    if not _checkpoint_exists(run):
-        raise DataError(run, "checkpoint not found")
-    return run
+    return resolve_checkpoint(run)
 
 
 def run_config(run: Path) -> Config | None:
@@ -151,7 +136,7 @@ def check_import_output(out: Path) -> None:
     """``import lip-loc --out``: a folder that already holds a checkpoint is not written over."""
     folder = RunFolder(out)
     for existing in (folder.best_checkpoint, folder.last_checkpoint):
-        if _checkpoint_exists(existing):
+        if checkpoint_present(existing):
             raise DataError(existing, "already exists; import into a new run folder (--out)")
 
 
@@ -214,7 +199,7 @@ def check_training_folder(out: Path, resume: bool) -> None:
     ``--resume`` asks to continue one."""
     refuse_busy_folder(out)
     folder = RunFolder(out)
-    has_run = _checkpoint_exists(folder.last_checkpoint)
+    has_run = checkpoint_present(folder.last_checkpoint)
     if resume and not has_run:
         raise DataError(folder.last_checkpoint, "cannot resume: no last checkpoint in this run folder")
     if not resume and has_run:

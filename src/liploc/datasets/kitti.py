@@ -29,7 +29,7 @@ from liploc.datasets.calibration_files import (
     read_number_table,
 )
 from liploc.datasets.frame import Calibration
-from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
+from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles, chosen_camera
 from liploc.errors import DataError
 
 SYNTH_MANIFEST = "synth.json"
@@ -94,10 +94,7 @@ class KittiOdometryReader(PairedFramesReader):
 
     def __init__(self, root: str | Path, camera: str = "image_2") -> None:
         super().__init__(root)
-        if camera not in CAMERAS:
-            known = ", ".join(CAMERAS)
-            raise DataError(self.root, f"unknown KITTI camera folder {camera!r} (one of {known})")
-        self.camera = camera
+        self.camera = chosen_camera(self.root, camera, CAMERAS, "KITTI")
         self.base = odometry_base(self.root)
 
     @classmethod

@@ -33,7 +33,7 @@ from liploc.datasets.calibration_files import (
     timestamps_by_frame,
 )
 from liploc.datasets.frame import Calibration
-from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles
+from liploc.datasets.paired_reader import PairedFramesReader, SequenceFiles, chosen_camera
 from liploc.errors import DataError
 
 CAMERAS = ("image_02", "image_03")
@@ -130,10 +130,7 @@ class KittiRawReader(PairedFramesReader):
 
     def __init__(self, root: str | Path, camera: str = "image_02") -> None:
         super().__init__(root)
-        if camera not in CAMERAS:
-            known = ", ".join(CAMERAS)
-            raise DataError(self.root, f"unknown KITTI raw camera folder {camera!r} (one of {known})")
-        self.camera = camera
+        self.camera = chosen_camera(self.root, camera, CAMERAS, "KITTI raw")
         self._drives = find_drives(self.root)
         self._reference: tuple[float, np.ndarray, Path] | None = None
 

@@ -56,6 +56,15 @@ def format_ranges(indices: Iterable[int]) -> str:
     return ", ".join(parts)
 
 
+def chosen_camera(root: Path, camera: str, cameras: tuple[str, ...], dataset: str) -> str:
+    """``camera`` when it is one of the layout's camera folders ``cameras``, else a DataError
+    naming ``dataset`` (``KITTI``, ``KITTI raw``) and the folders it has."""
+    if camera not in cameras:
+        known = ", ".join(cameras)
+        raise DataError(root, f"unknown {dataset} camera folder {camera!r} (one of {known})")
+    return camera
+
+
 @dataclass(frozen=True)
 class SequenceFiles:
     """The numbered scans and images found for one sequence."""

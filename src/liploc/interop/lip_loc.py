@@ -234,14 +234,10 @@ def _in_chans(backbone: Mapping[str, Tensor]) -> int:
 
 
 def _difference(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]) -> str:
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
+    from liploc.models.encoders import key_problems  # timm loads only when it is needed
+
+    parts = key_problems(expected, found, "{n} tensors missing ({keys})", "{n} unexpected ({keys})", 4)
     shape = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} tensors missing ({_some(missing)})")
-    if extra:
-        parts.append(f"{len(extra)} unexpected ({_some(extra)})")
     if shape:
         k = shape[0]
         parts.append(

@@ -76,31 +76,18 @@ def open_localizer(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     onnx_dir: str | Path | None = None,
+    sequence: bool = False,
 ) -> Localizer | OnnxLocalizer:
     """The map and its query network on ``backend`` (torch: the map's model copy or
     ``checkpoint``, on ``device``; onnx: the export in ``onnx_dir``, default ``MAP/model/onnx``).
 
-    Both have ``localize(image_files, k)``; for sequences use :func:`open_sequence_localizer`.
+    Both have ``localize(image_files, k)``. With ``sequence`` it is a ``Localizer``, which also
+    has ``localize_sequence`` (onnx: the export's network in it, whose sequence matching imports
+    torch).
     """
     if backend == "onnx":
-        return _open_onnx(map_dir, checkpoint, onnx_dir)
-    from liploc.localization.localize import Localizer
-
-    return Localizer.open(map_dir, checkpoint, device)
-
-
-def open_sequence_localizer(
-    map_dir: str | Path,
-    backend: Backend,
-    *,
-    checkpoint: str | Path | None = None,
-    device: str = "auto",
-    onnx_dir: str | Path | None = None,
-) -> Localizer:
-    """Like :func:`open_localizer`, with ``localize_sequence`` (onnx: the export's network in a
-    ``Localizer``, whose sequence matching imports torch)."""
-    if backend == "onnx":
-        return _open_onnx(map_dir, checkpoint, onnx_dir).sequence_localizer()
+        onnx = _open_onnx(map_dir, checkpoint, onnx_dir)
+        return onnx.sequence_localizer() if sequence else onnx
     from liploc.localization.localize import Localizer
 
     return Localizer.open(map_dir, checkpoint, device)

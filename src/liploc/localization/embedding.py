@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from liploc.atomic import atomic_write_bytes, sweep_stale_temporary_files
-from liploc.checked_array import DamagedEntry, read_checked, write_checked
+from liploc.checked_array import CacheWriteWarning, DamagedEntry, read_checked, write_checked
 from liploc.config import Config
 from liploc.datasets import Frame
 from liploc.errors import DataError, LiplocError
@@ -210,7 +210,7 @@ class EmbeddingCache:
 
     def __init__(self, folder: str | Path, fingerprint: str) -> None:
         self.folder = Path(folder) / fingerprint[:16]
-        self._write_failure_reported = False
+        self._write_failure = CacheWriteWarning("embedding cache")
         if self.folder.is_dir():
             sweep_stale_temporary_files(self.folder)  # what killed evaluations left
 
@@ -264,13 +264,7 @@ class EmbeddingCache:
             write_checked(path, emb)
             atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode(), durable=False)
         except (OSError, LiplocError) as err:  # a full or read-only disk only costs speed
-            if not self._write_failure_reported:
-                self._write_failure_reported = True
-                warnings.warn(
-                    f"the embedding cache could not be written, which only costs speed: {err}",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            self._write_failure.report(err)
 
 
 def embed_with_cache(

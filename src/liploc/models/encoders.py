@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,20 @@ def _some(keys: list[str], shown: int = 5) -> str:
     return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
 
 
+def key_problems(
+    expected: Iterable[str], found: Iterable[str], missing: str, unexpected: str, shown: int
+) -> list[str]:
+    """What the state dict keys ``found`` lack and have too many of against ``expected``: the
+    ``missing`` and the ``unexpected`` template filled in (``{n}``: how many keys, ``{keys}``: the
+    first ``shown`` of them, sorted), for the parts that are not empty."""
+    expected, found = set(expected), set(found)
+    parts = []
+    for template, keys in ((missing, sorted(expected - found)), (unexpected, sorted(found - expected))):
+        if keys:
+            parts.append(template.format(n=len(keys), keys=_some(keys, shown)))
+    return parts
+
+
 def read_backbone_weights(path: Path, encoder: nn.Module, name: str) -> dict[str, Tensor]:
     """Read a safetensors state dict for the timm backbone ``encoder`` (built with ``num_classes=0``).
 
@@ -83,14 +98,9 @@ def read_backbone_weights(path: Path, encoder: nn.Module, name: str) -> dict[str
     for classifier in _classifier_names(encoder):
         for key in [k for k in state if k.startswith(classifier + ".")]:
             del state[key]
-    expected = set(encoder.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} backbone keys ({_some(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_some(unexpected)})")
+    problems = key_problems(
+        encoder.state_dict(), state, "missing {n} backbone keys ({keys})", "{n} unexpected keys ({keys})", 5
+    )
     if problems:
         raise DataError(path, f"does not hold weights of timm model '{name}': {'; '.join(problems)}")
     return state

@@ -36,7 +36,7 @@ from liploc.lidar.bev_raster import BevSettings, rasterize_bev_torch
 from liploc.models.bev_encoder import BevEncoder, fuse_embeddings
 from liploc.models.depth_head import DepthHead, intermediate_channels
 from liploc.models.heads import ProjectionHead
-from liploc.models.two_tower import architecture_of, state_fingerprint
+from liploc.models.two_tower import TowerModel
 
 RASTER_CHANNELS = ("height", "density")
 """Channels of :func:`~liploc.lidar.bev_raster.rasterize_bev_torch` without intensity, in order."""
@@ -81,7 +81,7 @@ def depth_image_bev(
     return raster if channels == [0, 1] else raster[:, channels]
 
 
-class GeometryBridgeModel(nn.Module):
+class GeometryBridgeModel(TowerModel):
     """Camera tower with depth and BEV, LiDAR tower with BEV; the interface of
     :class:`~liploc.models.two_tower.TwoTowerModel` with the geometry as keyword inputs:
 
@@ -124,12 +124,7 @@ class GeometryBridgeModel(nn.Module):
         if appearance:
             assert lidar_encoder is not None and lidar_features is not None
             self.lidar_encoder = lidar_encoder
-            if cfg.encoder_fc_dim is not None:
-                self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
-                self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
-                image_features = lidar_features = cfg.encoder_fc_dim
-            self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
-            self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+            self._add_appearance_heads(image_features, lidar_features)
         self.image_bev: BevEncoder | None = None
         self.lidar_bev: BevEncoder | None = None
         self.bev_dim = 0
@@ -221,31 +216,20 @@ class GeometryBridgeModel(nn.Module):
         return image_emb, self.encode_lidar(lidar, bev=bev), depth
 
     # --- training and identity -----------------------------------------------------------------
-    def param_groups(
-        self,
-        lr_head: float = 1e-3,
-        lr_image_encoder: float = 1e-4,
-        lr_lidar_encoder: float = 1e-5,
-        weight_decay: float = 1e-3,
-    ) -> list[dict[str, Any]]:
-        """AdamW groups as the two-tower model's (``heads``, ``image_encoder``, ``lidar_encoder``)
-        plus ``bridge``: the depth head and the BEV encoders, new layers at ``lr_head``."""
-
+    def _groups(
+        self, lr_head: float, lr_image_encoder: float, lr_lidar_encoder: float
+    ) -> list[tuple[str, list[nn.Parameter], float]]:
+        # The two-tower model's groups plus ``bridge``: the depth head and the BEV encoders, new
+        # layers at ``lr_head``.
         def params(*modules: nn.Module | None) -> list[nn.Parameter]:
             return [p for m in modules if m is not None for p in m.parameters()]
 
-        groups = [
+        return [
             ("heads", params(self.image_head, self.lidar_head), lr_head),
             ("image_encoder", params(self.image_encoder, self.image_fc), lr_image_encoder),
             ("lidar_encoder", params(self.lidar_encoder, self.lidar_fc), lr_lidar_encoder),
             ("bridge", params(self.depth_head, self.image_bev, self.lidar_bev), lr_head),
         ]
-        out = []
-        for name, group, lr in groups:
-            trainable = [p for p in group if p.requires_grad]
-            if trainable:
-                out.append({"params": trainable, "lr": lr, "weight_decay": weight_decay, "name": name})
-        return out
 
     def data_configs(self) -> dict[str, dict[str, Any]]:
         """timm's input settings of each encoder's pretrained weights (see TwoTowerModel)."""
@@ -253,15 +237,6 @@ class GeometryBridgeModel(nn.Module):
         if self.lidar_encoder is not None:
             out["lidar"] = timm.data.resolve_model_data_config(self.lidar_encoder)
         return out
-
-    def architecture(self) -> dict[str, Any]:
-        """The configuration fields that define the network (JSON-compatible)."""
-        return architecture_of(self.cfg)
-
-    @torch.no_grad()
-    def fingerprint(self) -> str:
-        """sha256 of the architecture and every tensor (see :meth:`TwoTowerModel.fingerprint`)."""
-        return state_fingerprint(self.architecture(), self.state_dict())
 
 
 class CalibratedImageTower(nn.Module):

@@ -30,7 +30,65 @@ ARCHITECTURE_FIELDS = (
 OPTIONAL_ARCHITECTURE_FIELDS = {"encoder_fc_dim": None, "normalize": True}
 
 
-class TwoTowerModel(nn.Module):
+class TowerModel(nn.Module):
+    """What both kinds of model (:class:`TwoTowerModel`, the geometry bridge's) share: AdamW
+    parameter groups from the subclass's ``_groups``, and the architecture and fingerprint of
+    ``self.cfg`` and the weights."""
+
+    cfg: ModelConfig
+
+    def _add_appearance_heads(self, image_features: int, lidar_features: int) -> None:
+        """The appearance towers' layers after the backbones: with ``cfg.encoder_fc_dim`` a Linear
+        layer each (``image_fc``, ``lidar_fc``, as in the reference code's ViT models), then the
+        projection heads into the embedding space (``image_head``, ``lidar_head``)."""
+        cfg = self.cfg
+        if cfg.encoder_fc_dim is not None:
+            self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
+            self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
+            image_features = lidar_features = cfg.encoder_fc_dim
+        self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
+        self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+
+    def _groups(
+        self, lr_head: float, lr_image_encoder: float, lr_lidar_encoder: float
+    ) -> list[tuple[str, list[nn.Parameter], float]]:
+        """(name, parameters, learning rate) of each group (see :meth:`param_groups`)."""
+        raise NotImplementedError
+
+    def param_groups(
+        self,
+        lr_head: float = 1e-3,
+        lr_image_encoder: float = 1e-4,
+        lr_lidar_encoder: float = 1e-5,
+        weight_decay: float = 1e-3,
+    ) -> list[dict[str, Any]]:
+        """AdamW parameter groups (named ``heads``, ``image_encoder``, ``lidar_encoder``, and
+        ``bridge`` for the geometry bridge).
+
+        Defaults are the paper's. Frozen parameters and empty groups are left out.
+        """
+        out = []
+        for name, params, lr in self._groups(lr_head, lr_image_encoder, lr_lidar_encoder):
+            trainable = [p for p in params if p.requires_grad]
+            if trainable:
+                out.append({"params": trainable, "lr": lr, "weight_decay": weight_decay, "name": name})
+        return out
+
+    def architecture(self) -> dict[str, Any]:
+        """The configuration fields that define the network (JSON-compatible)."""
+        return architecture_of(self.cfg)
+
+    @torch.no_grad()
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the architecture and every tensor of the state dict.
+
+        Equal for the same network with the same weights on any device; used to refuse embeddings
+        made by another model. Dropout and how the weights were obtained do not enter.
+        """
+        return state_fingerprint(self.architecture(), self.state_dict())
+
+
+class TwoTowerModel(TowerModel):
     """Image tower and LiDAR tower mapping into one embedding space of ``embed_dim``.
 
     Embeddings are L2-normalised unless ``cfg.normalize`` is false (the paper's model, which
@@ -52,12 +110,7 @@ class TwoTowerModel(nn.Module):
         self.lidar_encoder = lidar_encoder
         self.image_fc: nn.Linear | None = None
         self.lidar_fc: nn.Linear | None = None
-        if cfg.encoder_fc_dim is not None:
-            self.image_fc = nn.Linear(image_features, cfg.encoder_fc_dim)
-            self.lidar_fc = nn.Linear(lidar_features, cfg.encoder_fc_dim)
-            image_features = lidar_features = cfg.encoder_fc_dim
-        self.image_head = ProjectionHead(image_features, cfg.embed_dim, cfg.head_dropout)
-        self.lidar_head = ProjectionHead(lidar_features, cfg.embed_dim, cfg.head_dropout)
+        self._add_appearance_heads(image_features, lidar_features)
 
     @property
     def embed_dim(self) -> int:
@@ -82,31 +135,17 @@ class TwoTowerModel(nn.Module):
         """Embeddings (image, LiDAR), each [B, D] (unit norm when ``cfg.normalize``)."""
         return self.encode_image(image), self.encode_lidar(lidar)
 
-    def param_groups(
-        self,
-        lr_head: float = 1e-3,
-        lr_image_encoder: float = 1e-4,
-        lr_lidar_encoder: float = 1e-5,
-        weight_decay: float = 1e-3,
-    ) -> list[dict[str, Any]]:
-        """AdamW parameter groups (named ``heads``, ``image_encoder``, ``lidar_encoder``).
-
-        Defaults are the paper's. Frozen parameters and empty groups are left out.
-        """
+    def _groups(
+        self, lr_head: float, lr_image_encoder: float, lr_lidar_encoder: float
+    ) -> list[tuple[str, list[nn.Parameter], float]]:
         # The reference code's encoder fc belongs to its encoder (encoder learning rate, no decay).
         image_fc = list(self.image_fc.parameters()) if self.image_fc is not None else []
         lidar_fc = list(self.lidar_fc.parameters()) if self.lidar_fc is not None else []
-        groups = [
+        return [
             ("heads", [*self.image_head.parameters(), *self.lidar_head.parameters()], lr_head),
             ("image_encoder", [*self.image_encoder.parameters(), *image_fc], lr_image_encoder),
             ("lidar_encoder", [*self.lidar_encoder.parameters(), *lidar_fc], lr_lidar_encoder),
         ]
-        out = []
-        for name, params, lr in groups:
-            trainable = [p for p in params if p.requires_grad]
-            if trainable:
-                out.append({"params": trainable, "lr": lr, "weight_decay": weight_decay, "name": name})
-        return out
 
     def data_configs(self) -> dict[str, dict[str, Any]]:
         """timm's input settings of each encoder's pretrained weights (``input_size``, ``mean``,
@@ -117,19 +156,6 @@ class TwoTowerModel(nn.Module):
             "image": timm.data.resolve_model_data_config(self.image_encoder),
             "lidar": timm.data.resolve_model_data_config(self.lidar_encoder),
         }
-
-    def architecture(self) -> dict[str, Any]:
-        """The configuration fields that define the network (JSON-compatible)."""
-        return architecture_of(self.cfg)
-
-    @torch.no_grad()
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the architecture and every tensor of the state dict.
-
-        Equal for the same network with the same weights on any device; used to refuse embeddings
-        made by another model. Dropout and how the weights were obtained do not enter.
-        """
-        return state_fingerprint(self.architecture(), self.state_dict())
 
 
 def architecture_of(cfg: ModelConfig) -> dict[str, Any]:

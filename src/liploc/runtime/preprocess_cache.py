@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from liploc.checked_array import CacheWriteWarning
 from liploc.errors import DataError, LiplocError
 from liploc.runtime.inputs import CachedInput
 
@@ -142,7 +143,7 @@ class PreprocessCache:
         from liploc.runtime.preprocess_cache import settings_key
 
         self.folder = Path(folder) / settings_key(config, PREPROCESS_VERSION)
-        self._write_failure_reported = False
+        self._write_failure = CacheWriteWarning("preprocessing cache")
         h, w = config.data.image_size
         self._shapes: dict[str, tuple[int, ...]] = {
             "image": (3, h, w),
@@ -205,11 +206,5 @@ class PreprocessCache:
         try:
             write_checked(path, array)
         except (OSError, LiplocError) as err:  # a read-only or full disk only costs speed
-            if not self._write_failure_reported:
-                self._write_failure_reported = True
-                warnings.warn(
-                    f"the preprocessing cache could not be written, which only costs speed: {err}",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            self._write_failure.report(err)
         return array

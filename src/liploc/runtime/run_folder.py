@@ -222,22 +222,26 @@ def read_csv_rows(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def checkpoint_present(path: str | Path) -> bool:
+    """Whether a checkpoint (its JSON manifest, or a bare weights file) is at the logical ``path``:
+    :func:`liploc.runtime.checkpoint.checkpoint_exists` without importing torch, for the checks
+    the commands make before torch loads."""
+    return Path(path).with_suffix(".json").is_file() or Path(path).is_file()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint file of ``path``: itself, or a run folder's best (else last) checkpoint."""
+    """The checkpoint file of ``path``: itself, or a run folder's best (else last) checkpoint;
+    DataError when there is none. Reads file names only (no torch)."""
     path = Path(path)
     if path.is_dir():
         run = RunFolder(path)
-        from liploc.runtime.checkpoint import checkpoint_exists
-
         for candidate in (run.best_checkpoint, run.last_checkpoint):
-            if checkpoint_exists(candidate):
+            if checkpoint_present(candidate):
                 return candidate
         raise DataError(
             path, "no checkpoints/best.safetensors or checkpoints/last.safetensors in this run folder"
         )
-    from liploc.runtime.checkpoint import checkpoint_exists
-
-    if not checkpoint_exists(path):
+    if not checkpoint_present(path):
         raise DataError(path, "checkpoint not found")
     return path
 

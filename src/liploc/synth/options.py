@@ -66,23 +66,22 @@ class SynthOptions(BaseModel):
             raise ValueError("a held-out region needs at least 4 blocks along x (blocks[0] >= 4)")
         return self
 
+    def _or_preset(self, name: str) -> float:
+        """The field ``name`` where it is given, else the size preset's value of it."""
+        value = getattr(self, name)
+        return value if value is not None else SIZE_PRESETS[self.size][name]
+
     @property
     def resolved_image_scale(self) -> float:
-        return float(
-            self.image_scale if self.image_scale is not None else SIZE_PRESETS[self.size]["image_scale"]
-        )
+        return float(self._or_preset("image_scale"))
 
     @property
     def resolved_lidar_columns(self) -> int:
-        return int(
-            self.lidar_columns if self.lidar_columns is not None else SIZE_PRESETS[self.size]["lidar_columns"]
-        )
+        return int(self._or_preset("lidar_columns"))
 
     @property
     def resolved_supersample(self) -> int:
-        return int(
-            self.supersample if self.supersample is not None else SIZE_PRESETS[self.size]["supersample"]
-        )
+        return int(self._or_preset("supersample"))
 
     @property
     def held_out_columns(self) -> int:

@@ -26,15 +26,20 @@ FACADE_TEX_FIELDS = (
 """Meaning of the eight texture parameters of a facade part (lengths in metres, sizes as fractions)."""
 
 
-def _hash(hx: np.ndarray, hy: np.ndarray, seed: int) -> np.ndarray:
-    with np.errstate(over="ignore"):
+def _mix(hx: np.ndarray, hy: np.ndarray, seed: int) -> np.ndarray:
+    """32 well-mixed bits per pair of uint32 lattice coordinates (a murmur-style finaliser)."""
+    with np.errstate(over="ignore"):  # the multiplications wrap around by design
         h = hx * _M1
         h ^= hy * _M2
         h ^= np.uint32(seed & 0xFFFFFFFF) * _M3
         h ^= h >> np.uint32(13)
         h *= _M4
         h ^= h >> np.uint32(15)
-    return (h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24))
+    return h
+
+
+def _hash(hx: np.ndarray, hy: np.ndarray, seed: int) -> np.ndarray:
+    return (_mix(hx, hy, seed) >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24))
 
 
 def hash_uniform(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
@@ -176,12 +181,7 @@ def cell_noise3(points: np.ndarray, size: float, seed: int) -> tuple[np.ndarray,
     ix, iy, iz = (a.astype(np.int64).astype(np.uint32) for a in _lattice_cells(points, size))
     with np.errstate(over="ignore"):
         ix ^= iz * np.uint32(0x9E3779B1)
-        h = ix * _M1
-        h ^= iy * _M2
-        h ^= np.uint32(seed & 0xFFFFFFFF) * _M3
-        h ^= h >> np.uint32(13)
-        h *= _M4
-        h ^= h >> np.uint32(15)
+    h = _mix(ix, iy, seed)
     scale = np.float32(1.0 / 256.0)
     return (
         (h & np.uint32(255)).astype(np.float32) * scale,

@@ -8,6 +8,7 @@ layout while the small set of styles and colours repeats across the town (the ta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -218,6 +219,75 @@ class _Placer:
         return self.rectangle_free(corners, margin=0.1, kerb=0.2)
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What every placing step of a town shares: the mesh being built, the streets, the occupancy,
+    the counts by kind, the unit sphere of crowns and shrubs, and the town seed."""
+
+    builder: MeshBuilder
+    streets: StreetNetwork
+    placer: _Placer
+    counts: dict[str, int]
+    sphere: tuple[np.ndarray, np.ndarray]
+    seed: int
+
+    @property
+    def ground(self) -> GroundMap:
+        """The ground lookups (street, sidewalk or verge of each point)."""
+        return self.placer.ground
+
+    def kerbside(self, e: int, side: float) -> _Kerbside:
+        """The left (``side`` 1) or right (-1) side of street segment ``e``."""
+        streets = self.streets
+        u = streets.directions[e]
+        return _Kerbside(
+            self,
+            a=streets.starts[e],
+            u=u,
+            n=np.array([-u[1], u[0]]) * side,
+            yaw=float(np.arctan2(u[1], u[0])),
+            kerb=float(streets.half_width[e] + streets.sidewalk[e]),
+            length=float(streets.lengths[e]),
+        )
+
+
+@dataclass(frozen=True)
+class _Kerbside:
+    """One side of a street segment, where plots front it: start ``a``, direction ``u``, normal
+    ``n`` pointing away from the street, heading ``yaw``, distance ``kerb`` from the centre line
+    to the outer edge of the sidewalk, and the segment's ``length``."""
+
+    scene: _Scene
+    a: np.ndarray
+    u: np.ndarray
+    n: np.ndarray
+    yaw: float
+    kerb: float
+    length: float
+
+    def place_box(
+        self,
+        kind: str,
+        corners: np.ndarray,
+        height: float,
+        margin: float,
+        material: Material,
+        colour: tuple[float, float, float] | np.ndarray,
+        **part: Any,
+    ) -> None:
+        """A box of one part on ``corners``, ``height`` tall, counted as ``kind``, where it stays
+        ``margin`` off everything placed (else nothing: not even an object number is used)."""
+        builder, placer = self.scene.builder, self.scene.placer
+        if not placer.rectangle_free(corners, margin=margin):
+            return
+        obj = builder.new_object()
+        part_id = builder.add_part(material, colour, obj, **part)
+        v, f = box(corners, 0.0, height)
+        builder.add(v, f, part_id)
+        placer.occupy(corners, margin=margin)
+        self.scene.counts[kind] += 1
+
+
 def _populate(streets: StreetNetwork, seed: int) -> Town:
     ground = GroundMap.build(streets, seed)
     lo = streets.nodes.min(axis=0) - 70.0
@@ -235,14 +305,14 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
         "shrubs": 0,
         "fences": 0,
     }
-    sphere = icosphere(1)
+    scene = _Scene(builder, streets, placer, counts, icosphere(1), seed)
     rng = np.random.default_rng([seed, 2])
     hw = streets.half_width
 
     # Kerbside furniture first: it stands on sidewalks, which buildings never reach.
     for e in range(len(streets.edges)):
-        _street_furniture(builder, streets, e, rng, placer, ground, counts, sphere, seed)
-    _traffic_lights(builder, streets, rng, ground, counts)
+        _street_furniture(scene, e, rng)
+    _traffic_lights(scene, rng)
 
     for e in range(len(streets.edges)):
         for side in (1.0, -1.0):
@@ -251,31 +321,25 @@ def _populate(streets: StreetNetwork, seed: int) -> Town:
             n = np.array([-u[1], u[0]])
             middle = a + 0.5 * streets.lengths[e] * u + side * n * (hw[e] + streets.sidewalk[e] + 25.0)
             style = _district(middle, seed)
-            _frontage(builder, streets, e, side, style, rng, placer, counts, sphere, seed)
+            _frontage(scene, e, side, style, rng)
 
     # Woods around the town, so that views down a street end in trees, not in an empty plain.
-    _woods(builder, streets, np.random.default_rng([seed, 5]), placer, counts, sphere)
+    _woods(scene, np.random.default_rng([seed, 5]))
 
     # Shrubs last, in what is left free (front yards, lots, parks), from their own random stream
     # so that they do not move anything placed before.
     shrubs = np.random.default_rng([seed, 4])
     for e in range(len(streets.edges)):
         for side in (1.0, -1.0):
-            _shrubs(builder, streets, e, side, shrubs, placer, counts, sphere)
+            _shrubs(scene, e, side, shrubs)
 
     slots = parking_slots(streets, ground)
     return Town(seed=seed, streets=streets, ground=ground, mesh=builder.build(), slots=slots, counts=counts)
 
 
-def _woods(
-    builder: MeshBuilder,
-    streets: StreetNetwork,
-    rng: np.random.Generator,
-    placer: _Placer,
-    counts: dict[str, int],
-    sphere: tuple[np.ndarray, np.ndarray],
-) -> None:
+def _woods(scene: _Scene, rng: np.random.Generator) -> None:
     """A belt of trees 20 to 65 m beyond the outermost streets, on a jittered 7 m grid."""
+    builder, streets, placer, counts = scene.builder, scene.streets, scene.placer, scene.counts
     lo = streets.nodes.min(axis=0) - 65.0
     hi = streets.nodes.max(axis=0) + 65.0
     inner_lo = lo + 45.0
@@ -288,26 +352,15 @@ def _woods(
             around = xy + np.array([[0.0, 0.0], [1.5, 0.0], [-1.5, 0.0], [0.0, 1.5], [0.0, -1.5]])
             if rng.random() < 0.2 or np.any(placer.occupied.sample(around) > 0):
                 continue
-            _tree(builder, xy, rng, sphere, crown=(2.0, 4.0), conifer=0.25, clumps=False)
+            _tree(builder, xy, rng, scene.sphere, crown=(2.0, 4.0), conifer=0.25, clumps=False)
             counts["trees"] += 1
 
 
-def _shrubs(
-    builder: MeshBuilder,
-    streets: StreetNetwork,
-    e: int,
-    side: float,
-    rng: np.random.Generator,
-    placer: _Placer,
-    counts: dict[str, int],
-    sphere: tuple[np.ndarray, np.ndarray],
-) -> None:
+def _shrubs(scene: _Scene, e: int, side: float, rng: np.random.Generator) -> None:
     """Bushes a little back from the sidewalk along one side of segment ``e``, where there is room."""
-    a = streets.starts[e]
-    u = streets.directions[e]
-    n = np.array([-u[1], u[0]]) * side
-    kerb = float(streets.half_width[e] + streets.sidewalk[e])
-    length = float(streets.lengths[e])
+    builder, placer, counts = scene.builder, scene.placer, scene.counts
+    kerbside = scene.kerbside(e, side)
+    a, u, n, kerb, length = kerbside.a, kerbside.u, kerbside.n, kerbside.kerb, kerbside.length
     s = rng.uniform(0.0, 5.0)
     while s < length:
         radius = rng.uniform(0.5, 1.3)
@@ -317,7 +370,7 @@ def _shrubs(
         if placer.disc_free(xy, radius):
             obj = builder.new_object()
             part = builder.add_part(Material.HEDGE, colour, obj)
-            unit, faces = sphere
+            unit, faces = scene.sphere
             bumps = 1.0 + rng.uniform(-0.2, 0.2, len(unit))
             radii = np.array([radius, radius * rng.uniform(0.8, 1.2), radius * flat])
             centre = np.array([xy[0], xy[1], radii[2] * 0.75])
@@ -334,17 +387,9 @@ def _district(xy: np.ndarray, seed: int) -> DistrictStyle:
     return STYLES[int(np.searchsorted(weights / weights[-1], u, side="right"))]
 
 
-def _street_furniture(
-    builder: MeshBuilder,
-    streets: StreetNetwork,
-    e: int,
-    rng: np.random.Generator,
-    placer: _Placer,
-    ground: GroundMap,
-    counts: dict[str, int],
-    sphere: tuple[np.ndarray, np.ndarray],
-    seed: int,
-) -> None:
+def _street_furniture(scene: _Scene, e: int, rng: np.random.Generator) -> None:
+    """Street lights, avenue trees and signs on the sidewalks of segment ``e``."""
+    builder, streets, ground, counts = scene.builder, scene.streets, scene.ground, scene.counts
     a = streets.starts[e]
     u = streets.directions[e]
     n = np.array([-u[1], u[0]])
@@ -370,14 +415,14 @@ def _street_furniture(
                 _street_light(builder, xy, -side * n, rng)
                 counts["street_lights"] += 1
 
-    lined = hash_uniform(np.array([e]), np.array([0]), seed + 3)[0] < 0.8
+    lined = hash_uniform(np.array([e]), np.array([0]), scene.seed + 3)[0] < 0.8
     if lined:  # avenue trees in pits in the sidewalk
         pitch = rng.uniform(5.0, 8.0)
         for side in (1.0, -1.0):
             for s in np.arange(start + rng.uniform(0, pitch), end, pitch):
                 xy = kerbside(s + rng.normal(0, 0.3), side, min(0.9, 0.5 * sw))
                 if xy is not None:
-                    _tree(builder, xy, rng, sphere, crown=(2.2, 3.8), conifer=0.0)
+                    _tree(builder, xy, rng, scene.sphere, crown=(2.2, 3.8), conifer=0.0)
                     counts["trees"] += 1
 
     for _ in range(rng.poisson(streets.lengths[e] / 70.0)):
@@ -432,13 +477,9 @@ def _sign(builder: MeshBuilder, xy: np.ndarray, facing: np.ndarray, rng: np.rand
     builder.add(v, f, plate)
 
 
-def _traffic_lights(
-    builder: MeshBuilder,
-    streets: StreetNetwork,
-    rng: np.random.Generator,
-    ground: GroundMap,
-    counts: dict[str, int],
-) -> None:
+def _traffic_lights(scene: _Scene, rng: np.random.Generator) -> None:
+    """A pole with a signal head on each approach of a third of the junctions."""
+    builder, streets, ground, counts = scene.builder, scene.streets, scene.ground, scene.counts
     incident = streets.incident()
     degree = streets.degree()
     for node in np.flatnonzero(degree >= 3):
@@ -508,38 +549,25 @@ def _tree(
         builder.add(unit * bumps[:, None] * r + centre + offset, faces, foliage)
 
 
-def _frontage(
-    builder: MeshBuilder,
-    streets: StreetNetwork,
-    e: int,
-    side: float,
-    style: DistrictStyle,
-    rng: np.random.Generator,
-    placer: _Placer,
-    counts: dict[str, int],
-    sphere: tuple[np.ndarray, np.ndarray],
-    seed: int = 0,
-) -> None:
+def _frontage(scene: _Scene, e: int, side: float, style: DistrictStyle, rng: np.random.Generator) -> None:
     """Buildings (or park) along one side of street segment ``e``."""
-    a = streets.starts[e]
-    u = streets.directions[e]
-    n = np.array([-u[1], u[0]]) * side
-    kerb = float(streets.half_width[e] + streets.sidewalk[e])
-    yaw = float(np.arctan2(u[1], u[0]))
+    builder, placer, counts = scene.builder, scene.placer, scene.counts
+    kerbside = scene.kerbside(e, side)
+    a, u, n, kerb, length = kerbside.a, kerbside.u, kerbside.n, kerbside.kerb, kerbside.length
+    yaw = kerbside.yaw
     s = rng.uniform(0.0, 6.0)
-    length = float(streets.lengths[e])
 
     if style.name == "park":
         while s < length:
             depth = rng.uniform(2.0, 30.0)
             xy = a + s * u + n * (kerb + depth)
             if placer.point_free(xy, 1.5):
-                _tree(builder, xy, rng, sphere, crown=(1.8, 4.0), conifer=0.3)
+                _tree(builder, xy, rng, scene.sphere, crown=(1.8, 4.0), conifer=0.3)
                 placer.occupy(rectangle_corners(xy[0], xy[1], 0.0, 2.0, 2.0))
                 counts["trees"] += 1
             s += rng.uniform(3.0, 12.0)
         if rng.random() < style.hedge:
-            _hedge_run(builder, a, u, n, kerb + 0.6, 0.0, length, yaw, rng, placer, counts)
+            _hedge_run(kerbside, kerb + 0.6, 0.0, length, rng)
         return
 
     while s < length:
@@ -562,44 +590,35 @@ def _frontage(
         placer.occupy(corners)
         counts["buildings"] += 1
         if setback > 1.6 and rng.random() < style.hedge:
-            _hedge_run(builder, a, u, n, kerb + 0.5, s, s + width, yaw, rng, placer, counts)
+            _hedge_run(kerbside, kerb + 0.5, s, s + width, rng)
         elif setback > 1.0 and rng.random() < style.wall:
-            _wall_run(builder, a, u, n, kerb + 0.3, s, s + width, yaw, rng, placer, counts)
+            _wall_run(kerbside, kerb + 0.3, s, s + width, rng)
         elif setback > 1.0:
             # Garden fences (decided by a hash, so that they move nothing drawn after them).
-            h = hash_uniform(np.array([e * 2 + (side > 0)]), np.array([counts["buildings"]]), seed + 17)[0]
+            h = hash_uniform(
+                np.array([e * 2 + (side > 0)]), np.array([counts["buildings"]]), scene.seed + 17
+            )[0]
             if h < style.fence:
-                _fence_run(
-                    builder, a, u, n, kerb + 0.2, s, s + width, yaw, float(h / style.fence), placer, counts
-                )
+                _fence_run(kerbside, kerb + 0.2, s, s + width, float(h / style.fence))
         if setback > 3.0 and rng.random() < style.yard_trees:
             xy = a + (s + rng.uniform(0.2, 0.8) * width) * u + n * (kerb + setback * 0.5)
             if placer.point_free(xy, 0.8):
-                _tree(builder, xy, rng, sphere, crown=(1.2, min(2.8, setback * 0.6)), conifer=0.25)
+                _tree(builder, xy, rng, scene.sphere, crown=(1.2, min(2.8, setback * 0.6)), conifer=0.25)
                 counts["trees"] += 1
         gap = 0.0 if rng.random() < style.gap_zero else rng.uniform(*style.gap)
         if gap > 4.0 and rng.random() < style.yard_trees:
             xy = a + (s + width + gap / 2) * u + n * (kerb + rng.uniform(2.0, 8.0))
             if placer.point_free(xy, 1.0):
-                _tree(builder, xy, rng, sphere, crown=(1.5, min(3.5, gap * 0.45)), conifer=0.25)
+                _tree(builder, xy, rng, scene.sphere, crown=(1.5, min(3.5, gap * 0.45)), conifer=0.25)
                 placer.occupy(rectangle_corners(xy[0], xy[1], 0.0, 1.5, 1.5))
                 counts["trees"] += 1
         s += width + gap
 
 
-def _hedge_run(
-    builder: MeshBuilder,
-    a: np.ndarray,
-    u: np.ndarray,
-    n: np.ndarray,
-    offset: float,
-    s0: float,
-    s1: float,
-    yaw: float,
-    rng: np.random.Generator,
-    placer: _Placer,
-    counts: dict[str, int],
-) -> None:
+def _hedge_run(kerbside: _Kerbside, offset: float, s0: float, s1: float, rng: np.random.Generator) -> None:
+    """A hedge ``offset`` metres from the street line between ``s0`` and ``s1``, broken by an entrance."""
+    builder, placer = kerbside.scene.builder, kerbside.scene.placer
+    a, u, n, yaw = kerbside.a, kerbside.u, kerbside.n, kerbside.yaw
     thickness = rng.uniform(0.6, 1.0)
     height = rng.uniform(0.8, 1.7)
     entrance = rng.uniform(0.3, 0.7)  # a gap for the path to the door
@@ -617,7 +636,7 @@ def _hedge_run(
             builder.add(v, f, part)
             placer.occupy(corners, margin=0.1)
             placed = True
-    counts["hedges"] += int(placed)
+    kerbside.scene.counts["hedges"] += int(placed)
 
 
 _FENCES = (
@@ -629,68 +648,35 @@ _FENCES = (
 )
 
 
-def _fence_run(
-    builder: MeshBuilder,
-    a: np.ndarray,
-    u: np.ndarray,
-    n: np.ndarray,
-    offset: float,
-    s0: float,
-    s1: float,
-    yaw: float,
-    pick: float,
-    placer: _Placer,
-    counts: dict[str, int],
-) -> None:
+def _fence_run(kerbside: _Kerbside, offset: float, s0: float, s1: float, pick: float) -> None:
     """A garden fence along the front of a plot; ``pick`` in [0, 1) chooses its kind and height.
     Its pickets are a texture that rays pass between (``textures.fence_gaps``)."""
+    a, u, n = kerbside.a, kerbside.u, kerbside.n
     colour, pitch, bar, heights = _FENCES[int(pick * len(_FENCES)) % len(_FENCES)]
     height = heights[0] + (heights[1] - heights[0]) * ((pick * 7.0) % 1.0)
     length = max(s1 - s0 - 1.0, 1.0)  # a gap for the gate
     start = a + (s0 + 0.5) * u + n * offset
     centre = start + 0.5 * length * u + n * 0.02
-    corners = rectangle_corners(centre[0], centre[1], yaw, length, 0.04)
-    if not placer.rectangle_free(corners, margin=0.05):
-        return
-    obj = builder.new_object()
-    part = builder.add_part(
+    kerbside.place_box(
+        "fences",
+        rectangle_corners(centre[0], centre[1], kerbside.yaw, length, 0.04),
+        height,
+        0.05,
         Material.FENCE,
         colour,
-        obj,
         origin=(start[0], start[1], 0.0),
         tangent=u,
         tex=(pitch, bar, height, 0.0, 0.0, 0.0, 0.0, 0.0),
     )
-    v, f = box(corners, 0.0, height)
-    builder.add(v, f, part)
-    placer.occupy(corners, margin=0.05)
-    counts["fences"] += 1
 
 
-def _wall_run(
-    builder: MeshBuilder,
-    a: np.ndarray,
-    u: np.ndarray,
-    n: np.ndarray,
-    offset: float,
-    s0: float,
-    s1: float,
-    yaw: float,
-    rng: np.random.Generator,
-    placer: _Placer,
-    counts: dict[str, int],
-) -> None:
+def _wall_run(kerbside: _Kerbside, offset: float, s0: float, s1: float, rng: np.random.Generator) -> None:
+    """A garden wall ``offset`` metres from the street line, 2 m short of each end of the plot."""
     height = rng.uniform(1.2, 2.3)
     colour = np.array(_CONCRETE[rng.integers(len(_CONCRETE))]) * rng.uniform(0.8, 1.1)
-    centre = a + 0.5 * (s0 + s1) * u + n * (offset + 0.15)
-    corners = rectangle_corners(centre[0], centre[1], yaw, max(s1 - s0 - 4.0, 1.0), 0.3)
-    if placer.rectangle_free(corners, margin=0.1):
-        obj = builder.new_object()
-        part = builder.add_part(Material.WALL, colour, obj)
-        v, f = box(corners, 0.0, height)
-        builder.add(v, f, part)
-        placer.occupy(corners, margin=0.1)
-        counts["walls"] += 1
+    centre = kerbside.a + 0.5 * (s0 + s1) * kerbside.u + kerbside.n * (offset + 0.15)
+    corners = rectangle_corners(centre[0], centre[1], kerbside.yaw, max(s1 - s0 - 4.0, 1.0), 0.3)
+    kerbside.place_box("walls", corners, height, 0.1, Material.WALL, colour)
 
 
 def _building(

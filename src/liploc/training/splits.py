@@ -135,6 +135,20 @@ def _unpaired_count(data: DataConfig, split: SplitName) -> int:
     return count
 
 
+def _posed_split(
+    data: DataConfig, split: SplitName, left_out: dict[str, int], notes: list[str]
+) -> list[Frame]:
+    """The frames of ``split`` (``train`` or ``val``) that have a pose; those without one and the
+    unpaired scans or images are added to ``left_out`` (and a note)."""
+    frames, no_pose = posed(split_frames(data, split))
+    left_out["no_pose"] += no_pose
+    left_out["unpaired"] += _unpaired_count(data, split)
+    if no_pose:
+        what = "training" if split == "train" else "validation"
+        notes.append(f"left out {no_pose} {what} frames without a pose")
+    return frames
+
+
 def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
     """Training and validation frames of ``data``, with a record of everything left out.
 
@@ -158,18 +172,10 @@ def training_splits(data: DataConfig, seed: int) -> TrainingSplits:
         notes.append(
             f"left out {len(missing)} sequence(s) with missing data (--allow-missing): {', '.join(missing)}"
         )
-    train, no_pose = posed(split_frames(data, "train"))
-    left_out["no_pose"] += no_pose
-    left_out["unpaired"] += _unpaired_count(data, "train")
-    if no_pose:
-        notes.append(f"left out {no_pose} training frames without a pose")
+    train = _posed_split(data, "train", left_out, notes)
     val_split = "none"
     if any(entry.val for entry in data.datasets):
-        val, no_pose_val = posed(split_frames(data, "val"))
-        left_out["no_pose"] += no_pose_val
-        left_out["unpaired"] += _unpaired_count(data, "val")
-        if no_pose_val:
-            notes.append(f"left out {no_pose_val} validation frames without a pose")
+        val = _posed_split(data, "val", left_out, notes)
         val_split = "sequences"
         notes.append(f"validation: {len(val)} frames of the val sequences")
     elif data.val_fraction > 0 and len(train) > 1:

@@ -256,25 +256,32 @@ function failed(text) {
   setStatus(text, true);
 }
 
+// POSTs the query images in `form` to `path` with the k chosen on the page: the JSON reply, or
+// null once what failed (the service's message, or the network's) is shown.
+async function postQuery(path, form) {
+  const k = document.getElementById("k-input").value || "5";
+  try {
+    const response = await fetch(`${path}?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
+    const body = await response.json();
+    if (!response.ok) {
+      failed(`${response.status}: ${body.detail || body.error}`);
+      return null;
+    }
+    return body;
+  } catch (err) {
+    failed(`request failed: ${err}`);
+    return null;
+  }
+}
+
 async function localize(file) {
   clearResults();
   showQuery(file);
-  const k = document.getElementById("k-input").value || "5";
   const form = new FormData();
   form.append("image", file, file.name);
   setStatus(`localizing ${file.name}...`, false);
-  let body;
-  try {
-    const response = await fetch(`/localize?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
-    body = await response.json();
-    if (!response.ok) {
-      failed(`${response.status}: ${body.detail || body.error}`);
-      return;
-    }
-  } catch (err) {
-    failed(`request failed: ${err}`);
-    return;
-  }
+  const body = await postQuery("/localize", form);
+  if (body === null) return;
   showResults({ matches: body.matches });
   listMatches(body.matches);
   showRangeImages(body.matches);
@@ -285,24 +292,13 @@ async function localizeSequence(files) {
   const last = files[files.length - 1];
   clearResults();
   showQuery(last);
-  const k = document.getElementById("k-input").value || "5";
   const travelled = document.getElementById("travelled-input").value.trim();
   const form = new FormData();
   for (const file of files) form.append("image", file, file.name);
   if (travelled) form.append("travelled", travelled);
   setStatus(`localizing a sequence of ${files.length} images...`, false);
-  let body;
-  try {
-    const response = await fetch(`/localize/sequence?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
-    body = await response.json();
-    if (!response.ok) {
-      failed(`${response.status}: ${body.detail || body.error}`);
-      return;
-    }
-  } catch (err) {
-    failed(`request failed: ${err}`);
-    return;
-  }
+  const body = await postQuery("/localize/sequence", form);
+  if (body === null) return;
   showResults({ matches: body.matches, path: body.path });
   listMatches(body.matches);
   showRangeImages(body.matches);
