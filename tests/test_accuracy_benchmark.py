@@ -187,3 +187,13 @@ def test_benchmark_table_and_json_report_a_failing_method(
     text = console.export_text()
     assert "not available" in text and "failed" in text
     assert "paper (LIP-Loc)" in text and "one lane over" in text and "localize latency" in text
+
+
+def test_every_method_of_the_benchmark_has_a_config_that_builds() -> None:
+    """A method whose config no longer validates (a renamed key, an unknown encoder, missing
+    packaged weights) would only fail an hour into the full run."""
+    for name, method in acc.METHODS.items():
+        config = acc.method_config(name, method)
+        assert config.model.embed_dim > 0, name
+    s2r = acc.method_config("synth-to-real", acc.METHODS["synth-to-real"])
+    assert s2r.model.image_weights == "efficientnet-lite0" and s2r.data.photometric.p > 0
