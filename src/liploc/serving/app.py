@@ -310,9 +310,16 @@ def _add_map_routes(app: FastAPI, live: LiveService, settings: ServeSettings, ba
     async def map_metadata() -> dict[str, Any]:
         return {**live.current.metadata, "limits": settings.model_dump(exclude={"host", "port"})}
 
-    @app.get("/map/trajectory", summary="Position, heading and frame id of every map entry")
-    async def map_trajectory() -> dict[str, Any]:
-        return live.current.trajectory
+    @app.get(
+        "/map/trajectory",
+        summary="Position, heading and frame id of every map entry",
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}},
+    )
+    async def map_trajectory() -> Response:
+        loaded = live.current
+        body = await run_in_threadpool(lambda: loaded.trajectory_json)  # encoded once per map
+        return Response(body, media_type="application/json")
 
     @app.get("/map/frames/{sequence}/{frame}", summary="One map entry's pose")
     async def map_frame(sequence: str, frame: int) -> dict[str, Any]:
