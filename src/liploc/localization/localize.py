@@ -46,8 +46,9 @@ def build_map(
     onnx: bool = True,
     index_kind: IndexKind = "auto",
     max_memory: int | None = None,
-) -> LidarMap:
-    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
+) -> LidarMap | None:
+    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``;
+    returns the map (None on the ranks other than 0 of a distributed build).
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``; None: the checkpoint's ``train.precision`` on the
     device) is recorded in the map; localization embeds its queries with the same one. The map, with
@@ -71,7 +72,8 @@ def build_map(
     cut at whole batches of ``batch_size`` (so each batch is the one a single process would
     embed), the shares are gathered in rank order, and rank 0 alone builds the index and writes
     the map (the one a single process writes, byte for byte); it alone prints. The other ranks
-    wait for it and return the map it wrote, or raise if it failed.
+    wait for it to say it wrote the map and return None (the map is on rank 0's disk, which may be
+    another node's), or raise if it failed.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
     from liploc.console import progress_bar
@@ -113,7 +115,8 @@ def build_map(
     if world_size > 1:
         emb = _gather_shards(emb)
         if rank != 0:
-            return _await_main_rank(out)
+            _await_main_rank()
+            return None
     with _telling_the_other_ranks(world_size > 1):
         return _build_and_save(
             emb,
@@ -210,11 +213,10 @@ def _telling_the_other_ranks(distributed: bool) -> Iterator[None]:
             _broadcast_flag(ok)
 
 
-def _await_main_rank(out: Path) -> LidarMap:
-    """The map rank 0 wrote at ``out`` once it says it has (:class:`_MainRankFailed` if it failed)."""
+def _await_main_rank() -> None:
+    """Wait until rank 0 says it wrote the map (:class:`_MainRankFailed` if it failed)."""
     if not _broadcast_flag(False):
         raise _MainRankFailed("rank 0 did not write the map (its error says why)")
-    return LidarMap.load(out, verify=False)
 
 
 def _broadcast_flag(value: bool) -> bool:
