@@ -22,12 +22,17 @@ For each map size and index kind, in fresh processes:
 - R@1 (20 m) of the held-out queries, and its change from the exact search on the same map;
 - for the kind ``auto`` picks, the time ``LidarMap.load`` takes on the whole map folder (every
   checksum verified, the index checked against the embeddings): what ``serve`` waits for besides
-  its model.
+  its model;
+- ``liploc serve`` on the largest map (the town's model copied in, with its ONNX export of the
+  camera tower): the time from starting the process to ``/health`` answering, for each backend,
+  and the server's resident memory then and after 64 ``/localize`` requests of the town's images
+  (anonymous memory apart from the pages of mapped files: the embeddings stay on disk, mapped).
 
 The town, its model and the maps are cached under ``--work`` (default: the system temporary folder),
 so a second run only builds and measures. ``--quick``: 10k and 100k; the default adds 1M (about
-2.4 GB of disk). ``hnsw`` is left out above ``--hnsw-max`` entries (its build takes long on 2
-cores). The last line is one JSON object with every figure.
+3.6 GB of disk, 4.8 with the served map). ``--serve-only``: only the ``serve`` figures (the largest
+map's index must have been built by an earlier run). ``hnsw`` is left out above ``--hnsw-max``
+entries (its build takes long on 2 cores). The last line is one JSON object with every figure.
 
     python benchmarks/map_scale.py --quick
 """
@@ -65,6 +70,7 @@ GOALS = {
     "batch_speedup": 5.0,
     "build_s": 600.0,
     "map_load_s": 5.0,
+    "serve_ready_s": 5.0,
 }
 """The issue's goals at 1,000,000 scans of 256-d on 2 cores."""
 
@@ -304,6 +310,159 @@ def write_map_folder(folder: Path, kind: str, n: int, town: dict[str, np.ndarray
     return out
 
 
+# --- serve on the largest map ---------------------------------------------------------------
+SERVE_REQUESTS = 64
+
+
+def served_map(work: Path, folder: Path, kind: str, n: int) -> Path:
+    """``folder/served``: the map folder of ``write_map_folder`` as ``map build`` would make it with
+    the town's model (its fingerprint, config and preprocessing, the checkpoint and the camera
+    tower's ONNX export in ``model/``), over the built ``kind`` index; made once."""
+    from liploc.interop.onnx_export import export_onnx
+    from liploc.localization.index import EmbeddingIndex
+    from liploc.localization.lidar_map import LidarMap
+    from liploc.localization.map_folder import MapFolder
+    from liploc.localization.map_growth import preprocessing_id
+    from liploc.runtime.checkpoint import copy_checkpoint
+    from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
+
+    out = folder / "served"
+    if (out / "manifest.json").is_file():
+        return out
+    bare = folder / "map"
+    emb = np.load(folder / "embeddings.npy", mmap_mode="r")
+    model, config = load_model_from_checkpoint(work / "run")
+    names = json.loads((bare / "frames.json").read_text())["sequence"]
+    lidar_map = LidarMap(
+        emb,
+        np.load(bare / "poses.npy", mmap_mode="r"),
+        names,
+        np.arange(n),
+        np.full(n, np.nan),
+        model.fingerprint(),
+        config.model.model_dump(mode="json"),
+        EmbeddingIndex.load(folder / f"{kind}.faiss", vectors=emb),
+        "fp32",
+        "bench:town",
+        preprocessing_id(config),
+    )
+
+    def add_model(target: Path) -> None:
+        copy_checkpoint(resolve_checkpoint(work / "run"), MapFolder(target).checkpoint)
+        export_onnx(MapFolder(target).checkpoint, MapFolder(target).onnx_dir, towers=("image",))
+
+    lidar_map.save(out, add_files=add_model)
+    return out
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon and RssFile of process ``pid``, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+def serve_figures(map_dir: Path, images: list[Path], backend: str, threads: int | None) -> dict[str, Any]:
+    """Start ``liploc serve`` on ``map_dir``; seconds until ``/health`` answers, resident memory
+    then and after :data:`SERVE_REQUESTS` ``/localize`` requests (one at a time)."""
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "liploc", "serve", str(map_dir), "--port", str(port), "--device", "cpu"]
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*command, "--backend", backend], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve ended: {proc.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as res:
+                    frames = json.loads(res.read())["frames"]
+                break
+            except OSError:
+                time.sleep(0.02)
+        ready_s = time.perf_counter() - started
+        ready = process_memory(proc.pid)
+        latencies = []
+        for i in range(SERVE_REQUESTS):
+            body = images[i % len(images)].read_bytes()
+            request = urllib.request.Request(
+                f"{url}/localize?k=5", data=body, headers={"Content-Type": "image/png"}
+            )
+            t = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=60) as res:
+                assert len(json.loads(res.read())["matches"]) == 5
+            latencies.append(time.perf_counter() - t)
+        served = process_memory(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {
+        "backend": backend,
+        "frames": frames,
+        "serve_ready_s": round(ready_s, 2),
+        "serve_rss_ready_mb": round(ready["VmRSS"] / 2**20, 1),
+        "serve_anon_ready_mb": round(ready["RssAnon"] / 2**20, 1),
+        "serve_rss_mb": round(served["VmRSS"] / 2**20, 1),
+        "serve_anon_mb": round(served["RssAnon"] / 2**20, 1),
+        "serve_file_mb": round(served["RssFile"] / 2**20, 1),
+        "serve_anon_bytes_per_scan": round(served["RssAnon"] / frames, 1),
+        "request_p50_ms": percentile_ms(latencies, 50),
+    }
+
+
+def measure_serve(work: Path, n: int, threads: int | None) -> list[dict[str, Any]]:
+    """:func:`serve_figures` of both backends on the ``n``-scan map (its ``auto`` index kind)."""
+    from liploc.localization.index import choose_kind
+
+    folder = work / "maps" / str(n)
+    kind = choose_kind(n, DIM)
+    if not (folder / f"{kind}.faiss").is_file() or not (folder / "map" / "manifest.json").is_file():
+        raise SystemExit(f"{folder}: no {kind} index and map yet; run without --serve-only first")
+    map_dir = served_map(work, folder, kind, n)
+    images = sorted((work / "data" / "sequences").glob("*/image_2/*.png"))[:SERVE_REQUESTS]
+    rows = []
+    for backend in ("onnx", "torch"):
+        row = {"scans": n, "kind": kind, **serve_figures(map_dir, images, backend, threads)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def print_serve_table(rows: list[dict[str, Any]]) -> None:
+    goal = GOALS["serve_ready_s"]
+    print(
+        "| scans | backend | ready s (goal <= 5) | RSS ready / after requests MB | anonymous MB "
+        "(B/scan) | mapped files MB | /localize p50 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        met = "met" if r["serve_ready_s"] <= goal else "not met"
+        print(
+            f"| {r['scans']:,} | {r['backend']} | {r['serve_ready_s']} ({met}) | "
+            f"{r['serve_rss_ready_mb']} / {r['serve_rss_mb']} | {r['serve_anon_mb']} "
+            f"({r['serve_anon_bytes_per_scan']}) | {r['serve_file_mb']} | {r['request_p50_ms']} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k and 100k scans only")
@@ -312,6 +471,7 @@ def main() -> None:
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest map hnsw is built for")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "liploc-map-scale")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads of the children")
+    parser.add_argument("--serve-only", action="store_true", help="only serve's start and memory")
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -328,13 +488,28 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
+    sizes = args.sizes or (SIZES_QUICK if args.quick else SIZES_FULL)
+    if args.serve_only:
+        serve_rows = measure_serve(work, max(sizes), args.threads)
+        print_serve_table(serve_rows)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "map_scale",
+                    "part": "serve",
+                    "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+                    "goals_at_1m": GOALS,
+                    "serve": serve_rows,
+                }
+            )
+        )
+        return
     town = town_embeddings(work)
     queries_path = work / "queries.npy"
     np.save(queries_path, town["camera"])
     held_out = np.flatnonzero(town["held_out"])
     map_xy = town["xy"][~town["held_out"]]
     n_real = len(map_xy)
-    sizes = args.sizes or (SIZES_QUICK if args.quick else SIZES_FULL)
     kinds = ["flat", *[k for k in args.kinds if k != "flat"]]  # flat: the exact reference
     rows: list[dict[str, Any]] = []
     from liploc.localization.index import choose_kind
@@ -369,6 +544,8 @@ def main() -> None:
             load = child(["load-map", str(map_dir)], args.threads)
             next(r for r in rows if r["scans"] == n and r["kind"] == auto).update(load)
     print_table(rows)
+    serve_rows = measure_serve(work, max(sizes), args.threads)
+    print_serve_table(serve_rows)
     print(
         json.dumps(
             {
@@ -381,6 +558,7 @@ def main() -> None:
                 "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                 "goals_at_1m": GOALS,
                 "rows": rows,
+                "serve": serve_rows,
             }
         )
     )

@@ -17,6 +17,7 @@ INSTANTS = (
     "checkpoint.previous_kept",
     "checkpoint.manifest_renamed",
     "checkpoint.alias_linked",
+    "map.embeddings_written",
     "map.folder_written",
     "map.swapped",
     "cache.entry_written",

@@ -18,6 +18,8 @@ BUILD_EPILOG = examples(
     "liploc map build runs/kitti_resnet50 --data-root /data/kitti/dataset --sequence 8 --out maps/08 --force",
     "liploc map build runs/k360 --data-root /data/kitti360 --sequence 0 --sequence 2 --out maps/city "
     "--index ivf-pq",
+    "torchrun --nproc_per_node=4 -m liploc map build runs/k360 --data-root /data/kitti360 --sequence 0 "
+    "--out maps/city",
 )
 ADD_EPILOG = examples(
     "liploc map add maps/city --data-root /data/kitti360 --sequence 3",
@@ -41,6 +43,14 @@ MaxMemory = Annotated[
     float | None,
     typer.Option("--max-memory", help="MiB the index may keep in memory (auto chooses within it)."),
 ]
+BatchSize = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Scans per forward pass (under torchrun each process embeds whole batches).",
+    ),
+]
 Onnx = Annotated[
     bool,
     typer.Option(
@@ -62,8 +72,11 @@ def build(
     onnx: Onnx = True,
     index: Index = "auto",
     max_memory: MaxMemory = None,
+    batch_size: BatchSize = 64,
 ) -> None:
-    """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model)."""
+    """Embed the LiDAR scans of sequences into a self-contained map (embeddings, poses, index, model).
+
+    Under ``torchrun`` every process embeds its share of the scans and the first writes the map."""
     from liploc.commands.preflight import check_map_output, dataset_sequences, require_checkpoint
 
     with reported_errors(writing=out):
@@ -72,20 +85,23 @@ def build(
         require_checkpoint(run)
         dataset_sequences(data_root, layout, sequence)
         from liploc.localization.localize import build_map
+        from liploc.runtime.process_group import process_group_from_env
 
-        build_map(
-            run,
-            data_root,
-            sequence,
-            out,
-            layout=layout,
-            device=device,
-            console=console,
-            force=force,
-            onnx=onnx,
-            index_kind=index,
-            max_memory=None if max_memory is None else int(max_memory * 2**20),
-        )
+        with process_group_from_env():  # one process, or a rank of torchrun's job
+            build_map(
+                run,
+                data_root,
+                sequence,
+                out,
+                layout=layout,
+                device=device,
+                batch_size=batch_size,
+                console=console,
+                force=force,
+                onnx=onnx,
+                index_kind=index,
+                max_memory=None if max_memory is None else int(max_memory * 2**20),
+            )
 
 
 MapDir = Annotated[Path, typer.Argument(metavar="MAP", help="Map folder to grow.", **EXISTING)]

@@ -79,7 +79,7 @@ def serve(
     max_request_megapixels: MaxRequestMegapixels = 100.0,
 ) -> None:
     """HTTP localization service and map page: POST /localize, /localize/batch, /localize/sequence;
-    GET /, /map, /docs."""
+    GET /, /map, /docs. POST /reload or SIGHUP serves the map folder as it is now (after map add)."""
     from liploc.localization.backend import choose_backend
 
     with reported_errors():

@@ -344,6 +344,7 @@ class LidarMap:
 
     def _write_files(self, folder: Path) -> None:
         np.save(folder / "embeddings.npy", self.embeddings, allow_pickle=False)
+        fault_point("map.embeddings_written")  # a map's files half written (the scratch folder's)
         np.save(folder / "poses.npy", self.poses, allow_pickle=False)
         frames = {
             "sequence": self.sequences,

@@ -9,8 +9,8 @@ by another model (``--checkpoint`` of another run) is refused by the map's finge
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from liploc.config import Config
-from liploc.errors import ConfigError, DataError
+from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
@@ -46,8 +46,9 @@ def build_map(
     onnx: bool = True,
     index_kind: IndexKind = "auto",
     max_memory: int | None = None,
-) -> LidarMap:
-    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``.
+) -> LidarMap | None:
+    """Embed every posed LiDAR scan of ``sequences`` and save a self-contained map folder at ``out``;
+    returns the map (None on the ranks other than 0 of a distributed build).
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``; None: the checkpoint's ``train.precision`` on the
     device) is recorded in the map; localization embeds its queries with the same one. The map, with
@@ -65,18 +66,28 @@ def build_map(
     :func:`liploc.localization.index.choose_kind`); the map records it. Every sequence must be in
     one world frame (a map's poses are compared with each other): sequences of different worlds
     are refused, naming two of them, before the model is loaded.
+
+    Under ``torchrun`` (a process group of several ranks, :mod:`liploc.runtime.process_group`),
+    every rank calls this with the same arguments: each embeds one contiguous share of the frames,
+    cut at whole batches of ``batch_size`` (so each batch is the one a single process would
+    embed), the shares are gathered in rank order, and rank 0 alone builds the index and writes
+    the map (the one a single process writes, byte for byte); it alone prints. The other ranks
+    wait for it to say it wrote the map and return None (the map is on rank 0's disk, which may be
+    another node's), or raise if it failed.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
     from liploc.console import progress_bar
     from liploc.datasets import open_dataset
     from liploc.datasets.base import require_sequences
-    from liploc.datasets.frame import frame_times
     from liploc.datasets.sequence_names import resolve_sequence_name
     from liploc.localization.embedding import embed_frames
-    from liploc.runtime.checkpoint import copy_checkpoint
     from liploc.runtime.device import embedding_precision, pick_device
-    from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
+    from liploc.runtime.process_group import get_rank, get_world_size, local_rank, shard_range
+    from liploc.runtime.run_folder import load_model_from_checkpoint
 
+    rank, world_size = get_rank(), get_world_size()
+    if rank != 0:
+        console = None  # rank 0 speaks for the job
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError(f"{out}: a map (or other files) already exists there; pass --force to replace it")
@@ -86,13 +97,14 @@ def build_map(
     world = one_world(reader, sequences)
     model, config = load_model_from_checkpoint(checkpoint)
     frames = posed_map_frames(reader, data_root, sequences, console)
-    dev = pick_device(device)
+    dev = pick_device(device, local_rank())
     precision = precision or embedding_precision(config, dev)
+    start, stop = shard_range(len(frames), rank, world_size, multiple=batch_size)
     progress = progress_bar(console)
     with progress if progress is not None else nullcontext():
         emb = embed_frames(
             model,
-            frames,
+            frames[start:stop],
             config,
             "lidar",
             device=dev,
@@ -100,6 +112,50 @@ def build_map(
             progress=progress,
             precision=precision,
         )
+    if world_size > 1:
+        emb = _gather_shards(emb)
+        if rank != 0:
+            _await_main_rank()
+            return None
+    with _telling_the_other_ranks(world_size > 1):
+        return _build_and_save(
+            emb,
+            frames,
+            checkpoint=checkpoint,
+            out=out,
+            model=model,
+            config=config,
+            sequences=sequences,
+            world=world,
+            precision=precision,
+            console=console,
+            onnx=onnx,
+            index_kind=index_kind,
+            max_memory=max_memory,
+        )
+
+
+def _build_and_save(
+    emb: np.ndarray,
+    frames: Sequence[Any],
+    *,
+    checkpoint: str | Path,
+    out: Path,
+    model: Any,
+    config: Config,
+    sequences: Sequence[str],
+    world: str | None,
+    precision: str,
+    console: Console | None,
+    onnx: bool,
+    index_kind: IndexKind,
+    max_memory: int | None,
+) -> LidarMap:
+    """The map of ``frames`` (embedded as ``emb``) with its index, saved with the model at ``out``."""
+    from liploc.datasets.frame import frame_times
+    from liploc.runtime.checkpoint import copy_checkpoint
+    from liploc.runtime.run_folder import resolve_checkpoint
+
     lidar_map = LidarMap.build(
         emb,
         np.stack([f.pose for f in frames]),
@@ -130,6 +186,48 @@ def build_map(
     if console is not None:
         console.print(f"map of {len(lidar_map)} scans ({', '.join(sequences)}) written to {out}")
     return lidar_map
+
+
+def _gather_shards(emb: np.ndarray) -> np.ndarray:
+    """Every rank's embeddings, in rank order (the frames' order), on every rank."""
+    from liploc.runtime.process_group import all_gather_uneven, collective_device
+
+    rows = torch.from_numpy(np.ascontiguousarray(emb)).to(collective_device())
+    return all_gather_uneven(rows).cpu().numpy()
+
+
+class _MainRankFailed(LiplocError):
+    """Rank 0 of a distributed ``map build`` did not write the map (it says why)."""
+
+
+@contextmanager
+def _telling_the_other_ranks(distributed: bool) -> Iterator[None]:
+    """Rank 0: run the body, then tell the waiting ranks (:func:`_await_main_rank`) whether the map
+    was written, also when it failed, so that they never wait for a map that will not come."""
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if distributed:
+            _broadcast_flag(ok)
+
+
+def _await_main_rank() -> None:
+    """Wait until rank 0 says it wrote the map (:class:`_MainRankFailed` if it failed)."""
+    if not _broadcast_flag(False):
+        raise _MainRankFailed("rank 0 did not write the map (its error says why)")
+
+
+def _broadcast_flag(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank."""
+    import torch.distributed as dist
+
+    from liploc.runtime.process_group import collective_device
+
+    flag = torch.tensor([int(value)], dtype=torch.int32, device=collective_device())
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def map_camera(frames: Sequence[Any], console: Console | None = None) -> dict[str, Any]:

@@ -48,13 +48,14 @@ def capped_num_workers(requested: int, cores: int | None = None) -> tuple[int, s
     return cores, f"data.num_workers {requested} lowered to {cores}, the CPU cores available here"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (``auto``), else CPU; or the named torch device.
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """CUDA when present (``auto``; GPU ``local_rank`` under torchrun), else CPU; or the named
+    torch device.
 
     Errors name ``--device``, the option through which evaluation and localization get it.
     """
     try:
-        return resolve_device(name)
+        return resolve_device(name, local_rank)
     except ConfigError as err:
         raise ConfigError(str(err).replace("train.device", "--device")) from None
 

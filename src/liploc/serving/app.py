@@ -15,6 +15,9 @@ fastapi-offline: no CDN, so they work offline)::
     POST /localize/sequence?k=5             consecutive images (multipart ``image`` fields in
                                             driving order, optional ``travelled`` metres):
                                             the last one's poses by sequence matching, and the path
+    POST /reload                            load the map folder again (after ``liploc map add``)
+                                            and swap it in; requests in flight finish on the old
+                                            map (:mod:`liploc.serving.live`); SIGHUP does the same
 
 Every error is a JSON object ``{"error": code, "detail": what is wrong}`` with a 4xx status for a
 bad request (a form field of another name, too many images or pixels, an image that is not one);
@@ -28,7 +31,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -50,6 +53,7 @@ from liploc.localization.results import LocalizedImage, LocalizedSequence
 from liploc.serving.batching import MicroBatcher
 from liploc.serving.engine import MapService, UnknownFrame
 from liploc.serving.images import BadRequest, DecodedQuery, check_request_pixels, decode_query, read_header
+from liploc.serving.live import LiveService, ReloadFailed
 from liploc.serving.settings import ServeSettings
 
 log = logging.getLogger("liploc.serve")
@@ -111,7 +115,8 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         settings.max_wait_ms / 1000.0,
         thread_init=service.encoder.init_thread,
     )
-    decoder = QueryDecoder(service, settings)
+    live = LiveService(service)
+    decoder = QueryDecoder(service.encoder.init_thread, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -127,15 +132,16 @@ def create_app(service: MapService, settings: ServeSettings | None = None) -> Fa
         docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: _add_docs serves them
         redoc_url=None,
     )
-    app.state.service = service
+    app.state.live = live
     app.state.batcher = batcher
     app.state.settings = settings
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     _add_error_handlers(app)
     _add_page(app)
     _add_docs(app)
-    _add_map_routes(app, service, settings, batcher)
-    _add_localize_routes(app, service, settings, batcher, decoder)
+    _add_map_routes(app, live, settings, batcher)
+    _add_localize_routes(app, live, settings, batcher, decoder)
+    _add_reload_route(app, live)
     return app
 
 
@@ -147,33 +153,33 @@ class QueryDecoder:
     pixels together bounded (``max_request_pixels``, 413), before any pixel is decoded.
     """
 
-    def __init__(self, service: MapService, settings: ServeSettings) -> None:
-        self.service = service
+    def __init__(self, thread_init: Callable[[], None], settings: ServeSettings) -> None:
+        """``thread_init``: run once in each decode thread (the encoder's ``init_thread``)."""
         self.settings = settings
         self.threads = ThreadPoolExecutor(
-            settings.decode_threads,
-            thread_name_prefix="liploc-decode",
-            initializer=service.encoder.init_thread,
+            settings.decode_threads, thread_name_prefix="liploc-decode", initializer=thread_init
         )
 
-    async def __call__(self, uploads: list[tuple[str, bytes]]) -> list[DecodedQuery]:
-        """The uploads decoded, checked and prepared as the network's inputs, in parallel."""
+    async def __call__(self, service: MapService, uploads: list[tuple[str, bytes]]) -> list[DecodedQuery]:
+        """The uploads decoded, checked and prepared as ``service``'s network inputs, in parallel."""
         self._check_headers(uploads)
         loop = asyncio.get_running_loop()
-        prepare = self.service.encoder.prepare
+        prepare = service.encoder.prepare
         jobs = [
             loop.run_in_executor(self.threads, decode_query, data, self.settings, name, prepare)
             for name, data in uploads
         ]
         return list(await asyncio.gather(*jobs))
 
-    async def one_at_a_time(self, uploads: list[tuple[str, bytes]]) -> list[DecodedQuery]:
+    async def one_at_a_time(
+        self, service: MapService, uploads: list[tuple[str, bytes]]
+    ) -> list[DecodedQuery]:
         """The uploads decoded one after the other, each shrunk at once to the RGB image the
         network sees (:meth:`MapService.sequence_input`): a sequence of many large images never
         holds more than one of them decoded."""
         self._check_headers(uploads)
         loop = asyncio.get_running_loop()
-        shrink = self.service.sequence_input
+        shrink = service.sequence_input
         return [
             await loop.run_in_executor(self.threads, decode_query, data, self.settings, name, shrink)
             for name, data in uploads
@@ -277,14 +283,14 @@ def _add_docs(app: FastAPI) -> None:
         )
 
 
-def _add_map_routes(
-    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher
-) -> None:
-    """/health and the map: its metadata, trajectory, entries and their range images."""
+def _add_map_routes(app: FastAPI, live: LiveService, settings: ServeSettings, batcher: MicroBatcher) -> None:
+    """/health and the map: its metadata, trajectory, entries and their range images (of the map
+    loaded now)."""
     started = time.time()
 
     @app.get("/health", summary="Liveness, the map, the backend and the batching counters")
     async def health() -> dict[str, Any]:
+        service = live.current.service
         return {
             "status": "ok",
             "map": service.name,
@@ -297,23 +303,28 @@ def _add_map_routes(
                 "max_wait_ms": settings.max_wait_ms,
                 **batcher.stats.as_dict(),
             },
+            "map_loads": live.health(),
         }
-
-    metadata = service.metadata()
-    trajectory = service.trajectory()
 
     @app.get("/map", summary="The map's metadata: frames, extent, model, created")
     async def map_metadata() -> dict[str, Any]:
-        return {**metadata, "limits": settings.model_dump(exclude={"host", "port"})}
+        return {**live.current.metadata, "limits": settings.model_dump(exclude={"host", "port"})}
 
-    @app.get("/map/trajectory", summary="Position, heading and frame id of every map entry")
-    async def map_trajectory() -> dict[str, Any]:
-        return trajectory
+    @app.get(
+        "/map/trajectory",
+        summary="Position, heading and frame id of every map entry",
+        response_class=Response,
+        responses={200: {"content": {"application/json": {}}}},
+    )
+    async def map_trajectory() -> Response:
+        loaded = live.current
+        body = await run_in_threadpool(lambda: loaded.trajectory_json)  # encoded once per map
+        return Response(body, media_type="application/json")
 
     @app.get("/map/frames/{sequence}/{frame}", summary="One map entry's pose")
     async def map_frame(sequence: str, frame: int) -> dict[str, Any]:
         try:
-            entry = service.frame_info(sequence, frame)
+            entry = live.current.service.frame_info(sequence, frame)
         except UnknownFrame as err:
             raise BadRequest(404, "unknown_frame", str(err)) from None
         return place_json(entry)
@@ -326,7 +337,7 @@ def _add_map_routes(
     )
     async def map_frame_range(sequence: str, frame: int) -> Response:
         try:
-            png = await run_in_threadpool(service.range_image_png, sequence, frame)
+            png = await run_in_threadpool(live.current.service.range_image_png, sequence, frame)
         except UnknownFrame as err:
             raise BadRequest(404, "unknown_frame", str(err)) from None
         except DataError as err:
@@ -334,22 +345,43 @@ def _add_map_routes(
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
+def _add_reload_route(app: FastAPI, live: LiveService) -> None:
+    """POST /reload: the map folder loaded again and swapped in (SIGHUP does the same)."""
+
+    @app.post(
+        "/reload",
+        summary="Load the map folder again (after `liploc map add`) and serve it from now on",
+        description="Requests in flight finish on the previous map; those that start after the swap "
+        "get the new one. Answers the new map's frames and the previous count, its sequences, index "
+        "kind, model fingerprint, generation (reloads so far) and the load time. If the map does not "
+        "load, the previous map stays served and the answer is a 409 saying why.",
+    )
+    async def reload() -> Response:
+        try:
+            return JSONResponse(await live.reload())
+        except ReloadFailed as err:
+            return JSONResponse(error_body("reload_failed", err.detail), status_code=409)
+
+
 def _add_localize_routes(
-    app: FastAPI, service: MapService, settings: ServeSettings, batcher: MicroBatcher, decode: QueryDecoder
+    app: FastAPI, live: LiveService, settings: ServeSettings, batcher: MicroBatcher, decode: QueryDecoder
 ) -> None:
     """POST /localize, /localize/batch and /localize/sequence: the JSON of ``liploc localize
     --json`` (:mod:`liploc.localization.results`), each image described by name and size, with
-    the map, model and backend that answered and the time taken."""
-    identity = {
-        "map": service.name,
-        "model_fingerprint": service.encoder.fingerprint,
-        "backend": service.encoder.backend,
-    }
-    frames = len(service.lidar_map)
+    the map, model and backend that answered and the time taken. Each request takes the map
+    loaded when it starts (:attr:`LiveService.current`) and keeps it to its answer."""
 
-    def _k_json(k: int) -> dict[str, int]:
+    def identity(service: MapService) -> dict[str, Any]:
+        return {
+            "map": service.name,
+            "frames": len(service.lidar_map),
+            "model_fingerprint": service.encoder.fingerprint,
+            "backend": service.encoder.backend,
+        }
+
+    def _k_json(service: MapService, k: int) -> dict[str, int]:
         # A map of 60 frames answers 60 poses to k=100: say so, rather than "k": 100.
-        return {"k": min(k, frames), "k_requested": k}
+        return {"k": min(k, len(service.lidar_map)), "k_requested": k}
 
     k_query = Query(
         None, ge=1, le=settings.max_k, description=f"Poses to return (default {settings.default_k})."
@@ -362,17 +394,24 @@ def _add_localize_routes(
     )
     async def localize(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
+        service = live.current.service
         with batcher.announce():
             uploads = await _read_uploads(request, settings, many=False)
-            (query,) = await decode(uploads)
+            (query,) = await decode(service, uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
-        matches = (await batcher.submit([query.input], kk))[0]
+        matches = (await batcher.submit([query.input], kk, service.localize_prepared))[0]
         t2 = time.perf_counter()
         result = LocalizedImage(query.name, matches).to_json()
         # A Response, not a dict: FastAPI's encoder would walk every number of the 4 x 4 poses.
         return JSONResponse(
-            {**identity, **_k_json(kk), **result, "image": _image_json(query), "time_ms": _times(t0, t1, t2)}
+            {
+                **identity(service),
+                **_k_json(service, kk),
+                **result,
+                "image": _image_json(query),
+                "time_ms": _times(t0, t1, t2),
+            }
         )
 
     @app.post(
@@ -382,18 +421,21 @@ def _add_localize_routes(
     )
     async def localize_batch(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
+        service = live.current.service
         with batcher.announce():
             uploads = await _read_uploads(request, settings, many=True)
-            queries = await decode(uploads)
+            queries = await decode(service, uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
-        results = await batcher.submit([q.input for q in queries], kk)
+        results = await batcher.submit([q.input for q in queries], kk, service.localize_prepared)
         t2 = time.perf_counter()
         answers = [
             {**LocalizedImage(q.name, matches).to_json(), "image": _image_json(q)}
             for q, matches in zip(queries, results, strict=True)
         ]
-        return JSONResponse({**identity, **_k_json(kk), "results": answers, "time_ms": _times(t0, t1, t2)})
+        return JSONResponse(
+            {**identity(service), **_k_json(service, kk), "results": answers, "time_ms": _times(t0, t1, t2)}
+        )
 
     @app.post(
         "/localize/sequence",
@@ -403,8 +445,9 @@ def _add_localize_routes(
     )
     async def localize_sequence(request: Request, k: int | None = k_query) -> Response:
         t0 = time.perf_counter()
+        service = live.current.service
         uploads, travelled = await _read_sequence_form(request, settings)
-        queries = await decode.one_at_a_time(uploads)
+        queries = await decode.one_at_a_time(service, uploads)
         t1 = time.perf_counter()
         kk = k or settings.default_k
         try:
@@ -417,7 +460,9 @@ def _add_localize_routes(
         names = [q.name for q in queries]
         result = LocalizedSequence(names, found.matches, found.path, travelled).to_json()
         images = {"image": _image_json(queries[-1]), "images": [_image_json(q) for q in queries]}
-        return JSONResponse({**identity, **_k_json(kk), **result, **images, "time_ms": _times(t0, t1, t2)})
+        return JSONResponse(
+            {**identity(service), **_k_json(service, kk), **result, **images, "time_ms": _times(t0, t1, t2)}
+        )
 
 
 SEQUENCE_DESCRIPTION = (

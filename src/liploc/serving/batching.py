@@ -6,7 +6,8 @@ search for all of them in a single worker thread (so the event loop keeps accept
 meanwhile), and hands each request its own rows. It waits for more only while other requests are
 announced (still uploading or decoding, see :meth:`MicroBatcher.announce`), and never longer than
 ``max_wait_s``: a lone request does not wait at all. Under load the queue fills while a batch
-runs, so the next batch forms without waiting.
+runs, so the next batch forms without waiting. A request may name the function that runs its batch
+(the map it started on, while the service reloads): one batch only holds requests of one function.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class _Pending:
     images: Sequence[np.ndarray]
     k: int
     future: asyncio.Future[list[list[Match]]]
+    run_batch: RunBatch
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -109,12 +111,15 @@ class MicroBatcher:
         finally:
             self.arriving -= 1
 
-    async def submit(self, images: Sequence[np.ndarray], k: int) -> list[list[Match]]:
-        """Top-``k`` matches of each image, computed in a batch with other waiting requests."""
+    async def submit(
+        self, images: Sequence[np.ndarray], k: int, run_batch: RunBatch | None = None
+    ) -> list[list[Match]]:
+        """Top-``k`` matches of each image, computed in a batch with other waiting requests of the
+        same ``run_batch`` (default: the batcher's own)."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         future: asyncio.Future[list[list[Match]]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(images, k, future))
+        await self._queue.put(_Pending(images, k, future, run_batch or self.run_batch))
         return await future
 
     async def run_alone(self, fn: Callable[..., T], *args: object) -> T:
@@ -140,8 +145,8 @@ class MicroBatcher:
                         break
                 else:
                     item = self._queue.get_nowait()
-                if size + len(item.images) > self.max_batch:
-                    # Keep it for the next batch rather than overshoot this one.
+                if size + len(item.images) > self.max_batch or item.run_batch != batch[0].run_batch:
+                    # Keep it for the next batch rather than overshoot this one (or mix two maps).
                     await self._run(loop, batch)
                     batch, size = [item], len(item.images)
                     deadline = loop.time() + self.max_wait_s
@@ -161,7 +166,7 @@ class MicroBatcher:
         self.stats.images += len(images)
         self.stats.batch_sizes[len(images)] += 1
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, images, k)
+            results = await loop.run_in_executor(self._executor, live[0].run_batch, images, k)
         except Exception as err:
             self.stats.failed_batches += 1
             for p in live:

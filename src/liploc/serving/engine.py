@@ -121,6 +121,8 @@ class MapService:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _range_cache: dict[tuple[str, int], bytes] = field(default_factory=dict, repr=False)
     _dataset: Any = field(default=None, repr=False)
+    _open_options: dict[str, Any] | None = field(default=None, repr=False)
+    """The options :meth:`open` was given (:meth:`reopen` uses them again); None when made by hand."""
 
     @classmethod
     def open(
@@ -171,7 +173,31 @@ class MapService:
             Path(data_root) if data_root is not None else None,
             layout,
             config,
+            _open_options={
+                "backend": backend,
+                "device": device,
+                "checkpoint": checkpoint,
+                "onnx_dir": onnx_dir,
+                "data_root": data_root,
+                "layout": layout,
+                "threads": threads,
+            },
         )
+
+    def reopen(self) -> MapService:
+        """A new service over this one's map folder, loaded again with the same options (the map
+        as it is on disk now: after a ``liploc map add``, with the added drives). This one is
+        unchanged.
+
+        Raises:
+            ConfigError: this service was not made by :meth:`open`.
+            DataError, ModelMismatchError: the map folder does not load now (it names why).
+        """
+        if self._open_options is None:
+            raise ConfigError(
+                "this service was not opened from its map folder (MapService.open): it cannot reload"
+            )
+        return MapService.open(self.map_dir, **self._open_options)
 
     @property
     def name(self) -> str:

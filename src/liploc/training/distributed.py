@@ -1,5 +1,6 @@
-"""Process-group helpers: rank and world size, start-up from torchrun, collectives with gradients,
-the DDP wrapper of the model.
+"""Training's distributed helpers: collectives with gradients, the DDP wrapper of the model; and,
+re-exported from :mod:`liploc.runtime.process_group` (which ``map build`` shares), rank and world
+size, start-up from torchrun, barriers and the uneven all-gather.
 
 Everything here also works without ``torch.distributed`` being initialised: a single process is
 rank 0 of a world of size 1, and the collectives return their input.
@@ -7,8 +8,6 @@ rank 0 of a world of size 1, and the collectives return their input.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,79 +15,40 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from liploc.runtime.process_group import (
+    DistributedInfo,
+    all_gather_uneven,
+    barrier,
+    destroy,
+    get_rank,
+    get_world_size,
+    init_from_env,
+    is_distributed,
+    is_main_process,
+)
+
 if TYPE_CHECKING:
     from liploc.config import TrainConfig
 
-
-@dataclass(frozen=True)
-class DistributedInfo:
-    """Where this process stands in the job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes files and prints (rank 0)."""
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether several processes take part."""
-        return self.world_size > 1
-
-
-def is_distributed() -> bool:
-    """Whether a process group is initialised and holds more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def get_rank() -> int:
-    """Rank of this process (0 without a process group)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes (1 without a process group)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """Whether this process is rank 0."""
-    return get_rank() == 0
-
-
-def init_from_env(backend: str | None = None) -> DistributedInfo:
-    """Join the process group that ``torchrun`` describes in the environment.
-
-    Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and the single process
-    is rank 0. ``backend`` defaults to ``nccl`` when CUDA is present and ``gloo`` otherwise; with
-    NCCL the CUDA device of ``LOCAL_RANK`` is made current.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size <= 1:
-        return DistributedInfo()
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
-    return DistributedInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
-
-
-def destroy() -> None:
-    """Leave the process group if one is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    """Wait for every process (no-op in a single process)."""
-    if is_distributed():
-        dist.barrier()
+__all__ = [
+    "DistributedInfo",
+    "all_gather_no_grad",
+    "all_gather_uneven",
+    "all_gather_with_grad",
+    "all_reduce_grad_mean",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "check_same_rows",
+    "destroy",
+    "get_rank",
+    "get_world_size",
+    "init_from_env",
+    "is_distributed",
+    "is_main_process",
+    "unwrap",
+    "wrap_distributed",
+]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -153,26 +113,6 @@ def all_gather_no_grad(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor)
     return torch.cat(parts, dim=0)
-
-
-def all_gather_uneven(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` of every process along dim 0 when the row counts differ (no gradient).
-
-    Rows are padded to the largest count for the all-gather and the padding dropped again, so each
-    process's rows appear once, in rank order. Without a process group: ``tensor`` itself.
-    """
-    if not is_distributed():
-        return tensor
-    tensor = tensor.detach().contiguous()
-    rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    counts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, rows)
-    sizes = [int(c.item()) for c in counts]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
 
 
 def all_reduce_grad_mean(tensor: Tensor) -> Tensor:

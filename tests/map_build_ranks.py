@@ -1,0 +1,39 @@
+"""``liploc map build`` as a rank of ``torchrun`` would run it, recording what this rank embeds.
+
+``python -m torch.distributed.run --nproc_per_node=2 tests/map_build_ranks.py RECORD -- ARGS...``
+runs ``liploc map build ARGS...`` in every process, through the command line, and writes the
+frames each rank embedded to ``RECORD/rank-<RANK>.json`` (the test checks the shares are disjoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from liploc.cli import main
+from liploc.localization import embedding
+
+
+def record_embedded_frames(record: Path) -> None:
+    """Wrap :func:`embedding.embed_frames` (``build_map`` imports it at call time) so that each
+    call appends its frames to this rank's record file."""
+    real = embedding.embed_frames
+    path = record / f"rank-{os.environ.get('RANK', '0')}.json"
+
+    def recording(model, frames, *args, **kwargs):  # type: ignore[no-untyped-def]
+        done = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(done + [f"{f.sequence}/{f.index}" for f in frames]))
+        return real(model, frames, *args, **kwargs)
+
+    embedding.embed_frames = recording  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    record_embedded_frames(Path(sys.argv[1]))
+    sys.argv = ["liploc", "map", "build", *sys.argv[sys.argv.index("--") + 1 :]]
+    main()
