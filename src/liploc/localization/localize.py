@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +24,7 @@ from liploc.errors import ConfigError, DataError, LiplocError
 from liploc.localization.index import IndexKind
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
-from liploc.localization.map_growth import one_world, posed_map_frames, preprocessing_id
+from liploc.localization.map_growth import embed_map_scans, one_world, posed_map_frames, preprocessing_id
 from liploc.localization.sequences import MapTrack, SequenceMatcher, SequenceSettings
 
 if TYPE_CHECKING:
@@ -76,11 +76,9 @@ def build_map(
     another node's), or raise if it failed.
     """
     # Imported here: localization (below) needs none of evaluation's modules, and starts faster.
-    from liploc.console import progress_bar
     from liploc.datasets import open_dataset
     from liploc.datasets.base import require_sequences
     from liploc.datasets.sequence_names import resolve_sequence_name
-    from liploc.localization.embedding import embed_frames
     from liploc.runtime.device import embedding_precision, pick_device
     from liploc.runtime.process_group import get_rank, get_world_size, local_rank, shard_range
     from liploc.runtime.run_folder import load_model_from_checkpoint
@@ -100,18 +98,7 @@ def build_map(
     dev = pick_device(device, local_rank())
     precision = precision or embedding_precision(config, dev)
     start, stop = shard_range(len(frames), rank, world_size, multiple=batch_size)
-    progress = progress_bar(console)
-    with progress if progress is not None else nullcontext():
-        emb = embed_frames(
-            model,
-            frames[start:stop],
-            config,
-            "lidar",
-            device=dev,
-            batch_size=batch_size,
-            progress=progress,
-            precision=precision,
-        )
+    emb = embed_map_scans(model, frames[start:stop], config, dev, batch_size, precision, console)
     if world_size > 1:
         emb = _gather_shards(emb)
         if rank != 0:

@@ -34,11 +34,13 @@ from liploc.localization.lidar_map import LidarMap
 from liploc.localization.map_folder import MODEL_DIR, MapFolder
 
 if TYPE_CHECKING:
+    import torch
     from rich.console import Console
 
     from liploc.config import Config
     from liploc.datasets.base import DatasetReader
     from liploc.datasets.frame import Frame
+    from liploc.models import GeometryBridgeModel, TwoTowerModel
 
 
 def preprocessing_id(config: Config) -> str:
@@ -108,12 +110,10 @@ def add_to_map(
         ModelMismatchError: ``checkpoint`` is another model than the map's.
         DataError: the map, the dataset or a sequence is missing or damaged.
     """
-    from liploc.console import progress_bar
     from liploc.datasets import open_dataset
     from liploc.datasets.base import require_sequences
     from liploc.datasets.frame import frame_times
     from liploc.datasets.sequence_names import resolve_sequence_name
-    from liploc.localization.embedding import embed_frames
     from liploc.runtime.device import pick_device
     from liploc.runtime.run_folder import load_model_from_checkpoint, resolve_checkpoint
 
@@ -144,18 +144,7 @@ def add_to_map(
         precision = _precision(lidar_map, precision, config, dev)
 
         frames = posed_map_frames(reader, data_root, sequences, console)
-        progress = progress_bar(console)
-        with progress if progress is not None else nullcontext():
-            emb = embed_frames(
-                model,
-                frames,
-                config,
-                "lidar",
-                device=dev,
-                batch_size=batch_size,
-                progress=progress,
-                precision=precision,
-            )
+        emb = embed_map_scans(model, frames, config, dev, batch_size, precision, console)
         grown = lidar_map.appended(
             emb,
             np.stack([f.pose for f in frames]),
@@ -214,6 +203,34 @@ def posed_map_frames(
     if not frames:
         raise DataError(data_root, "no frame with a pose in the requested sequences")
     return frames
+
+
+def embed_map_scans(
+    model: TwoTowerModel | GeometryBridgeModel,
+    frames: Sequence[Frame],
+    config: Config,
+    device: torch.device,
+    batch_size: int,
+    precision: str,
+    console: Console | None,
+) -> np.ndarray:
+    """(N, D) LiDAR embeddings of a map's ``frames`` (``map build`` and ``map add``), with a
+    progress bar on ``console``."""
+    from liploc.console import progress_bar
+    from liploc.localization.embedding import embed_frames
+
+    progress = progress_bar(console)
+    with progress if progress is not None else nullcontext():
+        return embed_frames(
+            model,
+            frames,
+            config,
+            "lidar",
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            precision=precision,
+        )
 
 
 def _precision(lidar_map: LidarMap, asked: str | None, config: Config, device: object) -> str:
