@@ -48,6 +48,7 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from liploc.errors import ConfigError, DataError
+from liploc.localization.lidar_map import Match
 from liploc.localization.map_folder import place_json
 from liploc.localization.results import LocalizedImage, LocalizedSequence
 from liploc.serving.batching import MicroBatcher
@@ -383,6 +384,22 @@ def _add_localize_routes(
         # A map of 60 frames answers 60 poses to k=100: say so, rather than "k": 100.
         return {"k": min(k, len(service.lidar_map)), "k_requested": k}
 
+    async def localized(
+        request: Request, k: int | None, many: bool
+    ) -> tuple[MapService, int, list[DecodedQuery], list[list[Match]], dict[str, float]]:
+        """Read, decode and localize the images of a ``/localize`` or ``/localize/batch`` request
+        on the map the request started on (a reload swaps maps between requests, never inside
+        one): that map's service, k, the decoded queries, their matches and the request's times."""
+        t0 = time.perf_counter()
+        service = live.current.service
+        with batcher.announce():
+            uploads = await _read_uploads(request, settings, many=many)
+            queries = await decode(service, uploads)
+        t1 = time.perf_counter()
+        kk = k or settings.default_k
+        results = await batcher.submit([q.input for q in queries], kk, service.localize_prepared)
+        return service, kk, queries, results, _times(t0, t1, time.perf_counter())
+
     k_query = Query(
         None, ge=1, le=settings.max_k, description=f"Poses to return (default {settings.default_k})."
     )
@@ -393,24 +410,15 @@ def _add_localize_routes(
         openapi_extra=_image_body(many=False),
     )
     async def localize(request: Request, k: int | None = k_query) -> Response:
-        t0 = time.perf_counter()
-        service = live.current.service
-        with batcher.announce():
-            uploads = await _read_uploads(request, settings, many=False)
-            (query,) = await decode(service, uploads)
-        t1 = time.perf_counter()
-        kk = k or settings.default_k
-        matches = (await batcher.submit([query.input], kk, service.localize_prepared))[0]
-        t2 = time.perf_counter()
-        result = LocalizedImage(query.name, matches).to_json()
+        service, kk, (query,), (matches,), times = await localized(request, k, many=False)
         # A Response, not a dict: FastAPI's encoder would walk every number of the 4 x 4 poses.
         return JSONResponse(
             {
                 **identity(service),
                 **_k_json(service, kk),
-                **result,
+                **LocalizedImage(query.name, matches).to_json(),
                 "image": _image_json(query),
-                "time_ms": _times(t0, t1, t2),
+                "time_ms": times,
             }
         )
 
@@ -420,21 +428,13 @@ def _add_localize_routes(
         openapi_extra=_image_body(many=True),
     )
     async def localize_batch(request: Request, k: int | None = k_query) -> Response:
-        t0 = time.perf_counter()
-        service = live.current.service
-        with batcher.announce():
-            uploads = await _read_uploads(request, settings, many=True)
-            queries = await decode(service, uploads)
-        t1 = time.perf_counter()
-        kk = k or settings.default_k
-        results = await batcher.submit([q.input for q in queries], kk, service.localize_prepared)
-        t2 = time.perf_counter()
+        service, kk, queries, results, times = await localized(request, k, many=True)
         answers = [
             {**LocalizedImage(q.name, matches).to_json(), "image": _image_json(q)}
             for q, matches in zip(queries, results, strict=True)
         ]
         return JSONResponse(
-            {**identity(service), **_k_json(service, kk), "results": answers, "time_ms": _times(t0, t1, t2)}
+            {**identity(service), **_k_json(service, kk), "results": answers, "time_ms": times}
         )
 
     @app.post(
