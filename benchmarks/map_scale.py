@@ -65,7 +65,14 @@ BATCH = 32
 SINGLE_QUERIES = 400
 """Queries timed one at a time (after 20 warm-up ones); batches: all the town's queries."""
 TOWN = dict(
-    town_seed=7, drives=30, held_out_drives=2, frames=120, frame_spacing_m=3.0, size="small", blocks=(8, 4)
+    town_seed=7,
+    drives=30,
+    held_out_drives=2,
+    frames=120,
+    frame_spacing_m=3.0,
+    size="small",
+    blocks=(8, 4),
+    pairs="same-direction",
 )
 """The demo's town (``liploc demo``): its held-out drive's partner, over the same streets, is in the
 map, so the held-out queries have a right answer that a trained model finds (the demo's model: R@1
