@@ -40,3 +40,22 @@ def test_the_demo_prints_single_and_sequence_rows_for_each_window(tmp_path: Path
 def test_demo_windows_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="sequence windows must be >= 0 m"):
         DemoOptions(sequence_windows_m=(20.0, -5.0))
+
+
+def test_an_interrupted_training_stops_the_demo_before_any_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A demo whose training a signal stopped (the loop saved a checkpoint and returned) must not
+    evaluate the half-trained model: its figures would pass for the demo's."""
+    import liploc.commands.demo as demo
+    from liploc.training.loop import TrainResult
+
+    def interrupted(config: object, run_dir: Path, console: object, progress: bool = True) -> TrainResult:
+        return TrainResult(run_dir, run_dir / "last", None, step=3, epoch=0, stopped="interrupted")
+
+    monkeypatch.setattr(demo, "train_or_restart", interrupted)
+    console = Console(record=True, width=100)
+    result = run_demo(tmp_path / "demo", DemoOptions(drives=3, frames=10, epochs=1), console=console)
+    assert result.interrupted and result.metrics == {}
+    assert not (tmp_path / "demo" / "eval").exists() and not (tmp_path / "demo" / "metrics.json").exists()
+    assert "training interrupted at step 3" in console.export_text()

@@ -100,6 +100,8 @@ class DemoResult:
     out: Path
     metrics: dict[str, dict[str, Any]]
     seconds: float
+    interrupted: bool = False
+    """Training was stopped by a signal: nothing was evaluated (the same command resumes)."""
 
 
 def _demo_config(options: DemoOptions, data_root: Path, train_seqs: list[str]) -> Config:
@@ -157,6 +159,13 @@ def run_demo(
     )
     with pinned_torch_threads(options.torch_threads):
         result = train_or_restart(config, run_dir, console)
+    if result.stopped == "interrupted":
+        # Evaluating the half-trained model would print figures that look like the demo's.
+        console.print(
+            f"[yellow]training interrupted at step {result.step}: nothing evaluated; the same "
+            "command resumes it[/]"
+        )
+        return DemoResult(out, {}, time.perf_counter() - started, interrupted=True)
     console.print(f"trained {result.step} steps; checkpoints in {run_dir / 'checkpoints'}")
 
     console.rule("[bold]3/3 evaluation on held-out streets")

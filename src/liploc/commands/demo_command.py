@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from liploc.commands._common import console, reported_errors
+from liploc.commands._common import INTERRUPTED, console, reported_errors
 from liploc.commands.options import EXISTING, examples
 
 EPILOG = examples("liploc demo", "liploc demo --out runs/demo2 --town-seed 8 --epochs 10")
@@ -56,4 +56,6 @@ def demo(
         options = DemoOptions(
             town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, torch_threads=threads, **extra
         )
-        run_demo(out, options, console=console)
+        result = run_demo(out, options, console=console)
+    if result.interrupted:
+        raise typer.Exit(code=INTERRUPTED)
