@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -156,6 +156,17 @@ def embed_frame_sets(
     ]
 
 
+class EmbeddingOptions(TypedDict, total=False):
+    """The keyword options of :func:`embed_frame_sets` after ``device``, as :func:`embed_frames`
+    passes them on (see there for their meaning and defaults)."""
+
+    batch_size: int
+    num_workers: int | None
+    cache_dir: str | Path | None
+    progress: object | None
+    precision: str | None
+
+
 def embed_frames(
     model: TwoTowerModel | GeometryBridgeModel,
     frames: Sequence[Frame],
@@ -163,25 +174,11 @@ def embed_frames(
     modality: Modality,
     *,
     device: torch.device,
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    cache_dir: str | Path | None = None,
-    progress: object | None = None,
-    precision: str | None = None,
+    **options: Unpack[EmbeddingOptions],
 ) -> np.ndarray:
     """(N, D) float32 embeddings of the camera images or LiDAR scans of ``frames``: one set of
-    :func:`embed_frame_sets` (same arguments)."""
-    return embed_frame_sets(
-        model,
-        [(frames, modality)],
-        config,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        cache_dir=cache_dir,
-        progress=progress,
-        precision=precision,
-    )[0]
+    :func:`embed_frame_sets` (same keyword options)."""
+    return embed_frame_sets(model, [(frames, modality)], config, device=device, **options)[0]
 
 
 def embed_batch(
