@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypedDict, Unpack
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from liploc.models import GeometryBridgeModel, TwoTowerModel
 from liploc.runtime.device import embedding_precision, loader_cores, loader_workers, precision_dtype
 from liploc.runtime.frame_dataset import ImageDataset, LidarDataset, PairDataset
 from liploc.runtime.preprocess_cache import preprocess_cache_dir
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; the annotations are not evaluated (3.10)
 
 Modality = Literal["image", "lidar"]
 
