@@ -11,6 +11,7 @@ The files are written in the KITTI odometry layout by the shared builder of ``co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,15 @@ def write_corridors(root: Path, *drives: tuple[str, int, int]) -> Path:
     """Write a corridor drive for each (sequence, n_frames, seed) under ``root``; returns ``root``."""
     for sequence, n_frames, seed in drives:
         write_corridor(root, sequence, n_frames, seed=seed)
+    return root
+
+
+def write_map_town(root: Path) -> Path:
+    """Three corridor drives in one shared world, for map tests: 00 (24 frames) to train on, 01
+    (6) to validate on and to add to a map, 02 (8) to build a map of; a synth manifest says the
+    drives share the town's frame. Returns ``root``."""
+    write_corridors(root, ("00", 24, 1), ("01", 6, 2), ("02", 8, 3))
+    (root / "synth.json").write_text(json.dumps({"pose_frame": "town"}))
     return root
 
 

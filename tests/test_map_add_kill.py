@@ -9,7 +9,6 @@ as it holds a manifest. A killed run is then run again, which must give the whol
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from corridor_world import write_corridors
+from corridor_world import write_map_town
 from tiny_runs import train_on_00
 
 from liploc.faults import ENV
@@ -74,8 +73,7 @@ def kill_when(proc: subprocess.Popen, map_dir: Path, moment: str) -> None:
 def town(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Drives of one world, a map of 02, and the states of the map before and after adding 01."""
     base = tmp_path_factory.mktemp("kill")
-    root = write_corridors(base / "town", ("00", 24, 1), ("01", 6, 2), ("02", 8, 3))
-    (root / "synth.json").write_text(json.dumps({"pose_frame": "town"}))
+    root = write_map_town(base / "town")
     run = train_on_00(root, base / "run", seed=0, steps=1, batch_size=8)
     build_map(run, root, ["02"], base / "before", device="cpu", onnx=False)
     town = {"root": root, "before": base / "before", "after": base / "after", "cache": base / "cache"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from corridor_world import write_corridors
+from corridor_world import write_corridors, write_map_town
 from state_observer import observe_file_changes
 from tiny_runs import train_on_00
 
@@ -59,8 +59,7 @@ def test_appending_to_an_ivf_pq_map_adds_to_its_trained_index() -> None:
 @pytest.fixture(scope="module")
 def town(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Corridor drives in one shared world (a synth manifest says so), a model, and another."""
-    root = write_corridors(tmp_path_factory.mktemp("town"), ("00", 24, 1), ("01", 6, 2), ("02", 8, 3))
-    (root / "synth.json").write_text(json.dumps({"pose_frame": "town"}))
+    root = write_map_town(tmp_path_factory.mktemp("town"))
     runs = tmp_path_factory.mktemp("runs")
     return {
         "root": root,

@@ -4,7 +4,6 @@ old one served."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from corridor_world import write_corridors
+from corridor_world import write_map_town
 from fastapi.testclient import TestClient
 from tiny_runs import train_on_00
 
@@ -36,8 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def town(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Corridor drives of one world, a model, and a map of drive 02 (8 scans) to copy."""
     base = tmp_path_factory.mktemp("reload")
-    root = write_corridors(base / "town", ("00", 24, 1), ("01", 6, 2), ("02", 8, 3))
-    (root / "synth.json").write_text(json.dumps({"pose_frame": "town"}))
+    root = write_map_town(base / "town")
     run = train_on_00(root, base / "run", seed=0, steps=1, batch_size=8)
     build_map(run, root, ["02"], base / "map", device="cpu", onnx=False)
     return {"root": root, "map": base / "map"}
