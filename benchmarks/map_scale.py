@@ -64,22 +64,20 @@ THRESHOLD_M = 20.0
 BATCH = 32
 SINGLE_QUERIES = 400
 """Queries timed one at a time (after 20 warm-up ones); batches: all the town's queries."""
-TOWN = dict(
-    town_seed=7,
-    drives=30,
-    held_out_drives=2,
-    frames=120,
-    frame_spacing_m=3.0,
-    size="small",
-    blocks=(8, 4),
-    pairs="same-direction",
-)
-"""The demo's town (``liploc demo``): its held-out drive's partner, over the same streets, is in the
-map, so the held-out queries have a right answer that a trained model finds (the demo's model: R@1
-0.49 at 20 m against a map of the partner drive alone)."""
-TOWN_EPOCHS = 25
-"""The demo's epochs: a model of 8 epochs on a 12-drive town was at chance (R@1 0.01 on the town's
-map alone), so that no R@1 change could be seen."""
+
+
+def demo_town() -> tuple[Any, int]:
+    """The demo's town (``liploc demo``'s SynthOptions) and its training epochs (25). Its held-out
+    drive's partner, over the same streets, is in the map, so the held-out queries have a right
+    answer that a trained model finds (the demo's model: R@1 0.49 at 20 m against a map of the
+    partner drive alone); a model of 8 epochs on a 12-drive town was at chance (R@1 0.01 on the
+    town's own map), so that no R@1 change could be seen. Imported here, not at the top: the
+    measuring children need none of it."""
+    from liploc.commands.demo import DemoOptions, demo_town_options
+
+    return demo_town_options(DemoOptions()), DemoOptions().epochs
+
+
 GOALS = {
     "index_bytes_per_scan": 80,
     "top1_agreement": 0.99,
@@ -122,7 +120,9 @@ def town_work(work: Path) -> Path:
     makes them (town, epochs, dimension), so that a changed benchmark never reuses stale ones."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps([TOWN, TOWN_EPOCHS, DIM], sort_keys=True).encode()).hexdigest()
+    town, epochs = demo_town()
+    made_by = json.dumps([town.model_dump(mode="json"), epochs, DIM], sort_keys=True)
+    digest = hashlib.sha256(made_by.encode()).hexdigest()
     return work / f"town-{digest[:12]}"
 
 
@@ -139,11 +139,11 @@ def town_embeddings(work: Path) -> dict[str, np.ndarray]:
     from liploc.localization.embedding import embed_frames
     from liploc.runtime.data_roots import posed
     from liploc.runtime.run_folder import load_model_from_checkpoint
-    from liploc.synth import SynthOptions, generate_dataset
+    from liploc.synth import generate_dataset
     from liploc.training.train import train
 
     torch.set_num_threads(2)
-    options = SynthOptions(**TOWN)  # type: ignore[arg-type]
+    options, epochs = demo_town()
     started = time.perf_counter()
     summary = generate_dataset(work / "data", options)
     print(f"town: {summary.frames_total} frames in {time.perf_counter() - started:.0f} s", flush=True)
@@ -154,12 +154,10 @@ def town_embeddings(work: Path) -> dict[str, np.ndarray]:
         config.data.datasets = [
             DatasetSplit(layout="kitti", root=work / "data", train=summary.train_sequences())
         ]
-        config.train.epochs = TOWN_EPOCHS
+        config.train.epochs = epochs
         started = time.perf_counter()
         train(config, run, progress=False)
-        print(
-            f"tiny model ({DIM}-d): {TOWN_EPOCHS} epochs in {time.perf_counter() - started:.0f} s", flush=True
-        )
+        print(f"tiny model ({DIM}-d): {epochs} epochs in {time.perf_counter() - started:.0f} s", flush=True)
     model, config = load_model_from_checkpoint(run)
     reader = open_dataset(work / "data", "kitti")
     frames = [f for seq in reader.sequences() for f in posed(reader.frames(seq))[0]]

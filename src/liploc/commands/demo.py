@@ -193,10 +193,9 @@ def run_demo(
     return DemoResult(out, metrics, seconds)
 
 
-def _make_town(data: Path, options: DemoOptions, console: Console) -> tuple[list[str], str, str]:
-    """Step 1: the synthetic town (reused when an identical one is already there); its training
-    drives, and the first pair of held-out drives over the same streets."""
-    synth = SynthOptions(
+def demo_town_options(options: DemoOptions) -> SynthOptions:
+    """The synthetic town of a demo with ``options`` (benchmarks reuse the demo's town)."""
+    return SynthOptions(
         town_seed=options.town_seed,
         drives=options.drives,
         held_out_drives=options.held_out_drives,
@@ -206,6 +205,12 @@ def _make_town(data: Path, options: DemoOptions, console: Console) -> tuple[list
         blocks=options.blocks,
         pairs="same-direction",  # cross-drive queries see the map drive's view of the street
     )
+
+
+def _make_town(data: Path, options: DemoOptions, console: Console) -> tuple[list[str], str, str]:
+    """Step 1: the synthetic town (reused when an identical one is already there); its training
+    drives, and the first pair of held-out drives over the same streets."""
+    synth = demo_town_options(options)
     with progress_bar(console, transient=False, elapsed=True) as bar:
         task = bar.add_task("rendering drives", total=None)
         summary = generate_dataset(data, synth, progress=lambda d, t: bar.update(task, completed=d, total=t))
