@@ -2,7 +2,9 @@
 
 ``python -m torch.distributed.run --nproc_per_node=2 tests/map_build_ranks.py RECORD -- ARGS...``
 runs ``liploc map build ARGS...`` in every process, through the command line, and writes the
-frames each rank embedded to ``RECORD/rank-<RANK>.json`` (the test checks the shares are disjoint).
+frames each rank embedded to ``RECORD/rank-<RANK>.json`` (the test checks the shares are disjoint)
+and the rows of embeddings each rank received from the gather to ``RECORD/gathered-<RANK>.json``
+(null: none, as for every rank but 0).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from liploc.cli import main
 from liploc.localization import embedding
+from liploc.runtime import process_group
 
 
 def record_embedded_frames(record: Path) -> None:
@@ -32,8 +35,23 @@ def record_embedded_frames(record: Path) -> None:
     embedding.embed_frames = recording  # type: ignore[assignment]
 
 
+def record_gathered_rows(record: Path) -> None:
+    """Wrap :func:`process_group.gather_uneven_to_main` (imported by ``build_map`` at call time) so
+    that each rank writes how many rows it received."""
+    real = process_group.gather_uneven_to_main
+    path = record / f"gathered-{os.environ.get('RANK', '0')}.json"
+
+    def recording(tensor):  # type: ignore[no-untyped-def]
+        out = real(tensor)
+        path.write_text(json.dumps(None if out is None else int(out.shape[0])))
+        return out
+
+    process_group.gather_uneven_to_main = recording  # type: ignore[assignment]
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     record_embedded_frames(Path(sys.argv[1]))
+    record_gathered_rows(Path(sys.argv[1]))
     sys.argv = ["liploc", "map", "build", *sys.argv[sys.argv.index("--") + 1 :]]
     main()

@@ -82,6 +82,9 @@ def test_torchrun_map_build_writes_the_single_process_map(town: dict[str, Path],
     assert [len(share) for share in shares] == [12, 10]
     assert shares[0] + shares[1] == [f"01/{i}" for i in range(9)] + [f"02/{i}" for i in range(13)]
     assert ranks.stdout.count("map of 22 scans") == 1  # rank 0 speaks for the job
+    # Only rank 0, which writes the map, holds every rank's embeddings (at 1M scans: 1 GB).
+    gathered = [json.loads((record / f"gathered-{rank}.json").read_text()) for rank in (0, 1)]
+    assert gathered == [22, None]
 
     files = {p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*") if p.is_file()}
     assert files == {p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file()}

@@ -70,7 +70,8 @@ def build_map(
     Under ``torchrun`` (a process group of several ranks, :mod:`liploc.runtime.process_group`),
     every rank calls this with the same arguments: each embeds one contiguous share of the frames,
     cut at whole batches of ``batch_size`` (so each batch is the one a single process would
-    embed), the shares are gathered in rank order, and rank 0 alone builds the index and writes
+    embed), the shares are gathered in rank order on rank 0 alone (the other ranks never hold
+    the whole map's embeddings), and rank 0 alone builds the index and writes
     the map (the one a single process writes, byte for byte); it alone prints. The other ranks
     wait for it to say it wrote the map and return None (the map is on rank 0's disk, which may be
     another node's), or raise if it failed.
@@ -100,10 +101,11 @@ def build_map(
     start, stop = shard_range(len(frames), rank, world_size, multiple=batch_size)
     emb = embed_map_scans(model, frames[start:stop], config, dev, batch_size, precision, console)
     if world_size > 1:
-        emb = _gather_shards(emb)
-        if rank != 0:
+        gathered = _gather_shards(emb)
+        if gathered is None:  # not rank 0: it alone holds every rank's rows, and writes the map
             _await_main_rank()
             return None
+        emb = gathered
     with _telling_the_other_ranks(world_size > 1):
         return _build_and_save(
             emb,
@@ -175,12 +177,13 @@ def _build_and_save(
     return lidar_map
 
 
-def _gather_shards(emb: np.ndarray) -> np.ndarray:
-    """Every rank's embeddings, in rank order (the frames' order), on every rank."""
-    from liploc.runtime.process_group import all_gather_uneven, collective_device
+def _gather_shards(emb: np.ndarray) -> np.ndarray | None:
+    """Every rank's embeddings, in rank order (the frames' order), on rank 0; None on the others."""
+    from liploc.runtime.process_group import collective_device, gather_uneven_to_main
 
     rows = torch.from_numpy(np.ascontiguousarray(emb)).to(collective_device())
-    return all_gather_uneven(rows).cpu().numpy()
+    gathered = gather_uneven_to_main(rows)
+    return None if gathered is None else gathered.cpu().numpy()
 
 
 class _MainRankFailed(LiplocError):

@@ -134,6 +134,32 @@ def all_gather_uneven(tensor: Tensor) -> Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
 
 
+def gather_uneven_to_main(tensor: Tensor) -> Tensor | None:
+    """Concatenate ``tensor`` of every process along dim 0 on rank 0 alone (no gradient).
+
+    As :func:`all_gather_uneven`, in rank order, but only rank 0 receives the rows (the others get
+    None): what a job needs when one process writes the result. A 1M-scan map build would
+    otherwise hold every rank's 1 GB of embeddings on every rank. Without a process group:
+    ``tensor`` itself.
+    """
+    if not is_distributed():
+        return tensor
+    tensor = tensor.detach().contiguous()
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+    counts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, rows)  # a few bytes: every rank pads to the same size
+    sizes = [int(c.item()) for c in counts]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    main = dist.get_rank() == 0
+    parts = [torch.empty_like(padded) for _ in sizes] if main else None
+    dist.gather(padded, parts, dst=0)
+    if not main:
+        return None
+    assert parts is not None
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
+
+
 def shard_range(total: int, rank: int, world_size: int, multiple: int = 1) -> tuple[int, int]:
     """``(start, stop)`` of rank ``rank``'s contiguous share of ``total`` items, cut at multiples of
     ``multiple`` (whole batches) and as even as that allows; the shares of ranks 0..world_size-1
