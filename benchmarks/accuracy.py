@@ -20,8 +20,8 @@ camera image in the map of one held-out drive (``Localizer.localize`` of a PNG f
 decode, resize, camera tower, search; median of N).
 
 ``synth-to-real`` (``configs/synth_to_real.yaml``, issue 22) trains its own epochs with its
-pretrained towers at 96 x 320 (one seed; not in ``--quick``): its row that matters is the
-zero-shot one, beside the others'.
+pretrained towers at 96 x 320 (one seed, about 45 minutes on 2 cores; run only when named in
+``--methods``): its row that matters is the zero-shot one, beside the others'.
 
 Each figure is R@1: the mean and standard deviation over training seeds (how much the method
 moves with its seed), a 95 % Wilson interval on the hits pooled over seeds and queries (how much
@@ -29,10 +29,11 @@ the query sample leaves open), and chance (R@1 of a random pick from the query's
 
     python benchmarks/accuracy.py [--quick] [--methods lip-loc,liploc] [--out runs/accuracy]
 
-``--quick``: one seed, a smaller town, fewer epochs (a smoke run, under 10 minutes on a quiet
-2-core machine; its figures are not the benchmark's). The full run: 3 seeds of the main methods,
-1 of the ablations, 25 epochs (the demo's), 6 held-out drives of 120 frames (720 queries per
-protocol); about 40 minutes per main method on a quiet 2-core CPU. Runs finished in ``--out`` are
+``--quick``: one seed, a smaller town, 3 epochs (a smoke run of every step, about 10 minutes on
+a quiet 2-core machine; its figures are not the benchmark's). The full run: a town of 18 drives of
+80 frames 3 m apart, 12 for training and 6 held out in 3 pairs (480 queries per protocol), 10
+epochs, 3 seeds of the main methods and 1 of the ablations: 12 training runs of 4 to 6 minutes
+each and their evaluations, about 75 minutes on a quiet 2-core CPU. Runs finished in ``--out`` are
 reused (their recorded training time with them). Prints the table; the last line is one JSON
 object in which every figure names its protocol, threshold and whether the own scan is in the
 database.
@@ -100,7 +101,7 @@ class Method:
     own_epochs: bool = False
     """Train the config's own epochs, not the benchmark's: a recipe whose budget is part of it
     (the transfer recipe: pretrained towers at 96 x 320, about 2 s a step on 2 cores). Such a
-    method is left out of ``--quick``."""
+    method runs only when named."""
 
 
 PAPER_RECIPE: tuple[str, ...] = (
@@ -132,6 +133,12 @@ METHODS: dict[str, Method] = {
     "bridge": Method(TINY_BRIDGE, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
     "bridge-bev-only": Method(
         TINY_BRIDGE, ("model.bridge.fusion=bev_only",), "ablation", "the bridge's BEV branch alone"
+    ),
+    "liploc-wide": Method(
+        TINY,
+        ("data.image_size=[64,192]",),
+        "ablation",
+        "configs/tiny.yaml at the bridge's 64 x 192 inputs: what the input size gives without the bridge",
     ),
     "appearance+depth-aux": Method(
         TINY_BRIDGE,
@@ -202,12 +209,12 @@ class BenchOptions:
 
     out: Path = Path("runs/accuracy")
     town_seed: int = 7
-    drives: int = 34
+    drives: int = 18
     held_out_drives: int = 6
-    frames: int = 120
+    frames: int = 80
     spacing_m: float = 3.0
     blocks: tuple[int, int] = (8, 4)
-    epochs: int = 25
+    epochs: int = 10
     max_steps: int | None = None
     seeds: int = 3
     ablation_seeds: int = 1
@@ -227,9 +234,10 @@ class BenchOptions:
 
 
 QUICK = dict(
-    drives=16, held_out_drives=4, frames=80, epochs=10, seeds=1, ablation_seeds=1, latency_repeats=20
+    drives=12, held_out_drives=4, frames=60, epochs=3, seeds=1, ablation_seeds=1, latency_repeats=20
 )
-"""``--quick``: 12 training drives and 4 held-out ones of 80 frames (320 queries per protocol)."""
+"""``--quick``: 8 training drives and 4 held-out ones of 60 frames (240 queries per protocol), 3
+epochs: a smoke run of every step, not figures to compare."""
 
 
 def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -718,12 +726,14 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default runs/accuracy (--quick: runs/accuracy_quick)"
     )
-    parser.add_argument("--quick", action="store_true", help="1 seed, 16 drives of 80 frames, 10 epochs")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 seed, 12 drives of 60 frames, 3 epochs"
+    )
     parser.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated, of {', '.join(METHODS)} (default: all; --quick: all but "
-        f"{', '.join(n for n, m in METHODS.items() if m.own_epochs)})",
+        help=f"comma-separated, of {', '.join(METHODS)} (default: all but "
+        f"{', '.join(n for n, m in METHODS.items() if m.own_epochs)}, which train their own budget)",
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds of the main methods (default 3)")
     parser.add_argument("--ablation-seeds", type=int, default=None, help="seeds of the ablations (default 1)")
@@ -735,7 +745,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the README's machine: 2)")
     parser.add_argument("--kitti-root", type=Path, default=KITTI_POSED, help="the zero-shot drive")
     args = parser.parse_args()
-    default = [n for n, m in METHODS.items() if not (args.quick and m.own_epochs)]
+    default = [n for n, m in METHODS.items() if not m.own_epochs]  # their own budget: asked for by name
     names = [n.strip() for n in args.methods.split(",") if n.strip()] if args.methods else default
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
