@@ -233,9 +233,7 @@ class BenchOptions:
         return max(1, round(self.window_m / self.spacing_m))
 
 
-QUICK = dict(
-    drives=12, held_out_drives=4, frames=60, epochs=3, seeds=1, ablation_seeds=1, latency_repeats=20
-)
+QUICK = dict(drives=12, held_out_drives=4, frames=60, epochs=3, seeds=1, ablation_seeds=1, latency_repeats=20)
 """``--quick``: 8 training drives and 4 held-out ones of 60 frames (240 queries per protocol), 3
 epochs: a smoke run of every step, not figures to compare."""
 
