@@ -130,9 +130,14 @@ METHODS: dict[str, Method] = {
     "lip-loc": Method(TINY, PAPER_RECIPE, "main", "the paper's recipe at tiny scale"),
     "liploc": Method(TINY, (), "main", "configs/tiny.yaml as is"),
     # ---- issue 21: the geometry bridge (configs/tiny_bridge.yaml) and its ablations -----------
-    "bridge": Method(TINY_BRIDGE, (), "main", "geometry bridge (camera depth -> BEV raster vs LiDAR BEV)"),
-    "bridge-bev-only": Method(
-        TINY_BRIDGE, ("model.bridge.fusion=bev_only",), "ablation", "the bridge's BEV branch alone"
+    "bridge": Method(
+        TINY_BRIDGE, (), "main", "geometry bridge: camera depth -> BEV raster against the scan's BEV"
+    ),
+    "bridge-fused": Method(
+        TINY_BRIDGE,
+        ("model.bridge.fusion=fused",),
+        "ablation",
+        "the bridge's BEV embedding fused with the appearance towers' at equal weight",
     ),
     "liploc-wide": Method(
         TINY,

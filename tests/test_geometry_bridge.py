@@ -51,18 +51,23 @@ def bridge_config(root: Path, *overrides: str, config: Path = BRIDGE):
     return load_config(config, [*base, *overrides])
 
 
-@pytest.fixture(scope="module")
-def bridge_run(corridor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["bev_only", "fused"])
+def bridge_run(
+    request: pytest.FixtureRequest, corridor: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A bridge run of each fusion: tiny_bridge.yaml's BEV alone, and fused with appearance."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bridge") / "run"
-    train(bridge_config(corridor, "train.max_steps=3", "train.log_every=1"), out, progress=False)
+    fusion = f"model.bridge.fusion={request.param}"
+    train(bridge_config(corridor, "train.max_steps=3", "train.log_every=1", fusion), out, progress=False)
     return out
 
 
 def test_samples_carry_the_depth_target_the_scan_bev_and_the_calibration(
     corridor: Path, tmp_path: Path
 ) -> None:
-    cfg = resolve_data_roots(bridge_config(corridor, "data.lidar_sideways_p=1"), [corridor])
+    moves = ("data.lidar_sideways_m=3.5", "data.lidar_sideways_p=1")
+    cfg = resolve_data_roots(bridge_config(corridor, *moves), [corridor])
     frames = split_frames(cfg.data, "train")
     bridge = cfg.model.bridge
     h, w = bridge.depth_size
@@ -107,7 +112,11 @@ def test_a_bridge_run_trains_evaluates_maps_localizes_and_serves(
     epoch = read_csv_rows(bridge_run / "epochs.csv")[-1]
     assert 0 < epoch["val_abs_rel"] < 5 and 0 < epoch["val_rmse"] < 80 and 0 <= epoch["val_delta1"] <= 1
     model, config = load_model_from_checkpoint(bridge_run)
-    assert isinstance(model, GeometryBridgeModel) and model.embed_dim == 128
+    assert isinstance(model, GeometryBridgeModel)
+    if config.model.bridge.fusion == "fused":  # appearance (64) and BEV (64) side by side
+        assert model.embed_dim == 128 and model.lidar_encoder is not None
+    else:  # the BEV embedding alone: no appearance towers to build or run
+        assert model.embed_dim == 64 and model.lidar_encoder is None and model.image_head is None
 
     # Evaluation, every frame counted, with sequence matching; nothing in evaluation/ knows the method.
     ev = evaluate(bridge_run, corridor, EvaluationSettings(MAP_SEQUENCE, num_examples=0, seq_len=3))
