@@ -373,30 +373,16 @@ class Localizer:
         max_batch: int = 32,
     ) -> Localizer:
         """Load a map folder and the camera tower of its model (the map's own copy unless
-        ``checkpoint`` is given); the LiDAR tower is never built.
-
-        The map loads in a second thread while the tower is built: verifying a big map's
-        checksums and reading its index leave the GIL to the tower's imports and weights (at 1M
-        scans on 2 cores, 1.9 s of map and 3 s of tower). A map that does not load is reported
-        first, as when it loaded first.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
+        ``checkpoint`` is given); the LiDAR tower is never built."""
         from liploc.runtime.device import pick_device
 
         map_dir = Path(map_dir)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liploc-map-load") as pool:
-            loading = pool.submit(LidarMap.load, map_dir)
-            try:
-                if checkpoint is None:
-                    checkpoint = MapFolder(map_dir).checkpoint
-                    if not checkpoint.is_file():
-                        raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
-                tower, config, fingerprint = load_image_tower_from_checkpoint(checkpoint)
-            except BaseException:
-                loading.result()  # the map's own error, when it has one, comes first
-                raise
-            lidar_map = loading.result()
+        lidar_map = LidarMap.load(map_dir)
+        if checkpoint is None:
+            checkpoint = MapFolder(map_dir).checkpoint
+            if not checkpoint.is_file():
+                raise DataError(map_dir, "map has no model/ copy; pass the checkpoint that built it")
+        tower, config, fingerprint = load_image_tower_from_checkpoint(checkpoint)
         if config.model.method == "bridge":
             tower = calibrated_tower(tower, lidar_map, config)
         return cls(lidar_map, tower, config, pick_device(device), fingerprint, max_batch)
