@@ -29,8 +29,8 @@ the query sample leaves open), and chance (R@1 of a random pick from the query's
 
     python benchmarks/accuracy.py [--quick] [--methods lip-loc,liploc] [--out runs/accuracy]
 
-``--quick``: one seed, a smaller town, 3 epochs (a smoke run of every step, about 10 minutes on
-a quiet 2-core machine; its figures are not the benchmark's). The full run: a town of 18 drives of
+``--quick``: one seed, a smaller town, 3 epochs (a smoke run of every step, 2 min 53 s on a quiet
+2-core machine, town included; its figures are not the benchmark's). The full run: a town of 18 drives of
 80 frames 3 m apart, 12 for training and 6 held out in 3 pairs (480 queries per protocol), 10
 epochs, 3 seeds of the main methods and 1 of the ablations: 12 training runs of 4 to 6 minutes
 each and their evaluations, about 75 minutes on a quiet 2-core CPU. Runs finished in ``--out`` are

@@ -122,6 +122,15 @@ def all_gather_uneven(tensor: Tensor) -> Tensor:
     """
     if not is_distributed():
         return tensor
+    padded, sizes = _padded_to_largest(tensor)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return _unpadded(parts, sizes)
+
+
+def _padded_to_largest(tensor: Tensor) -> tuple[Tensor, list[int]]:
+    """``tensor``'s rows padded to the largest row count of any process, and every process's count
+    (the collectives need tensors of one shape; a few bytes are all-gathered for the counts)."""
     tensor = tensor.detach().contiguous()
     rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
     counts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
@@ -129,8 +138,11 @@ def all_gather_uneven(tensor: Tensor) -> Tensor:
     sizes = [int(c.item()) for c in counts]
     padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
+    return padded, sizes
+
+
+def _unpadded(parts: list[Tensor], sizes: list[int]) -> Tensor:
+    """The gathered ``parts`` without their padding, in rank order."""
     return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
 
 
@@ -144,20 +156,13 @@ def gather_uneven_to_main(tensor: Tensor) -> Tensor | None:
     """
     if not is_distributed():
         return tensor
-    tensor = tensor.detach().contiguous()
-    rows = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    counts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, rows)  # a few bytes: every rank pads to the same size
-    sizes = [int(c.item()) for c in counts]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    main = dist.get_rank() == 0
-    parts = [torch.empty_like(padded) for _ in sizes] if main else None
-    dist.gather(padded, parts, dst=0)
-    if not main:
+    padded, sizes = _padded_to_largest(tensor)
+    if dist.get_rank() != 0:
+        dist.gather(padded, None, dst=0)
         return None
-    assert parts is not None
-    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.gather(padded, parts, dst=0)
+    return _unpadded(parts, sizes)
 
 
 def shard_range(total: int, rank: int, world_size: int, multiple: int = 1) -> tuple[int, int]:
