@@ -15,6 +15,7 @@ from liploc.lidar.back_projection import (
     back_project_depth_torch,
     calibration_for_depth,
     pixel_rays,
+    pixel_rays_torch,
 )
 from liploc.lidar.camera_depth import camera_depth_image, scale_calibration
 
@@ -145,6 +146,21 @@ def test_torch_batch_matches_numpy_per_image() -> None:
         for k, c in enumerate(calibs):
             expected = back_project_depth(depths[k], c.P, c.T_cam_lidar)
             np.testing.assert_allclose(points[k][valid[k]].double().numpy(), expected, atol=tol)
+
+
+def test_rays_worked_out_beforehand_give_the_same_points() -> None:
+    # A fixed camera (a map's queries) works its pixel rays out once: the points are the ones
+    # each call would compute, bit for bit, for one camera or one per image.
+    depth = torch.tensor(np.stack([small_depth(), 2 * small_depth()]))
+    P, T = torch.tensor(P_SMALL), torch.tensor(T_CAM_LIDAR)
+    fresh, valid = back_project_depth_torch(depth, P, T)
+    rays = pixel_rays_torch(P, T, 4, 5)
+    float32_rays = (rays[0].float(), rays[1].float())  # as CalibratedImageTower keeps them
+    for given in (rays, float32_rays, pixel_rays_torch(P, T, 4, 5, batch=2)):
+        points, same_valid = back_project_depth_torch(depth, "unused", "unused", rays=given)  # type: ignore[arg-type]
+        assert torch.equal(points, fresh) and torch.equal(same_valid, valid)
+    with pytest.raises(ValueError, match="20 pixels for a 4 x 4"):
+        back_project_depth_torch(depth[:, :, :4], P, T, rays=rays)
 
 
 def test_torch_gradient_is_the_pixel_ray() -> None:

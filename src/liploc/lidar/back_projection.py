@@ -170,8 +170,37 @@ def ray_parameters_torch(
     return A, origin
 
 
+def pixel_rays_torch(
+    P: Tensor | np.ndarray,
+    T_cam_lidar: Tensor | np.ndarray,
+    height: int,
+    width: int,
+    batch: int = 1,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """float64 ``(rays (B, H*W, 3), origin (B, 3))`` of a ``height`` x ``width`` depth image: its
+    pixel ``k`` (row-major) at depth ``d`` is the LiDAR-frame point ``d * rays[:, k] + origin``.
+
+    What :func:`back_project_depth_torch` works out on every call; a camera whose calibration is
+    fixed (a map's queries) works it out once and passes it as ``rays``.
+    """
+    device = torch.device(device)
+    A, origin = ray_parameters_torch(P, T_cam_lidar, batch, device)
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64, device=device),
+        torch.arange(width, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    uv1 = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(1, height * width, 3)
+    return uv1 @ A.transpose(1, 2), origin
+
+
 def back_project_depth_torch(
-    depth: Tensor, P: Tensor | np.ndarray, T_cam_lidar: Tensor | np.ndarray, min_depth: float = 0.0
+    depth: Tensor,
+    P: Tensor | np.ndarray,
+    T_cam_lidar: Tensor | np.ndarray,
+    min_depth: float = 0.0,
+    rays: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Every pixel of a batch of depth images as a point in the LiDAR frame (differentiable).
 
@@ -180,6 +209,8 @@ def back_project_depth_torch(
         P: (3, 3|4) or (B, 3, 3|4) projection of the depth images (scaled to their size).
         T_cam_lidar: (4, 4) or (B, 4, 4) camera-from-LiDAR transforms.
         min_depth: pixels with depth ``<= min_depth`` are marked invalid.
+        rays: :func:`pixel_rays_torch` of ``P`` and ``T_cam_lidar`` at the depth's size, worked
+            out beforehand (batch 1 or B); then ``P`` and ``T_cam_lidar`` are not read.
 
     Returns:
         ``(points, valid)``: (B, H*W, 3) points in ``depth``'s dtype, row-major pixel order, and
@@ -194,16 +225,11 @@ def back_project_depth_torch(
     if depth.dim() != 3:
         raise ValueError(f"expected (B, H, W) depth, got {tuple(depth.shape)}")
     b, h, w = depth.shape
-    A, origin = ray_parameters_torch(P, T_cam_lidar, b, depth.device)
-    v, u = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64, device=depth.device),
-        torch.arange(w, dtype=torch.float64, device=depth.device),
-        indexing="ij",
-    )
-    uv1 = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(1, h * w, 3)
+    directions, origin = rays if rays is not None else pixel_rays_torch(P, T_cam_lidar, h, w, b, depth.device)
+    if directions.shape[-2] != h * w:
+        raise ValueError(f"rays of {directions.shape[-2]} pixels for a {h} x {w} depth image")
     dtype = depth.dtype if depth.dtype.is_floating_point else torch.float32
-    rays = (uv1 @ A.transpose(1, 2)).to(dtype)  # (B, H*W, 3)
     d = depth.reshape(b, h * w, 1).to(dtype)
-    points = d * rays + origin.to(dtype)[:, None, :]
+    points = d * directions.to(dtype) + origin.to(dtype)[:, None, :]  # (B, H*W, 3)
     valid = torch.isfinite(d[..., 0]) & (d[..., 0] > min_depth)
     return points, valid
