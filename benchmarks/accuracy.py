@@ -32,8 +32,8 @@ the query sample leaves open), and chance (R@1 of a random pick from the query's
 ``--quick``: one seed, a smaller town, 3 epochs (a smoke run of every step, 2 min 53 s on a quiet
 2-core machine, town included; its figures are not the benchmark's). The full run: a town of 18 drives of
 80 frames 3 m apart, 12 for training and 6 held out in 3 pairs (480 queries per protocol), 10
-epochs, 3 seeds of the main methods and 1 of the ablations: 12 training runs of 4 to 6 minutes
-each and their evaluations, about 75 minutes on a quiet 2-core CPU. Runs finished in ``--out`` are
+epochs, 3 seeds of the main methods and 1 of the ablations: 12 training runs of 0.5 to 2 minutes
+each and their evaluations, 25 minutes on a quiet 2-core CPU (README). Runs finished in ``--out`` are
 reused (their recorded training time with them). Prints the table; the last line is one JSON
 object in which every figure names its protocol, threshold and whether the own scan is in the
 database.
