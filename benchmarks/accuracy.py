@@ -450,6 +450,49 @@ def evaluate_model(run_dir: Path, town: Town, opts: BenchOptions) -> dict[str, O
     return {key: Outcomes.join(p) for key, p in parts.items()}
 
 
+def held_out_depth_error(run_dir: Path, town: Town) -> dict[str, float] | None:
+    """Depth error of a model with a depth head (the geometry bridge's methods) on the held-out
+    drives' frames against their scans projected into the image, every pixel with a return once
+    (pooled over the drives, as validation pools them); None for a model without one."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from liploc.models.depth_head import depth_metrics
+    from liploc.runtime.frame_dataset import PairDataset
+    from liploc.runtime.run_folder import load_model_from_checkpoint
+
+    model, config = load_model_from_checkpoint(run_dir)
+    if config.model.method != "bridge":
+        return None
+    reader = open_dataset(town.root)
+    frames = [f for drive in town.held_out for f in posed(reader.frames(drive))[0]]
+    dataset = PairDataset(frames, config, train=False)
+    sums = np.zeros(4)  # AbsRel x pixels, squared error, delta < 1.25 x pixels, pixels
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=32):
+            _, depth = model.predict_depth(dataset.device_inputs(batch, "image", torch.device("cpu")))
+            m = depth_metrics(depth, batch["depth"], max_depth=config.model.bridge.max_depth)
+            n = m["n_pixels"]
+            if n:
+                sums += [m["abs_rel"] * n, m["rmse"] ** 2 * n, m["delta1"] * n, n]
+    pixels = sums[3]
+    if not pixels:
+        return {
+            "abs_rel": math.nan,
+            "rmse_m": math.nan,
+            "delta1": math.nan,
+            "pixels": 0,
+            "frames": len(frames),
+        }
+    return {
+        "abs_rel": float(sums[0] / pixels),
+        "rmse_m": float(math.sqrt(sums[1] / pixels)),
+        "delta1": float(sums[2] / pixels),
+        "pixels": int(pixels),
+        "frames": len(frames),
+    }
+
+
 def zero_shot(run_dir: Path, kitti_root: Path) -> Outcomes:
     """The trained model on the real posed KITTI drive: same-sequence, 20 m, own scan in the database."""
     sequence = open_dataset(kitti_root).sequences()[0]
@@ -508,6 +551,7 @@ def run_method(
     per_seed: dict[str, list[Outcomes]] = {}
     trained: list[dict[str, Any]] = []
     latency: dict[str, Any] | None = None
+    depth_errors: list[dict[str, float]] = []
     zero_why = None
     try:
         for seed in seeds:
@@ -527,6 +571,9 @@ def run_method(
                 )
                 for key, o in evaluate_model(run_dir, town, opts).items():
                     per_seed.setdefault(key, []).append(o)
+                depth_error = held_out_depth_error(run_dir, town)
+                if depth_error is not None:
+                    depth_errors.append(depth_error)
                 if opts.kitti_root is not None and opts.kitti_root.is_dir():
                     per_seed.setdefault(ZERO_SHOT.key, []).append(zero_shot(run_dir, opts.kitti_root))
                 else:
@@ -551,8 +598,23 @@ def run_method(
         "train_seconds_mean": float(np.mean([t["seconds"] for t in trained])),
         "train_steps": [t["steps"] for t in trained],
         "localize_latency": latency,
+        "held_out_depth": _depth_summary(depth_errors),
         "figures": figures,
         **({"zero_shot_why_missing": zero_why} if zero_why else {}),
+    }
+
+
+def _depth_summary(per_seed: list[dict[str, float]]) -> dict[str, Any] | None:
+    """Mean over seeds of the held-out depth error, and each seed's (None: no depth head)."""
+    if not per_seed:
+        return None
+    return {
+        "abs_rel_mean": float(np.mean([d["abs_rel"] for d in per_seed])),
+        "rmse_m_mean": float(np.mean([d["rmse_m"] for d in per_seed])),
+        "delta1_mean": float(np.mean([d["delta1"] for d in per_seed])),
+        "per_seed": per_seed,
+        "what": "predicted depth against the scan projected into the image, held-out drives, "
+        "every pixel with a return once",
     }
 
 
@@ -686,6 +748,17 @@ def build_table(payload: dict[str, Any]) -> Table:
             f"{res['localize_latency']['median_ms']:.1f} ms"
             if res["available"] and res.get("localize_latency")
             else ("n/a" if res["available"] else unavailable(res))
+            for res in methods.values()
+        ),
+    )
+    table.add_row(
+        "depth AbsRel / RMSE",
+        "held-out drives",
+        "",
+        *(
+            f"{res['held_out_depth']['abs_rel_mean']:.3f} / {res['held_out_depth']['rmse_m_mean']:.2f} m"
+            if res["available"] and res.get("held_out_depth")
+            else ("no depth head" if res["available"] else unavailable(res))
             for res in methods.values()
         ),
     )

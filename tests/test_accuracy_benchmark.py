@@ -140,6 +140,7 @@ def test_benchmark_table_and_json_report_a_failing_method(
     methods = {
         "liploc": acc.METHODS["liploc"],
         "lip-loc": acc.METHODS["lip-loc"],
+        "bridge": acc.METHODS["bridge"],
         "invalid": acc.Method(acc.TINY, ("model.embed_dim=-1",)),  # does not validate
         "crashes": acc.Method(acc.TINY, (), "ablation"),
         "unwritten": acc.Method(None, ()),  # named, its config not written
@@ -165,6 +166,11 @@ def test_benchmark_table_and_json_report_a_failing_method(
             assert {"protocol", "threshold_m", "own_scan_in_database", "input"} <= set(fig)
             lo, hi = fig["wilson95"]
             assert lo <= fig["recall_at_1_mean"] <= hi and 0 < fig["chance_at_1"] <= 1
+    # The bridge's depth on the held-out drives' 40 frames against their scans; none for liploc.
+    assert res["bridge"]["available"] and res["liploc"]["held_out_depth"] is None
+    depth = res["bridge"]["held_out_depth"]
+    assert depth["per_seed"][0]["frames"] == 40 and depth["per_seed"][0]["pixels"] > 40 * 100
+    assert 0 < depth["abs_rel_mean"] < 10 and 0 < depth["rmse_m_mean"] < 80 and 0 <= depth["delta1_mean"] <= 1
     figs = res["liploc"]["figures"]
     assert (figs["paper/single"]["threshold_m"], figs["paper/single"]["own_scan_in_database"]) == (20.0, True)
     assert (
@@ -187,6 +193,7 @@ def test_benchmark_table_and_json_report_a_failing_method(
     text = console.export_text()
     assert "not available" in text and "failed" in text
     assert "paper (LIP-Loc)" in text and "one lane over" in text and "localize latency" in text
+    assert "depth AbsRel / RMSE" in text and "no depth head" in text
 
 
 def test_every_method_of_the_benchmark_has_a_config_that_builds() -> None:
