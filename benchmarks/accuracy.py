@@ -457,7 +457,7 @@ def held_out_depth_error(run_dir: Path, town: Town) -> dict[str, float] | None:
     import torch
     from torch.utils.data import DataLoader
 
-    from liploc.models.depth_head import depth_metrics
+    from liploc.models.depth_head import depth_error_sums, pooled_depth_metrics
     from liploc.runtime.frame_dataset import PairDataset
     from liploc.runtime.run_folder import load_model_from_checkpoint
 
@@ -467,28 +467,17 @@ def held_out_depth_error(run_dir: Path, town: Town) -> dict[str, float] | None:
     reader = open_dataset(town.root)
     frames = [f for drive in town.held_out for f in posed(reader.frames(drive))[0]]
     dataset = PairDataset(frames, config, train=False)
-    sums = np.zeros(4)  # AbsRel x pixels, squared error, delta < 1.25 x pixels, pixels
+    sums = np.zeros(4)  # depth_error_sums added up over the batches
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=32):
             _, depth = model.predict_depth(dataset.device_inputs(batch, "image", torch.device("cpu")))
-            m = depth_metrics(depth, batch["depth"], max_depth=config.model.bridge.max_depth)
-            n = m["n_pixels"]
-            if n:
-                sums += [m["abs_rel"] * n, m["rmse"] ** 2 * n, m["delta1"] * n, n]
-    pixels = sums[3]
-    if not pixels:
-        return {
-            "abs_rel": math.nan,
-            "rmse_m": math.nan,
-            "delta1": math.nan,
-            "pixels": 0,
-            "frames": len(frames),
-        }
+            sums += depth_error_sums(depth, batch["depth"], max_depth=config.model.bridge.max_depth)
+    m = pooled_depth_metrics(sums)
     return {
-        "abs_rel": float(sums[0] / pixels),
-        "rmse_m": float(math.sqrt(sums[1] / pixels)),
-        "delta1": float(sums[2] / pixels),
-        "pixels": int(pixels),
+        "abs_rel": m["abs_rel"],
+        "rmse_m": m["rmse"],
+        "delta1": m["delta1"],
+        "pixels": int(sums[3]),
         "frames": len(frames),
     }
 
@@ -731,36 +720,32 @@ def build_table(payload: dict[str, Any]) -> Table:
             ]
             table.add_row(title if inp == inputs[0] else "", m["input"], chance_of(key), *cells)
         table.add_section()
-    table.add_row(
-        "training wall time",
-        "per seed",
-        "",
-        *(
-            f"{res['train_seconds_mean'] / 60:.1f} min" if res["available"] else unavailable(res)
-            for res in methods.values()
-        ),
-    )
-    table.add_row(
+
+    def summary_row(title: str, per: str, text: Callable[[dict[str, Any]], str | None], missing: str) -> None:
+        """A row of one figure per method: ``text`` of an available method's results, ``missing``
+        where it gives None."""
+        cells = []
+        for res in methods.values():
+            shown = text(res) if res["available"] else None
+            cells.append(shown if shown is not None else (missing if res["available"] else unavailable(res)))
+        table.add_row(title, per, "", *cells)
+
+    summary_row("training wall time", "per seed", lambda r: f"{r['train_seconds_mean'] / 60:.1f} min", "n/a")
+    summary_row(
         "localize latency",
         "one image",
-        "",
-        *(
-            f"{res['localize_latency']['median_ms']:.1f} ms"
-            if res["available"] and res.get("localize_latency")
-            else ("n/a" if res["available"] else unavailable(res))
-            for res in methods.values()
-        ),
+        lambda r: f"{r['localize_latency']['median_ms']:.1f} ms" if r.get("localize_latency") else None,
+        "n/a",
     )
-    table.add_row(
+    summary_row(
         "depth AbsRel / RMSE",
         "held-out drives",
-        "",
-        *(
-            f"{res['held_out_depth']['abs_rel_mean']:.3f} / {res['held_out_depth']['rmse_m_mean']:.2f} m"
-            if res["available"] and res.get("held_out_depth")
-            else ("no depth head" if res["available"] else unavailable(res))
-            for res in methods.values()
+        lambda r: (
+            f"{r['held_out_depth']['abs_rel_mean']:.3f} / {r['held_out_depth']['rmse_m_mean']:.2f} m"
+            if r.get("held_out_depth")
+            else None
         ),
+        "no depth head",
     )
     table.caption = caption(payload)
     return table

@@ -12,9 +12,11 @@ import torch
 from liploc.models.depth_head import (
     CameraDepthModel,
     DepthHead,
+    depth_error_sums,
     depth_loss,
     depth_metrics,
     intermediate_channels,
+    pooled_depth_metrics,
 )
 
 
@@ -104,6 +106,20 @@ def test_metrics_by_hand() -> None:
     assert m["rmse"] == pytest.approx(math.sqrt(104 / 3))
     assert m["delta1"] == pytest.approx(2 / 3)
     assert math.isnan(depth_metrics(pred, torch.zeros_like(target))["abs_rel"])
+
+
+def test_metrics_pooled_over_batches_count_every_pixel_once() -> None:
+    # Two batches of different pixel counts, summed (as validation and the accuracy benchmark do
+    # over batches and processes), give the metrics of the two as one batch.
+    target = sparse_target(seed=1, shape=(3, 12, 16))
+    pred = target + torch.rand(target.shape, generator=torch.Generator().manual_seed(2)) * 4
+    a, b = (pred[:1], target[:1]), (pred[1:], target[1:])
+    pooled = pooled_depth_metrics(np.add(depth_error_sums(*a), depth_error_sums(*b)))
+    whole = depth_metrics(pred, target)
+    for key in ("abs_rel", "rmse", "delta1"):
+        assert pooled[key] == pytest.approx(whole[key], rel=1e-12)
+    assert depth_error_sums(pred, torch.zeros_like(target)) == [0.0, 0.0, 0.0, 0.0]
+    assert math.isnan(pooled_depth_metrics([0.0, 0.0, 0.0, 0.0])["rmse"])
 
 
 # --- head ----------------------------------------------------------------------------------------

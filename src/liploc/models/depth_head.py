@@ -266,3 +266,22 @@ def depth_metrics(pred: Tensor, target: Tensor, max_depth: float | None = None) 
         "delta1": float((ratio < 1.25).double().mean()),
         "n_pixels": n,
     }
+
+
+def depth_error_sums(pred: Tensor, target: Tensor, max_depth: float | None = None) -> list[float]:
+    """AbsRel, squared error and delta < 1.25 summed over a batch's valid pixels, and their count:
+    what adds up over batches (and processes) into :func:`pooled_depth_metrics`."""
+    m = depth_metrics(pred, target, max_depth)
+    n = m["n_pixels"]
+    if n == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [m["abs_rel"] * n, m["rmse"] ** 2 * n, m["delta1"] * n, float(n)]
+
+
+def pooled_depth_metrics(sums: Sequence[float]) -> dict[str, float]:
+    """AbsRel, RMSE (metres) and delta < 1.25 of added-up :func:`depth_error_sums`, every pixel
+    once; NaN when no pixel was valid."""
+    abs_rel, squared, delta1, pixels = (float(x) for x in sums)
+    if pixels == 0:
+        return {"abs_rel": math.nan, "rmse": math.nan, "delta1": math.nan}
+    return {"abs_rel": abs_rel / pixels, "rmse": math.sqrt(squared / pixels), "delta1": delta1 / pixels}

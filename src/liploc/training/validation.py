@@ -3,7 +3,6 @@ model inputs of a batch, shared with the training step."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -146,25 +145,22 @@ def validate(
         "val_pairs": float(pairs),
     }
     if bridge is not None:
-        depth_loss, abs_rel, squared, delta1, pixels = distributed.all_reduce_sum(depth_sums).tolist()
+        from liploc.models.depth_head import pooled_depth_metrics
+
+        depth_loss, *error_sums = distributed.all_reduce_sum(depth_sums).tolist()
         results["val_depth_loss"] = depth_loss / pairs
         results["val_loss"] += bridge.depth_weight * results["val_depth_loss"]
-        n = max(pixels, 1.0)
-        results.update(val_abs_rel=abs_rel / n, val_rmse=math.sqrt(squared / n), val_delta1=delta1 / n)
-        if pixels == 0:
-            results.update(val_abs_rel=math.nan, val_rmse=math.nan, val_delta1=math.nan)
+        m = pooled_depth_metrics(error_sums)
+        results.update(val_abs_rel=m["abs_rel"], val_rmse=m["rmse"], val_delta1=m["delta1"])
     return results
 
 
 def _depth_sums(pred: torch.Tensor, target: torch.Tensor, bridge: Any, loss: Any) -> torch.Tensor:
-    """(depth loss x images, sum of AbsRel, of squared errors, of delta < 1.25, pixels) of a batch."""
-    from liploc.models.depth_head import depth_metrics
+    """(depth loss x images, then :func:`~liploc.models.depth_head.depth_error_sums`) of a batch."""
+    from liploc.models.depth_head import depth_error_sums
 
-    m = depth_metrics(pred.float(), target, max_depth=bridge.max_depth)
-    n = m["n_pixels"]
-    sums = [float(loss(pred, target, bridge)) * len(pred), 0.0, 0.0, 0.0, float(n)]
-    if n:
-        sums[1:4] = [m["abs_rel"] * n, m["rmse"] ** 2 * n, m["delta1"] * n]
+    errors = depth_error_sums(pred.float(), target, max_depth=bridge.max_depth)
+    sums = [float(loss(pred, target, bridge)) * len(pred), *errors]
     return torch.tensor(sums, dtype=torch.float64, device=pred.device)
 
 
