@@ -287,22 +287,27 @@ def rasterize_bev_torch(
     h_norm = (height - s.min_height) / (s.max_height - s.min_height)
     intensity = pts[..., 3] if s.intensity else None
     batch_offset = (torch.arange(b, device=pts.device) * n_cells)[:, None]
-    zeros = torch.zeros(b * n_cells, dtype=dtype, device=pts.device)
+    # One cell past the grid takes every point left out, and is dropped at the end: every point
+    # is scattered, so no shape depends on the data (what the ONNX export needs), and the cells
+    # of the grid get the same sums as from the kept points alone.
+    dump = b * n_cells
+    zeros = torch.zeros(dump + 1, dtype=dtype, device=pts.device)
 
-    def corner(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat cell index of the kept points whose cell is ``(i, j)``, and their mask."""
+    def corner(i: Tensor, j: Tensor) -> Tensor:
+        """Flat cell index of each point whose cell is ``(i, j)``; ``dump`` for the points left out."""
         row, col = rows - 1 - i, cols - 1 - j
         ok = keep & (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
-        return (torch.where(ok, row * cols + col, 0).long() + batch_offset)[ok], ok
+        flat = torch.where(ok, row * cols + col, 0).long() + batch_offset
+        return torch.where(ok, flat, dump).reshape(-1)
 
     if not soft:
         i = torch.floor((x - s.x_range[0]) / s.cell).detach()
-        flat, ok = corner(i, torch.floor((y + s.half_width) / s.cell).detach())
-        w = torch.ones_like(h_norm[ok])
+        flat = corner(i, torch.floor((y + s.half_width) / s.cell).detach())
+        w = torch.ones_like(flat, dtype=dtype)
         weight = zeros.index_add(0, flat, w)
         # Kept heights are > 0 after normalisation, so the zero start is "no point".
-        top = zeros.scatter_reduce(0, flat, h_norm[ok], "amax", include_self=True)
-        corners = [(flat, ok, w)]
+        top = zeros.scatter_reduce(0, flat, h_norm.reshape(-1), "amax", include_self=True)
+        corners = [(flat, w)]
     else:
         # Continuous cell coordinates with integers at cell centres.
         fi = (x - s.x_range[0]) / s.cell - 0.5
@@ -310,7 +315,7 @@ def rasterize_bev_torch(
         i0, j0 = torch.floor(fi).detach(), torch.floor(fj).detach()
         wi, wj = fi - i0, fj - j0
         # exp(k * (h - 1)) <= 1 keeps the sums in range; the shift is undone after the log.
-        e = torch.exp(sharpness * (h_norm.clamp(max=1.0) - 1.0))
+        e = torch.exp(sharpness * (h_norm.clamp(max=1.0) - 1.0)).reshape(-1)
         weight, weighted_e, corners = zeros, zeros, []
         for di, dj, w_all in (
             (0, 0, (1 - wi) * (1 - wj)),
@@ -318,11 +323,12 @@ def rasterize_bev_torch(
             (0, 1, (1 - wi) * wj),
             (1, 1, wi * wj),
         ):
-            flat, ok = corner(i0 + di, j0 + dj)
-            w = w_all[ok]
+            flat = corner(i0 + di, j0 + dj)
+            # Zero weight, and so no gradient (not even a NaN one), for the points left out.
+            w = torch.where(flat == dump, 0.0, w_all.reshape(-1))
             weight = weight.index_add(0, flat, w)
-            weighted_e = weighted_e.index_add(0, flat, w * e[ok])
-            corners.append((flat, ok, w))
+            weighted_e = weighted_e.index_add(0, flat, w * e)
+            corners.append((flat, w))
         occupied = weight > 0
         ratio = torch.where(occupied, weighted_e / torch.where(occupied, weight, 1.0), 1.0)
         soft_max = 1.0 + torch.log(ratio.clamp_min(torch.finfo(dtype).tiny)) / sharpness
@@ -330,9 +336,10 @@ def rasterize_bev_torch(
     channels = [top, (torch.log1p(weight) / math.log1p(s.density_norm)).clamp(max=1.0)]
     if intensity is not None:
         total = zeros
-        for flat, ok, w in corners:
-            total = total.index_add(0, flat, w * intensity[ok])
+        for flat, w in corners:
+            total = total.index_add(0, flat, w * intensity.reshape(-1))
         channels.append(torch.where(weight > 0, total / torch.where(weight > 0, weight, 1.0), 0.0))
+    channels = [c[:dump] for c in channels]
     raster = torch.stack(channels, dim=0).reshape(len(channels), b, rows, cols)
     return raster.transpose(0, 1).contiguous()
 
