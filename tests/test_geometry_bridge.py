@@ -19,8 +19,10 @@ from corridor_world import write_corridors
 from tiny_runs import TINY
 
 from liploc.config import load_config
-from liploc.errors import ConfigError
+from liploc.datasets import load_image
+from liploc.errors import DataError
 from liploc.evaluation.evaluate import EvaluationSettings, evaluate
+from liploc.interop.onnx_encoder import OnnxImageEncoder
 from liploc.lidar import camera_depth_image
 from liploc.localization.backend import choose_backend, open_localizer
 from liploc.localization.embedding import embed_frames
@@ -122,15 +124,13 @@ def test_a_bridge_run_trains_evaluates_maps_localizes_and_serves(
     ev = evaluate(bridge_run, corridor, EvaluationSettings(MAP_SEQUENCE, num_examples=0, seq_len=3))
     assert ev.result.main.num_counted == 12 and ev.sequence_result is not None
 
-    # The map records the method and the camera; it has no ONNX export and auto picks torch.
+    # The map records the method and the camera, and keeps the ONNX export of its camera tower
+    # (depth, back-projection with the camera's rays, BEV), which auto picks on a CPU.
     map_dir = tmp_path / "map"
     build_map(bridge_run, corridor, [MAP_SEQUENCE], map_dir, device="cpu")
     manifest = json.loads((map_dir / "manifest.json").read_text())
     assert manifest["method"] == "bridge" and manifest["camera"]["image_size"] == [128, 40]
-    assert not (map_dir / "model" / "onnx").exists()
-    assert choose_backend(map_dir) == "torch"
-    with pytest.raises(ConfigError, match="torch only"):
-        open_localizer(map_dir, "onnx")
+    assert choose_backend(map_dir) == "onnx"
 
     # A query with the map's camera embeds as evaluation embeds the frame with its own.
     localizer = open_localizer(map_dir, "torch", device="cpu")
@@ -148,16 +148,59 @@ def test_a_bridge_run_trains_evaluates_maps_localizes_and_serves(
     )
     assert len(path.path) == 4
 
-    # The service answers as the localizer.
+    # onnxruntime, fed the map camera's pixel rays, gives torch's embeddings and matches; fed
+    # those of a camera 6 m further back, it would not (the check sees the rays).
+    onnx = open_localizer(map_dir, "onnx")
+    query = [load_image(frame.image_path)]
+    off = np.abs(onnx.encoder.embed(query) - expected).max()
+    camera = manifest["camera"]
+    moved = np.array(camera["T_cam_lidar"])
+    moved[2, 3] += 6.0
+    elsewhere = OnnxImageEncoder(map_dir / "model" / "onnx", camera={**camera, "T_cam_lidar": moved.tolist()})
+    # (A model of 3 steps moves little with its input: 4e-6 to 8e-6 here, against 3e-8 to 5e-8.)
+    assert off < 5e-7 and np.abs(elsewhere.embed(query) - expected).max() > 10 * off
+    onnx_matches = onnx.localize([frame.image_path], k=3)[0]
+    assert [m.frame_id for m in onnx_matches] == [m.frame_id for m in matches]
+    # The export embeds one camera's images: without the map's camera it is refused, saying why.
+    with pytest.raises(DataError, match="embeds the images of one camera"):
+        OnnxImageEncoder(map_dir / "model" / "onnx")
+
+    # The service answers as the localizer, on either backend.
     from fastapi.testclient import TestClient
 
     from liploc.serving.app import create_app
     from liploc.serving.engine import MapService
 
-    service = MapService.open(map_dir, device="cpu")
-    with TestClient(create_app(service)) as client:
-        body = client.post("/localize?k=3", files={"image": ("q.png", frame.image_path.read_bytes())}).json()
-    assert [m["frame_id"] for m in body["matches"]] == [m.frame_id for m in matches]
+    for backend in ("torch", "onnx"):
+        service = MapService.open(map_dir, backend=backend, device="cpu")  # type: ignore[arg-type]
+        with TestClient(create_app(service)) as client:
+            image = {"image": ("q.png", frame.image_path.read_bytes())}
+            body = client.post("/localize?k=3", files=image).json()
+        assert [m["frame_id"] for m in body["matches"]] == [m.frame_id for m in matches], backend
+
+    # `liploc export` writes both towers; the LiDAR graph embeds a scan's BEV raster as torch does.
+    import onnxruntime as ort
+
+    from liploc.interop.onnx_export import export_onnx
+    from liploc.runtime.inputs import depth_calibration, depth_target, scan_bev_input
+
+    export = export_onnx(bridge_run, tmp_path / "export")
+    spec = json.loads((tmp_path / "export" / "preprocessing.json").read_text())
+    names = [i["name"] for i in spec["lidar"]["inputs"]]
+    assert spec["method"] == "bridge" and max(export.max_abs_diff.values()) <= 1e-4
+    bev = scan_bev_input(depth_target(frame, config), *depth_calibration(frame, config), config)
+    feed = {"bev": bev[None]}
+    if config.model.bridge.fusion == "fused":
+        assert names == ["lidar", "bev"]
+        lidar = PairDataset([frame], config, train=False, modalities=("lidar",))[0]["lidar"]
+        feed["lidar"] = lidar[None].numpy()
+    else:
+        assert names == ["bev"]
+    session = ort.InferenceSession(
+        str(tmp_path / "export" / "lidar_tower.onnx"), providers=["CPUExecutionProvider"]
+    )
+    scan_expected = embed_frames(model, [frame], config, "lidar", device=torch.device("cpu"))
+    np.testing.assert_allclose(session.run(None, feed)[0], scan_expected, atol=1e-5)
 
 
 def test_a_bridge_run_resumes_exactly(corridor: Path, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,17 @@ class Calibration:
     def T_lidar_cam(self) -> np.ndarray:
         """4x4 transform from the rectified camera frame to the LiDAR frame."""
         return np.linalg.inv(self.T_cam_lidar)
+
+    @classmethod
+    def from_json(cls, camera: Mapping[str, Any]) -> Calibration:
+        """The calibration of a JSON camera, ``{"P": 3x4, "T_cam_lidar": 4x4, "image_size":
+        [width, height]}`` as a geometry-bridge map records it."""
+        size = camera.get("image_size")
+        return cls(
+            T_cam_lidar=np.asarray(camera["T_cam_lidar"], dtype=np.float64),
+            P=np.asarray(camera["P"], dtype=np.float64),
+            image_size=None if size is None else (int(size[0]), int(size[1])),
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ torch model the export came from, so a map refuses an export of another model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,42 @@ def _plain_name(name: str, spec_path: Path) -> str:
     return name
 
 
+def _camera_inputs(
+    rays_spec: Mapping[str, Any] | None, camera: Mapping[str, Any] | None, folder: Path
+) -> dict[str, np.ndarray]:
+    """The pixel-ray inputs of a geometry-bridge export for ``camera`` (none for other exports)."""
+    if rays_spec is None:
+        return {}
+    if camera is None:
+        raise DataError(
+            folder,
+            "the export of a geometry-bridge model embeds the images of one camera; open it with "
+            "the map it belongs to (the map records the camera), e.g. `liploc localize MAP --backend onnx`",
+        )
+    from liploc.datasets.frame import Calibration
+    from liploc.lidar.back_projection import calibration_for_depth, camera_rays
+
+    h, w = (int(v) for v in rays_spec["depth_size_hw"])
+    scaled = calibration_for_depth(Calibration.from_json(camera), (h, w))
+    rays, origin = camera_rays(scaled.P, scaled.T_cam_lidar, h, w)
+    names = list(rays_spec["inputs"])
+    return {names[0]: rays, names[1]: origin}
+
+
 class OnnxImageEncoder:
     """Camera images (H, W, 3) uint8 RGB -> (N, D) float32 unit-norm embeddings on onnxruntime."""
 
     backend = "onnx"
 
-    def __init__(self, folder: str | Path, *, threads: int | None = None) -> None:
-        """Load ``folder``'s image tower; ``threads``: onnxruntime intra-op threads (default: its own)."""
+    def __init__(
+        self, folder: str | Path, *, threads: int | None = None, camera: Mapping[str, Any] | None = None
+    ) -> None:
+        """Load ``folder``'s image tower; ``threads``: onnxruntime intra-op threads (default: its own).
+
+        ``camera``: the calibration of the camera whose images it embeds (a map's
+        :attr:`~liploc.localization.lidar_map.LidarMap.camera`: ``P``, ``T_cam_lidar``,
+        ``image_size``), which the export of a geometry-bridge model needs for its pixel rays.
+        """
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -74,6 +103,7 @@ class OnnxImageEncoder:
             expected_sha = str(image["sha256"])
             self.input_name = str(image["input_name"])
             self.preprocess = CameraPreprocess.from_spec(image)
+            self.camera_inputs = _camera_inputs(image.get("camera_rays"), camera, self.folder)
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(self.folder / SPEC_FILE, f"export description lacks an entry ({err})") from err
         if not graph.is_file():
@@ -117,6 +147,7 @@ class OnnxImageEncoder:
         if not len(inputs):
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         batch = np.stack(inputs)
-        emb = self.session.run(None, {self.input_name: batch})[0].astype(np.float32, copy=False)
+        feed = {self.input_name: batch, **self.camera_inputs}
+        emb = self.session.run(None, feed)[0].astype(np.float32, copy=False)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norm, np.float32(1e-12))

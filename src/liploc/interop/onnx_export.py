@@ -4,6 +4,11 @@ The export folder holds::
 
     image_tower.onnx     camera image (N, 3, H, W) float32 -> L2-normalised embedding (N, D)
     lidar_tower.onnx     LiDAR input (N, C, H, W) float32 -> L2-normalised embedding (N, D)
+
+A geometry-bridge model's graphs take what its towers need beside: the camera tower the pixel
+rays of the camera (``rays`` (1, h*w, 3) and ``ray_origin`` (1, 3), of the one rig whose images
+it embeds: a map's), and the LiDAR tower the scan's BEV raster (``bev`` (N, C', rows, cols)); the
+depth, back-projection and rasterisation run inside the camera's graph.
     preprocessing.json   how each input is made from files, the model's fingerprint (so that a
                          map refuses another model's queries), the sha256 of each graph, and the
                          largest difference to torch measured at export
@@ -19,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,12 @@ import torch
 from liploc.atomic import dir_mode, reporting_full_disk
 from liploc.atomic_folder import real_folder, replace_folder, scratch_path, sweep_folder_leftovers
 from liploc.checksums import file_size_and_sha256
-from liploc.errors import ConfigError, DataError, LiplocError
+from liploc.errors import DataError, LiplocError
 from liploc.interop.onnx_encoder import EXPORT_FORMAT, EXPORT_VERSION, GRAPH_FINGERPRINT_KEY, SPEC_FILE
-from liploc.models import TwoTowerModel
+from liploc.lidar.back_projection import camera_rays
+from liploc.models import GeometryBridgeModel
+from liploc.models.geometry_bridge import bev_shape
+from liploc.models.two_tower import TowerModel
 
 TOWER_FILES = {"image": "image_tower.onnx", "lidar": "lidar_tower.onnx"}
 PARITY_TOLERANCE = 1e-4
@@ -71,24 +80,13 @@ def export_onnx(
         raise DataError(out, "exists and is not a liploc ONNX export folder; refusing to overwrite it")
     checkpoint = resolve_checkpoint(run)
     model, config = load_model_from_checkpoint(checkpoint)
-    if config.model.method == "bridge":
-        raise ConfigError(
-            f"{checkpoint}: ONNX export of geometry-bridge models (model.method bridge) is not "
-            "supported: their camera tower back-projects its depth and rasterises a BEV, which "
-            "the export does not cover; localize and serve them on torch (--backend auto picks it)"
-        )
     model = model.float().eval()
     fingerprint = model.fingerprint()
-    h, w = config.data.image_size
-    lidar_channels = config.model.lidar_in_chans
     transforms = build_transforms(config.data, train=False, model=config.model)
     unknown = sorted(set(towers) - set(TOWER_FILES))
     if unknown or not towers:
         raise ValueError(f"towers: {unknown or 'none'}; choose from {sorted(TOWER_FILES)}")
-    modules: dict[str, tuple[torch.nn.Module, tuple[int, int, int]]] = {
-        "image": (Tower(model, "image").eval(), (3, h, w)),
-        "lidar": (Tower(model, "lidar").eval(), (lidar_channels, h, w)),
-    }
+    modules = tower_graphs(model, config)
     out = real_folder(out)  # through a symlink: replace the export it points to
     with reporting_full_disk(out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,11 +115,11 @@ def export_onnx(
 
 
 def _write_export(
-    modules: dict[str, tuple[torch.nn.Module, tuple[int, int, int]]],
+    modules: dict[str, TowerGraph],
     towers: Sequence[str],
     tmp: Path,
     *,
-    model: TwoTowerModel,
+    model: TowerModel,
     fingerprint: str,
     checkpoint: Path,
     config: Any,
@@ -131,14 +129,13 @@ def _write_export(
     """Write the graphs and ``preprocessing.json`` of an export into ``tmp``; the largest
     difference to torch of each tower."""
     h, w = config.data.image_size
-    lidar_channels = modules["lidar"][1][0]
     diffs: dict[str, float] = {}
     for name in towers:
-        tower, chw = modules[name]
+        graph = modules[name]
         path = tmp / TOWER_FILES[name]
-        _export_tower(tower, chw, name, path)
+        _export_tower(graph, path)
         _stamp_fingerprint(path, fingerprint)
-        diffs[name] = _parity(tower, path, chw, name, batch_for_check)
+        diffs[name] = _parity(graph, path, batch_for_check)
         if diffs[name] > PARITY_TOLERANCE:
             raise LiplocError(
                 f"ONNX export of the {name} tower differs from torch by {diffs[name]:.2e} "
@@ -149,6 +146,7 @@ def _write_export(
         "version": EXPORT_VERSION,
         "model_fingerprint": fingerprint,
         "embed_dim": model.embed_dim,
+        "method": config.model.method,
         "source_checkpoint": str(checkpoint),
         "opset": OPSET,
         "torch_version": torch.__version__,
@@ -156,7 +154,7 @@ def _write_export(
     }
     if "image" in towers:
         spec["image"] = {
-            **_tower_spec(tmp, "image", (3, h, w)),
+            **_tower_spec(tmp, "image", modules["image"]),
             "source": "camera image file, decoded to RGB (8 bits per channel)",
             "resize": {
                 "size_hw": [h, w],
@@ -170,9 +168,17 @@ def _write_export(
             "std": _list(transforms.image.std),
             "order": "decode -> resize -> round to uint8 -> x / 255 -> (x - mean) / std -> NCHW",
         }
+        if "rays" in modules["image"].names:
+            depth_h, depth_w = config.model.bridge.depth_size
+            spec["image"]["camera_rays"] = {
+                "inputs": ["rays", "ray_origin"],
+                "depth_size_hw": [depth_h, depth_w],
+                "how": "liploc.lidar.back_projection.pixel_rays of the camera's P and T_cam_lidar, "
+                "P scaled from the camera image to depth_size_hw; (1, h*w, 3) and (1, 3) float32",
+            }
     if "lidar" in towers:
         spec["lidar"] = {
-            **_tower_spec(tmp, "lidar", (lidar_channels, h, w)),
+            **_tower_spec(tmp, "lidar", modules["lidar"]),
             "source": "LiDAR scan (KITTI .bin float32 x, y, z, intensity)",
             "lidar_input": config.data.lidar_input,
             "projection": config.projection.model_dump(mode="json"),
@@ -183,6 +189,12 @@ def _write_export(
             "order": "scan -> liploc.lidar projection (see projection) -> resize -> x / 255 -> "
             "(x - mean[i % 3]) / std[i % 3] per channel i",
         }
+        if "bev" in modules["lidar"].names:
+            spec["lidar"]["bev"] = {
+                "bridge": config.model.bridge.model_dump(mode="json"),
+                "how": "scan -> depth image in the camera at bridge.depth_size "
+                "(liploc.lidar.camera_depth) -> BEV raster (liploc.models.geometry_bridge.depth_image_bev)",
+            }
     spec["config"] = config.model_dump(mode="json")
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
     for name in (*(TOWER_FILES[t] for t in towers), SPEC_FILE):
@@ -192,31 +204,121 @@ def _write_export(
 
 
 class Tower(torch.nn.Module):
-    """One tower of a two-tower model as a module of its own: input batch -> unit-norm embeddings."""
+    """One tower of a model as a module of its own: its inputs by name (those the model reads) ->
+    unit-norm embeddings. A geometry bridge's camera tower also takes the camera's pixel rays, its
+    LiDAR tower the scan's BEV raster."""
 
-    def __init__(self, model: TwoTowerModel, modality: str) -> None:
+    def __init__(self, model: TowerModel, modality: str) -> None:
         super().__init__()
         self.model = model
         self.modality = modality
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        rays: torch.Tensor | None = None,
+        ray_origin: torch.Tensor | None = None,
+        lidar: torch.Tensor | None = None,
+        bev: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        model = self.model
+        if not isinstance(model, GeometryBridgeModel):
+            return model.encode_image(image) if self.modality == "image" else model.encode_lidar(lidar)
         if self.modality == "image":
-            return self.model.encode_image(x)
-        return self.model.encode_lidar(x)
+            # With the rays given, the calibration matrices are not read.
+            given = (rays, ray_origin) if rays is not None and ray_origin is not None else None
+            return model.encode_image(image, P=None, T_cam_lidar=None, rays=given)  # type: ignore[arg-type]
+        return model.encode_lidar(lidar, bev=bev)  # type: ignore[arg-type]
 
 
-def _export_tower(tower: Tower, chw: tuple[int, int, int], name: str, path: Path) -> None:
-    example = torch.randn(2, *chw)
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of an exported graph: its name, its shape after the batch, and whether the batch
+    is dynamic (images, scans) or one (the camera's rays: one rig)."""
+
+    name: str
+    shape: tuple[int, ...]
+    batched: bool = True
+
+
+@dataclass(frozen=True)
+class TowerGraph:
+    """A tower to export and the inputs of its graph, in order."""
+
+    tower: Tower
+    inputs: tuple[GraphInput, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+
+def tower_graphs(model: TowerModel, config: Any) -> dict[str, TowerGraph]:
+    """The graph of each tower of ``model``: the module and its inputs."""
+    h, w = config.data.image_size
+    image = GraphInput("image", (3, h, w))
+    lidar = GraphInput("lidar", (config.model.lidar_in_chans, h, w))
+    if not isinstance(model, GeometryBridgeModel):
+        return {
+            "image": TowerGraph(Tower(model, "image").eval(), (image,)),
+            "lidar": TowerGraph(Tower(model, "lidar").eval(), (lidar,)),
+        }
+    fusion = model.bridge.fusion
+    depth_h, depth_w = model.depth_size
+    camera = (GraphInput("rays", (depth_h * depth_w, 3), False), GraphInput("ray_origin", (3,), False))
+    image_inputs = (image, *camera) if fusion != "depth_aux" else (image,)
+    lidar_inputs = ((lidar,) if fusion != "bev_only" else ()) + (
+        (GraphInput("bev", bev_shape(model.bridge)),) if fusion != "depth_aux" else ()
+    )
+    return {
+        "image": TowerGraph(Tower(model, "image").eval(), image_inputs),
+        "lidar": TowerGraph(Tower(model, "lidar").eval(), lidar_inputs),
+    }
+
+
+def example_camera_rays(depth_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (1, h*w, 3) rays and (1, 3) origin of a KITTI-like front camera at ``depth_hw``:
+    what the export traces and checks the camera tower with (any rig's rays fit the graph)."""
+    h, w = depth_hw
+    scale_u, scale_v = w / 1242.0, h / 375.0
+    P = np.array(
+        [[721.5 * scale_u, 0, 609.6 * scale_u, 0], [0, 721.5 * scale_v, 172.9 * scale_v, 0], [0, 0, 1, 0]]
+    )
+    T_cam_lidar = np.array(
+        [[0, -1, 0, 0], [0, 0, -1, -0.08], [1, 0, 0, -0.27], [0, 0, 0, 1]], dtype=np.float64
+    )
+    return camera_rays(P, T_cam_lidar, h, w)
+
+
+def _example_inputs(graph: TowerGraph, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random batched inputs (non-negative for a BEV raster) and the example camera's rays."""
+    out: dict[str, np.ndarray] = {}
+    for item in graph.inputs:
+        if item.name in ("rays", "ray_origin"):
+            continue
+        x = rng.standard_normal((batch, *item.shape)).astype(np.float32)
+        out[item.name] = np.abs(x) if item.name == "bev" else x
+    if "rays" in graph.names:
+        assert isinstance(graph.tower.model, GeometryBridgeModel)
+        out["rays"], out["ray_origin"] = example_camera_rays(graph.tower.model.depth_size)
+    return out
+
+
+def _export_tower(graph: TowerGraph, path: Path) -> None:
+    example = _example_inputs(graph, 2, np.random.default_rng(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter reports its steps on stdout; keep the CLI's output to what the user asked for.
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():
+        # Two batched inputs (a fused bridge's LiDAR tower) share the one batch axis, as meant.
+        warnings.filterwarnings("ignore", message="# The axis name: batch will not be used")
         torch.onnx.export(
-            tower,
-            (example,),
+            graph.tower,
+            (),
             str(path),
-            input_names=[name],
+            kwargs={name: torch.from_numpy(example[name]) for name in graph.names},
+            input_names=graph.names,
             output_names=["embedding"],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes={i.name: {0: batch} if i.batched else None for i in graph.inputs},
             dynamo=True,
             opset_version=OPSET,
             external_data=False,
@@ -234,7 +336,7 @@ def _stamp_fingerprint(path: Path, fingerprint: str) -> None:
     onnx.save(graph, str(path))
 
 
-def _parity(tower: Tower, path: Path, chw: tuple[int, int, int], name: str, batch: int) -> float:
+def _parity(graph: TowerGraph, path: Path, batch: int) -> float:
     """Largest |torch - onnxruntime| over random batches of 1 and ``batch`` inputs."""
     import onnxruntime as ort
 
@@ -242,25 +344,29 @@ def _parity(tower: Tower, path: Path, chw: tuple[int, int, int], name: str, batc
     rng = np.random.default_rng(0)
     worst = 0.0
     for n in (1, batch):
-        x = rng.standard_normal((n, *chw)).astype(np.float32)
+        inputs = _example_inputs(graph, n, rng)
         with torch.no_grad():
-            expected = tower(torch.from_numpy(x)).numpy()
-        got = session.run(None, {name: x})[0]
+            expected = graph.tower(**{name: torch.from_numpy(inputs[name]) for name in graph.names}).numpy()
+        got = session.run(None, inputs)[0]
         if got.shape != expected.shape:
-            raise LiplocError(f"ONNX {name} tower returned {got.shape}, torch {expected.shape}")
+            raise LiplocError(f"ONNX {graph.names[0]} tower returned {got.shape}, torch {expected.shape}")
         worst = max(worst, float(np.max(np.abs(got - expected))))
     return worst
 
 
-def _tower_spec(folder: Path, name: str, chw: tuple[int, int, int]) -> dict[str, Any]:
+def _tower_spec(folder: Path, name: str, graph: TowerGraph) -> dict[str, Any]:
     file = TOWER_FILES[name]
     return {
         "file": file,
         "sha256": file_size_and_sha256(folder / file)[1],
-        "input_name": name,
+        "input_name": graph.names[0],
         "output_name": "embedding",
-        "input_shape": ["batch", *chw],
+        "input_shape": ["batch", *graph.inputs[0].shape],
         "input_dtype": "float32",
+        "inputs": [
+            {"name": i.name, "shape": ["batch" if i.batched else 1, *i.shape], "dtype": "float32"}
+            for i in graph.inputs
+        ],
         "output": "L2-normalised float32 embedding (batch, embed_dim)",
     }
 

@@ -23,12 +23,16 @@ image's size (:func:`liploc.lidar.camera_depth.scale_calibration`, or
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from liploc.datasets.frame import Calibration
 from liploc.lidar.camera_depth import scale_calibration
+
+if TYPE_CHECKING:  # torch is imported by the torch functions only: the ONNX runtime's rays are NumPy's
+    import torch
+    from torch import Tensor
 
 
 def _projection_3x4(P: np.ndarray) -> np.ndarray:
@@ -76,6 +80,17 @@ def pixel_rays(
     v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
     uv1 = np.stack([u, v, np.ones_like(u)], axis=-1)
     return uv1 @ A.T, origin
+
+
+def camera_rays(
+    P: np.ndarray, T_cam_lidar: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pixel_rays` as a fixed camera's inputs to the bridge's camera tower: float32 rays
+    (1, H*W, 3) in row-major pixel order and origin (1, 3). The one computation of the torch
+    tower (:class:`~liploc.models.CalibratedImageTower`) and of its ONNX export's runtime, so
+    that both back-project with the same numbers."""
+    rays, origin = pixel_rays(P, T_cam_lidar, height, width)
+    return rays.reshape(1, height * width, 3).astype(np.float32), origin.reshape(1, 3).astype(np.float32)
 
 
 def back_project_depth(
@@ -137,6 +152,8 @@ def back_project_depth_calib(depth: np.ndarray, calib: Calibration, min_depth: f
 def _batched_matrix(
     m: Tensor | np.ndarray, batch: int, shape: tuple[int, ...], device: torch.device
 ) -> Tensor:
+    import torch
+
     t = torch.as_tensor(m, device=device, dtype=torch.float64)
     if t.dim() == len(shape):
         t = t.expand(batch, *shape)
@@ -154,6 +171,8 @@ def ray_parameters_torch(
     inverse of a matrix holding a focal length of ~700 px loses digits in float32); calibration
     gets no gradient.
     """
+    import torch
+
     device = torch.device(device)
     P_t = torch.as_tensor(P, device=device, dtype=torch.float64)
     if P_t.shape[-2:] == (3, 3):
@@ -184,6 +203,8 @@ def pixel_rays_torch(
     What :func:`back_project_depth_torch` works out on every call; a camera whose calibration is
     fixed (a map's queries) works it out once and passes it as ``rays``.
     """
+    import torch
+
     device = torch.device(device)
     A, origin = ray_parameters_torch(P, T_cam_lidar, batch, device)
     v, u = torch.meshgrid(
@@ -218,6 +239,8 @@ def back_project_depth_torch(
         point (a fixed shape that batches); ``points`` is linear in ``depth``, so gradients flow
         to the depth of each pixel whose point is used.
     """
+    import torch
+
     if depth.dim() == 4:
         if depth.shape[1] != 1:
             raise ValueError(f"expected (B, 1, H, W) depth, got {tuple(depth.shape)}")

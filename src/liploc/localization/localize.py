@@ -58,9 +58,8 @@ def build_map(
     With ``onnx``, ``model/onnx`` holds an ONNX export of the camera tower (checked against torch),
     so that ``liploc localize`` answers without loading torch and timm (0.4 s from a cold start
     instead of 4 s on a small CPU); a model the exporter cannot handle leaves a map without one,
-    and says so. Geometry-bridge maps have none (their camera tower back-projects and rasterises,
-    which is not exported): they localize on torch. They record the camera calibration of their
-    drives, with which queries are back-projected.
+    and says so. Geometry-bridge maps record the camera calibration of their drives, with which
+    queries are back-projected (by torch, or by the export fed the camera's pixel rays).
 
     ``index_kind`` and ``max_memory`` (bytes) choose the search index (see
     :func:`liploc.localization.index.choose_kind`); the map records it. Every sequence must be in
@@ -165,10 +164,7 @@ def _build_and_save(
 
     def add_model(folder: Path) -> None:
         copy_checkpoint(ckpt, MapFolder(folder).checkpoint)
-        if onnx and config.model.method == "bridge":
-            if console is not None:
-                console.print("geometry-bridge map: no ONNX export (localize and serve run on torch)")
-        elif onnx:
+        if onnx:
             _export_camera_tower(folder, console)
 
     out = lidar_map.save(out, add_files=add_model)
@@ -511,12 +507,7 @@ def calibrated_tower(model: nn.Module, lidar_map: LidarMap, config: Config) -> n
             f"this {lidar_map.method} map records no camera calibration; a geometry-bridge model "
             "needs it to embed queries",
         )
-    camera = lidar_map.camera
-    calib = Calibration(
-        T_cam_lidar=np.asarray(camera["T_cam_lidar"], dtype=np.float64),
-        P=np.asarray(camera["P"], dtype=np.float64),
-        image_size=tuple(camera["image_size"]),  # type: ignore[arg-type]
-    )
+    calib = Calibration.from_json(lidar_map.camera)
     scaled = calibration_for_depth(calib, tuple(config.model.bridge.depth_size))  # type: ignore[arg-type]
     return CalibratedImageTower(
         model,  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from liploc.datasets import load_image
-from liploc.errors import ConfigError, DataError
+from liploc.errors import DataError
 from liploc.interop.onnx_encoder import OnnxImageEncoder
 from liploc.localization.lidar_map import LidarMap, Match
 from liploc.localization.map_folder import MapFolder
@@ -39,11 +39,6 @@ class OnnxLocalizer:
         """Load a map folder and an ONNX export of its model (default ``MAP/model/onnx``)."""
         map_dir = Path(map_dir)
         lidar_map = LidarMap.load(map_dir)
-        if lidar_map.method == "bridge":
-            raise ConfigError(
-                f"{map_dir}: a geometry-bridge map localizes on torch only (its camera tower "
-                "back-projects and rasterises, which has no ONNX export); use --backend torch or auto"
-            )
         if onnx_dir is None:
             onnx_dir = MapFolder(map_dir).onnx_dir
             if not onnx_dir.is_dir():
@@ -53,7 +48,8 @@ class OnnxLocalizer:
                     f"{MapFolder(map_dir).checkpoint} --format onnx --out {onnx_dir}` "
                     "or pass --onnx DIR",
                 )
-        encoder = OnnxImageEncoder(onnx_dir, threads=threads)
+        # A geometry-bridge export back-projects with the map's camera (one rig made the map).
+        encoder = OnnxImageEncoder(onnx_dir, threads=threads, camera=lidar_map.camera)
         lidar_map.check_query_model(encoder.fingerprint)  # refuse another model's export up front
         return cls(lidar_map, encoder)
 
