@@ -315,6 +315,7 @@ def run_info(
         "data_root": str(data_root),
         "checkpoint": str(resolve_checkpoint(checkpoint)) if checkpoint.exists() else str(checkpoint),
         "model_fingerprint": fingerprint,
+        "method": config.model.method,
         "queries_without_pose": frames.queries_without_pose,
         "database_without_pose": frames.database_without_pose,
         "unpaired_left_out": frames.unpaired,
