@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from liploc.config import Config
 from liploc.datasets import Frame
 from liploc.errors import DataError
+from liploc.runtime.device import numpy_blas_single_threaded
 from liploc.runtime.inputs import (
     CachedInput,
     InputTransform,
@@ -153,10 +154,11 @@ class PairDataset(Dataset):
                 return scan_bev_input(self.preprocessed(index, "depth"), P, T, self.config)
             return lidar_input(frame, self.config, self._range_projector())
 
-        if self.cache is None:
-            return make()
-        source = frame.image_path if modality == "image" else frame.scan_path
-        return self.cache.get(source, modality, make, self.cache_variant(index, modality))
+        with numpy_blas_single_threaded():  # also when called alone (cache warming)
+            if self.cache is None:
+                return make()
+            source = frame.image_path if modality == "image" else frame.scan_path
+            return self.cache.get(source, modality, make, self.cache_variant(index, modality))
 
     def cache_variant(self, index: int, modality: CachedInput) -> str:
         """What a cache entry depends on besides its source file: the frame's calibration for the
@@ -168,7 +170,8 @@ class PairDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         try:
-            return self._sample(key)
+            with numpy_blas_single_threaded():
+                return self._sample(key)
         except DataError as err:
             if torch.utils.data.get_worker_info() is None:
                 raise
