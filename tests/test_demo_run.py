@@ -1,5 +1,6 @@
-"""`liploc demo` end to end on a very small town: the recall table has single-image and sequence
-rows for every window, for both protocols, and metrics.json says the same."""
+"""`liploc demo` end to end on a very small town: the recall tables of the appearance model and of
+the geometry bridge have single-image and sequence rows for every window, for both protocols, and
+metrics.json says the same."""
 
 from __future__ import annotations
 
@@ -12,22 +13,28 @@ from rich.console import Console
 from liploc.commands.demo import DemoOptions, run_demo
 
 
-def test_the_demo_prints_single_and_sequence_rows_for_each_window(tmp_path: Path) -> None:
-    options = DemoOptions(drives=4, frames=30, epochs=1, sequence_windows_m=(6.0, 0.0, 15.0))
+def test_the_demo_prints_single_and_sequence_rows_for_each_window_and_model(tmp_path: Path) -> None:
+    options = DemoOptions(drives=4, frames=30, epochs=1, bridge_epochs=1, sequence_windows_m=(6.0, 0.0, 15.0))
     assert options.sequence_windows_m == (6.0, 15.0)  # a 0 m window is no window
     console = Console(record=True, width=100)
     result = run_demo(tmp_path / "demo", options, console=console)
     text = console.export_text()
 
     saved = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert result.bridge_metrics is not None and saved["bridge"] == result.bridge_metrics
+    assert saved["bridge_train_steps"] > 0
+    # The appearance model's table first, then the bridge's, each titled with its config.
+    assert text.index("Appearance model (tiny.yaml, 1 epochs)") < text.index("Geometry bridge (tiny_bridge.yaml")
     for protocol in ("same-sequence", "cross-drive"):
-        windows = result.metrics[protocol]["sequences"]
-        assert [(w["window_m"], w["seq_len"]) for w in windows] == [(6.0, 2), (15.0, 5)]  # 3 m spacing
-        assert saved[protocol]["sequences"] == windows
         rows = [line for line in text.splitlines() if line.startswith(f"│ {protocol}")]
-        assert [row.split("│")[2].strip() for row in rows] == ["single", "6 m seq", "15 m seq"]
-        for row, figures in zip(rows, [result.metrics[protocol], *windows], strict=True):
-            assert row.split("│")[3].strip() == f"{figures['recall_at_1']:.3f}"
+        assert len(rows) == 6
+        for model_rows, metrics in ((rows[:3], result.metrics), (rows[3:], result.bridge_metrics)):
+            windows = metrics[protocol]["sequences"]
+            assert [(w["window_m"], w["seq_len"]) for w in windows] == [(6.0, 2), (15.0, 5)]  # 3 m spacing
+            assert [row.split("│")[2].strip() for row in model_rows] == ["single", "6 m seq", "15 m seq"]
+            for row, figures in zip(model_rows, [metrics[protocol], *windows], strict=True):
+                assert row.split("│")[3].strip() == f"{figures['recall_at_1']:.3f}"
+        assert saved[protocol]["sequences"] == result.metrics[protocol]["sequences"]
     assert "last 2 (6 m) / 5 (15 m) images with odometry" in " ".join(text.split())
     # The first window's evaluation holds the report; further windows write their figures beside.
     assert (tmp_path / "demo" / "eval" / "cross-drive" / "report" / "index.html").is_file()
@@ -35,6 +42,9 @@ def test_the_demo_prints_single_and_sequence_rows_for_each_window(tmp_path: Path
         (tmp_path / "demo" / "eval" / "cross-drive-15m-window" / "sequence_metrics.json").read_text()
     )
     assert further["info"]["sequence_matching"]["seq_len"] == 5
+    bridge_eval = tmp_path / "demo" / "eval-bridge"
+    assert (bridge_eval / "cross-drive" / "report" / "index.html").is_file()
+    assert json.loads((bridge_eval / "same-sequence" / "metrics.json").read_text())["info"]["method"] == "bridge"
 
 
 def test_demo_windows_must_not_be_negative() -> None:

@@ -2,10 +2,12 @@
 
 1. ``liploc synth``: a small town in the KITTI odometry layout, with training drives and held-out
    drives through streets that no training drive uses (in pairs over the same streets).
-2. ``liploc train`` with the tiny config.
-3. ``liploc evaluate`` on a held-out drive with the paper's protocol (same-sequence) and the
-   cross-drive protocol (map from one held-out drive, queries from its partner).
-4. The recall table beside chance, ``metrics.json`` and HTML reports.
+2. ``liploc train`` with the tiny config (appearance: image and range-image towers).
+3. ``liploc train`` with the tiny geometry bridge (image depth matched with the scan in bird's-eye
+   view) on the same drives, for fewer epochs so that the demo stays within 10 minutes.
+4. ``liploc evaluate`` of both on a held-out drive with the paper's protocol (same-sequence) and
+   the cross-drive protocol (map from one held-out drive, queries from its partner).
+5. The recall tables beside chance, ``metrics.json`` and HTML reports.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ from liploc.training.data_fingerprint import DataChangedError
 from liploc.training.train import TrainResult, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny.yaml"
+BRIDGE_CONFIG = DEFAULT_CONFIG.with_name("tiny_bridge.yaml")
 DEMO_TORCH_THREADS = 2
 """The threads of the README's reference machine (2 cores); the demo's figures are for this count."""
+BRIDGE_EPOCHS = 6
+"""The bridge's epochs in the demo: what fits the demo's 10 minutes on a 2-core CPU."""
+METHOD_TITLES = {"appearance": "appearance model", "bridge": "geometry bridge"}
 
 
 @contextmanager
@@ -76,6 +82,12 @@ class DemoOptions(BaseModel):
     a kernel splits its sums by thread count, so other counts round differently and, over 25
     epochs, train a measurably different model (R@1 0.575 vs 0.66 on two machines)."""
     config: Path = DEFAULT_CONFIG
+    bridge_config: Path | None = BRIDGE_CONFIG
+    """The geometry bridge's config, trained after the appearance model on the same drives and
+    evaluated with the same protocols; None: the appearance model alone."""
+    bridge_epochs: int | None = Field(BRIDGE_EPOCHS, ge=1)
+    """The bridge's training epochs (None: its config's). Fewer than the appearance model's: its
+    step costs about 3x as much here (64 x 192 inputs, the depth head and BEV encoders)."""
     sequence_windows_m: tuple[float, ...] = (20.0, 60.0)
     """Also localize each query with the images of the last this many metres driven (sequence
     matching with odometry), one row per window; empty (or zeros): single images only. The first
@@ -102,17 +114,21 @@ class DemoResult:
     seconds: float
     interrupted: bool = False
     """Training was stopped by a signal: nothing was evaluated (the same command resumes)."""
+    bridge_metrics: dict[str, dict[str, Any]] | None = None
+    """The geometry bridge's metrics per protocol (None: the demo ran without it)."""
 
 
-def _demo_config(options: DemoOptions, data_root: Path, train_seqs: list[str]) -> Config:
-    if not options.config.is_file():
-        raise ConfigError(f"{options.config}: demo config not found (pass --config)")
-    config = load_config(options.config)
+def _demo_config(
+    options: DemoOptions, data_root: Path, train_seqs: list[str], path: Path, epochs: int | None
+) -> Config:
+    if not path.is_file():
+        raise ConfigError(f"{path}: demo config not found (pass --config)")
+    config = load_config(path)
     config = config.model_copy(deep=True)
-    config.name = "demo"
+    config.name = "demo" if path == options.config else f"demo-{path.stem}"
     config.data.datasets = [DatasetSplit(layout="kitti", root=data_root, train=train_seqs)]
-    if options.epochs is not None:
-        config.train.epochs = options.epochs
+    if epochs is not None:
+        config.train.epochs = epochs
     if options.max_steps is not None:
         config.train.max_steps = options.max_steps
     return config
@@ -147,50 +163,69 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    console.rule("[bold]1/3 synthetic town")
+    models = {"appearance": (options.config, options.epochs, out / "run", out / "eval")}
+    if options.bridge_config is not None:
+        bridge = (options.bridge_config, options.bridge_epochs, out / "run-bridge", out / "eval-bridge")
+        models["bridge"] = bridge
+    steps = 2 + len(models)  # the town, a training per model, the evaluation
+
+    console.rule(f"[bold]1/{steps} synthetic town")
     train_seqs, test_seq, partner = _make_town(out / "data", options, console)
 
-    console.rule("[bold]2/3 training (tiny config, CPU)")
-    config = _demo_config(options, out / "data", train_seqs)
-    run_dir = out / "run"
-    console.print(
-        f"torch runs on {options.torch_threads} CPU threads on every machine, so that the result "
-        "does not depend on the number of cores"
-    )
-    with pinned_torch_threads(options.torch_threads):
-        result = train_or_restart(config, run_dir, console)
-    if result.stopped == "interrupted":
-        # Evaluating the half-trained model would print figures that look like the demo's.
+    trained: dict[str, int] = {}
+    for k, (method, (path, epochs, run_dir, _)) in enumerate(models.items()):
+        console.rule(f"[bold]{2 + k}/{steps} training the {METHOD_TITLES[method]} ({path.name}, CPU)")
+        config = _demo_config(options, out / "data", train_seqs, path, epochs)
         console.print(
-            f"[yellow]training interrupted at step {result.step}: nothing evaluated; the same "
-            "command resumes it[/]"
+            f"torch runs on {options.torch_threads} CPU threads on every machine, so that the result "
+            "does not depend on the number of cores"
         )
-        return DemoResult(out, {}, time.perf_counter() - started, interrupted=True)
-    console.print(f"trained {result.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+        with pinned_torch_threads(options.torch_threads):
+            result = train_or_restart(config, run_dir, console)
+        if result.stopped == "interrupted":
+            # Evaluating the half-trained model would print figures that look like the demo's.
+            console.print(
+                f"[yellow]training interrupted at step {result.step}: nothing evaluated; the same "
+                "command resumes it[/]"
+            )
+            return DemoResult(out, {}, time.perf_counter() - started, interrupted=True)
+        console.print(f"trained {result.step} steps; checkpoints in {run_dir / 'checkpoints'}")
+        trained[method] = result.step
 
-    console.rule("[bold]3/3 evaluation on held-out streets")
-    runs = {
+    console.rule(f"[bold]{steps}/{steps} evaluation on held-out streets")
+    protocols = {
         "same-sequence": dict(sequence=test_seq, protocol="same-sequence"),
         "cross-drive": dict(sequence=partner, protocol="cross-drive", map_sequence=test_seq),
     }
-    metrics: dict[str, dict[str, Any]] = {}
+    by_method: dict[str, dict[str, dict[str, Any]]] = {}
     reports = {}
-    for name, kwargs in runs.items():
-        metrics[name], reports[name] = _evaluate_protocol(out, name, kwargs, options)
+    for method, (_, _, run_dir, eval_root) in models.items():
+        by_method[method] = {}
+        for name, kwargs in protocols.items():
+            by_method[method][name], reports[f"{name}, {method}"] = _evaluate_protocol(
+                out, run_dir, eval_root / name, kwargs, options
+            )
     seconds = time.perf_counter() - started
-    payload = {
+    metrics = by_method["appearance"]
+    bridge_metrics = by_method.get("bridge")
+    payload: dict[str, Any] = {
         **metrics,
+        **({"bridge": bridge_metrics} if bridge_metrics is not None else {}),
         "seconds": seconds,
-        "train_steps": result.step,
+        "train_steps": trained["appearance"],
+        **({"bridge_train_steps": trained["bridge"]} if "bridge" in trained else {}),
         "town_seed": options.town_seed,
         "torch_threads": options.torch_threads,
     }
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
-    _print_table(console, metrics)
+    for method, (path, epochs, _, _) in models.items():
+        title = f"{METHOD_TITLES[method].capitalize()} ({path.name}"
+        title += f", {epochs} epochs)" if epochs is not None else ")"
+        _print_table(console, by_method[method], title)
     for name, path in reports.items():
         console.print(f"report ({name}): {path}")
     console.print(f"metrics: {out / 'metrics.json'}  |  total {seconds / 60:.1f} min")
-    return DemoResult(out, metrics, seconds)
+    return DemoResult(out, metrics, seconds, bridge_metrics=bridge_metrics)
 
 
 def demo_town_options(options: DemoOptions) -> SynthOptions:
@@ -230,7 +265,7 @@ def _make_town(data: Path, options: DemoOptions, console: Console) -> tuple[list
 
 
 def _evaluate_protocol(
-    out: Path, name: str, kwargs: dict[str, Any], options: DemoOptions
+    out: Path, run_dir: Path, eval_dir: Path, kwargs: dict[str, Any], options: DemoOptions
 ) -> tuple[dict[str, Any], Path]:
     """Step 3, one protocol: single images, and a row per sequence window; its metrics and report.
 
@@ -242,12 +277,12 @@ def _evaluate_protocol(
     first = None
     for k, window_m in enumerate(options.sequence_windows_m or (0.0,)):
         seq = {"seq_len": options.seq_len(window_m), "odometry": True} if window_m > 0 else {}
-        eval_dir = out / "eval" / (name if k == 0 else f"{name}-{window_m:g}m-window")
+        folder = eval_dir if k == 0 else eval_dir.with_name(f"{eval_dir.name}-{window_m:g}m-window")
         with pinned_torch_threads(options.torch_threads):
             settings = EvaluationSettings(
-                out_dir=eval_dir, num_examples=3 if k == 0 else 0, **kwargs, **seq,  # type: ignore[arg-type]
+                out_dir=folder, num_examples=3 if k == 0 else 0, **kwargs, **seq,  # type: ignore[arg-type]
             )  # fmt: skip
-            output = evaluate(out / "run", out / "data", settings, console=None)
+            output = evaluate(run_dir, out / "data", settings, console=None)
         if k == 0:
             first = output
         if output.sequence_result is not None:
@@ -297,9 +332,9 @@ def _recall_at(result: Any, threshold_m: float) -> float | None:
         return None
 
 
-def _print_table(console: Console, metrics: dict[str, dict[str, Any]]) -> None:
+def _print_table(console: Console, metrics: dict[str, dict[str, Any]], model: str) -> None:
     # Kept to 80 columns: queries and scans per protocol go in the caption.
-    table = Table(title="Held-out drive, threshold 20 m (R@1 also at 10 m)")
+    table = Table(title=f"{model}: held-out drive, threshold 20 m (R@1 also at 10 m)")
     table.add_column("protocol", no_wrap=True, min_width=13)
     table.add_column("input", no_wrap=True)
     for col in ("R@1", "R@5", "R@1 10m", "chance", "med. err"):

@@ -14,7 +14,11 @@ import typer
 from liploc.commands._common import INTERRUPTED, console, reported_errors
 from liploc.commands.options import EXISTING, examples
 
-EPILOG = examples("liploc demo", "liploc demo --out runs/demo2 --town-seed 8 --epochs 10")
+EPILOG = examples(
+    "liploc demo",
+    "liploc demo --out runs/demo2 --town-seed 8 --epochs 10 --bridge-epochs 3",
+    "liploc demo --no-bridge",
+)
 
 Out = Annotated[Path, typer.Option(help="Demo folder (data, run, eval, metrics.json).")]
 TownSeed = Annotated[int, typer.Option(help="Seed of the synthetic town.")]
@@ -22,6 +26,13 @@ Drives = Annotated[int, typer.Option(help="Drives (2 of them on held-out streets
 Frames = Annotated[int, typer.Option(help="Frames per drive.", min=2)]
 Epochs = Annotated[int, typer.Option(help="Training epochs.", min=1)]
 Config = Annotated[Path | None, typer.Option(help="Training config (default configs/tiny.yaml).", **EXISTING)]
+Bridge = Annotated[
+    bool, typer.Option("--bridge/--no-bridge", help="Also train and evaluate the geometry bridge.")
+]
+BridgeConfig = Annotated[
+    Path | None, typer.Option(help="The bridge's config (default configs/tiny_bridge.yaml).", **EXISTING)
+]
+BridgeEpochs = Annotated[int, typer.Option(help="The bridge's training epochs.", min=1)]
 Threads = Annotated[
     int, typer.Option(help="CPU threads of torch, the same on every machine so that results repeat.", min=1)
 ]
@@ -43,18 +54,31 @@ def demo(
     frames: Frames = 120,
     epochs: Epochs = 25,
     config: Config = None,
+    bridge: Bridge = True,
+    bridge_config: BridgeConfig = None,
+    bridge_epochs: BridgeEpochs = 6,
     threads: Threads = 2,
     sequence_window: SequenceWindows = None,
 ) -> None:
-    """Synthetic town -> train the tiny model on CPU -> evaluate on held-out streets -> report."""
+    """Synthetic town -> train the tiny models on CPU -> evaluate on held-out streets -> report."""
     from liploc.commands.demo import DemoOptions, run_demo
 
     with reported_errors(writing=out):
         extra: dict[str, Any] = {"config": config} if config is not None else {}
+        if not bridge:
+            extra["bridge_config"] = None
+        elif bridge_config is not None:
+            extra["bridge_config"] = bridge_config
         if sequence_window is not None:
             extra["sequence_windows_m"] = tuple(sequence_window)
         options = DemoOptions(
-            town_seed=town_seed, drives=drives, frames=frames, epochs=epochs, torch_threads=threads, **extra
+            town_seed=town_seed,
+            drives=drives,
+            frames=frames,
+            epochs=epochs,
+            bridge_epochs=bridge_epochs,
+            torch_threads=threads,
+            **extra,
         )
         result = run_demo(out, options, console=console)
     if result.interrupted:
