@@ -17,7 +17,7 @@ each with a single image and with sequence matching over the last 20 m of drivin
 posed KITTI raw drive of ``shared/data/kitti-raw-posed`` (24 frames), same-sequence, 20 m, own
 scan in the database. Per method also the training wall time and the latency of localizing one
 camera image in the map of one held-out drive (``Localizer.localize`` of a PNG file on the CPU:
-decode, resize, camera tower, search; median of N).
+decode, resize, camera tower, search; median of N), on torch and on the map's ONNX export.
 
 ``synth-to-real`` (``configs/synth_to_real.yaml``, issue 22) trains its own epochs with its
 pretrained towers at 96 x 320 (one seed, about 45 minutes on 2 cores; run only when named in
@@ -493,26 +493,38 @@ def zero_shot(run_dir: Path, kitti_root: Path) -> Outcomes:
 
 
 def localize_latency(run_dir: Path, data_root: Path, sequence: str, repeats: int) -> dict[str, Any]:
-    """Median wall time of localizing one PNG in the map of ``sequence`` (CPU, map built first)."""
+    """Median wall time of localizing one PNG in the map of ``sequence`` (CPU, map built first),
+    on torch and on the map's ONNX export (``--backend auto``'s choice on a CPU)."""
     from liploc.localization.localize import Localizer, build_map
+    from liploc.localization.onnx_localizer import OnnxLocalizer
 
     map_dir = run_dir / "accuracy_map"
-    build_map(run_dir, data_root, [sequence], map_dir, device="cpu", onnx=False, force=True)
-    loc = Localizer.open(map_dir, device="cpu")
+    build_map(run_dir, data_root, [sequence], map_dir, device="cpu", onnx=True, force=True)
     images = [f.image_path for f in posed(open_dataset(data_root).frames(sequence))[0]]
-    loc.localize([images[0]])  # warm-up: first-call allocations
-    seconds = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        loc.localize([images[i % len(images)]])
-        seconds.append(time.perf_counter() - started)
-    ms = np.array(seconds) * 1000
+    out: dict[str, Any] = {}
+    # One backend after the other: onnxruntime's threads spin after each call and would slow
+    # torch's if the calls were interleaved.
+    for backend, loc in (
+        ("torch", Localizer.open(map_dir, device="cpu")),
+        ("onnx", OnnxLocalizer.open(map_dir) if (map_dir / "model" / "onnx").is_dir() else None),
+    ):
+        if loc is None:
+            continue
+        loc.localize([images[0]])  # warm-up: first-call allocations
+        seconds = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            loc.localize([images[i % len(images)]])
+            seconds.append(time.perf_counter() - started)
+        ms = np.array(seconds) * 1000
+        prefix = "" if backend == "torch" else "onnx_"
+        out[f"{prefix}median_ms"], out[f"{prefix}p90_ms"] = float(np.median(ms)), float(np.percentile(ms, 90))
+        out["map_scans"] = len(loc.lidar_map)
     return {
-        "median_ms": float(np.median(ms)),
-        "p90_ms": float(np.percentile(ms, 90)),
+        **out,
         "repeats": repeats,
-        "map_scans": len(loc.lidar_map),
-        "what": "Localizer.localize of one PNG file on the CPU: decode, resize, camera tower, search",
+        "what": "localize of one PNG file on the CPU (decode, resize, camera tower, search): "
+        "Localizer (torch) and OnnxLocalizer (the map's ONNX export)",
     }
 
 
@@ -591,6 +603,14 @@ def run_method(
         "figures": figures,
         **({"zero_shot_why_missing": zero_why} if zero_why else {}),
     }
+
+
+def _latency_text(latency: dict[str, Any] | None) -> str | None:
+    """``torch / onnx`` medians of one localize call (onnx absent from runs made before it)."""
+    if not latency:
+        return None
+    onnx = latency.get("onnx_median_ms")
+    return f"{latency['median_ms']:.1f} ms" + (f" / onnx {onnx:.1f} ms" if onnx is not None else "")
 
 
 def _depth_summary(per_seed: list[dict[str, float]]) -> dict[str, Any] | None:
@@ -734,7 +754,7 @@ def build_table(payload: dict[str, Any]) -> Table:
     summary_row(
         "localize latency",
         "one image",
-        lambda r: f"{r['localize_latency']['median_ms']:.1f} ms" if r.get("localize_latency") else None,
+        lambda r: _latency_text(r.get("localize_latency")),
         "n/a",
     )
     summary_row(
@@ -772,7 +792,8 @@ def caption(payload: dict[str, Any]) -> str:
         "R@1 of a random pick; window: sequence matching over the last "
         f"{payload['options']['window_m']:g} m (odometry, 10 % noise); one lane over: > {OTHER_LANE_M:g} m "
         "sideways of the nearest map scan",
-        "latency: median of Localizer.localize on one PNG (CPU, map of one held-out drive)",
+        "latency: median of localizing one PNG (CPU, map of one held-out drive) on torch / on the "
+        "map's ONNX export (auto's choice on a CPU)",
         f"machine: {machine['cores']} cores, load average {machine['load_average_start']} at start, "
         f"{machine['load_average_end']} at end; torch on {machine['torch_threads']} threads",
     ]

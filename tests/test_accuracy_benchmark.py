@@ -161,6 +161,7 @@ def test_benchmark_table_and_json_report_a_failing_method(
         m = res[name]
         assert m["available"] and m["seeds"] == [0] and m["train_steps"] == [2]
         assert m["localize_latency"]["median_ms"] > 0 and m["localize_latency"]["map_scans"] == 10
+        assert m["localize_latency"]["onnx_median_ms"] > 0  # every method's map has its export
         assert set(m["figures"]) == expected
         for fig in m["figures"].values():
             assert {"protocol", "threshold_m", "own_scan_in_database", "input"} <= set(fig)
