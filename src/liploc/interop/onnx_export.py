@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,11 +305,28 @@ def _example_inputs(graph: TowerGraph, batch: int, rng: np.random.Generator) -> 
     return out
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """``name``'s warnings held back inside the block (errors still pass)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export_tower(graph: TowerGraph, path: Path) -> None:
     example = _example_inputs(graph, 2, np.random.default_rng(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter reports its steps on stdout; keep the CLI's output to what the user asked for.
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        _quiet_logger("onnx_ir"),  # "attribute type is ambiguous ... defaulted to INTS", as meant
+    ):
         # Two batched inputs (a fused bridge's LiDAR tower) share the one batch axis, as meant.
         warnings.filterwarnings("ignore", message="# The axis name: batch will not be used")
         torch.onnx.export(
