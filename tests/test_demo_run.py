@@ -24,7 +24,8 @@ def test_the_demo_prints_single_and_sequence_rows_for_each_window_and_model(tmp_
     assert result.bridge_metrics is not None and saved["bridge"] == result.bridge_metrics
     assert saved["bridge_train_steps"] > 0
     # The appearance model's table first, then the bridge's, each titled with its config.
-    assert text.index("Appearance model (tiny.yaml, 1 epochs)") < text.index("Geometry bridge (tiny_bridge.yaml")
+    first, second = "Appearance model (tiny.yaml, 1 epochs)", "Geometry bridge (tiny_bridge.yaml, 1 epochs)"
+    assert text.index(first) < text.index(second)
     for protocol in ("same-sequence", "cross-drive"):
         rows = [line for line in text.splitlines() if line.startswith(f"│ {protocol}")]
         assert len(rows) == 6
@@ -44,7 +45,8 @@ def test_the_demo_prints_single_and_sequence_rows_for_each_window_and_model(tmp_
     assert further["info"]["sequence_matching"]["seq_len"] == 5
     bridge_eval = tmp_path / "demo" / "eval-bridge"
     assert (bridge_eval / "cross-drive" / "report" / "index.html").is_file()
-    assert json.loads((bridge_eval / "same-sequence" / "metrics.json").read_text())["info"]["method"] == "bridge"
+    info = json.loads((bridge_eval / "same-sequence" / "metrics.json").read_text())["info"]
+    assert info["method"] == "bridge"
 
 
 def test_demo_windows_must_not_be_negative() -> None:
@@ -69,3 +71,26 @@ def test_an_interrupted_training_stops_the_demo_before_any_evaluation(
     assert result.interrupted and result.metrics == {}
     assert not (tmp_path / "demo" / "eval").exists() and not (tmp_path / "demo" / "metrics.json").exists()
     assert "training interrupted at step 3" in console.export_text()
+
+
+def test_the_demo_command_passes_the_bridge_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`liploc demo --no-bridge` leaves the bridge out; `--bridge-epochs` sets its epochs."""
+    from typer.testing import CliRunner
+
+    import liploc.commands.demo as demo
+    from liploc.cli import app
+
+    seen: list[DemoOptions] = []
+
+    def record(out: Path, options: DemoOptions, console: object = None) -> demo.DemoResult:
+        seen.append(options)
+        return demo.DemoResult(Path(out), {}, 0.0)
+
+    monkeypatch.setattr(demo, "run_demo", record)
+    runner = CliRunner()
+    for args in (["--no-bridge"], ["--bridge-epochs", "3"], []):
+        result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), *args])
+        assert result.exit_code == 0, result.output
+    assert seen[0].bridge_config is None
+    assert seen[1].bridge_config == demo.BRIDGE_CONFIG and seen[1].bridge_epochs == 3
+    assert seen[2].bridge_config == demo.BRIDGE_CONFIG and seen[2].bridge_epochs == demo.BRIDGE_EPOCHS

@@ -64,22 +64,16 @@ def demo(
     from liploc.commands.demo import DemoOptions, run_demo
 
     with reported_errors(writing=out):
-        extra: dict[str, Any] = {"config": config} if config is not None else {}
+        given: dict[str, Any] = dict(town_seed=town_seed, drives=drives, frames=frames, epochs=epochs)
+        given.update(bridge_epochs=bridge_epochs, torch_threads=threads)
+        if config is not None:
+            given["config"] = config
         if not bridge:
-            extra["bridge_config"] = None
+            given["bridge_config"] = None
         elif bridge_config is not None:
-            extra["bridge_config"] = bridge_config
+            given["bridge_config"] = bridge_config
         if sequence_window is not None:
-            extra["sequence_windows_m"] = tuple(sequence_window)
-        options = DemoOptions(
-            town_seed=town_seed,
-            drives=drives,
-            frames=frames,
-            epochs=epochs,
-            bridge_epochs=bridge_epochs,
-            torch_threads=threads,
-            **extra,
-        )
-        result = run_demo(out, options, console=console)
+            given["sequence_windows_m"] = tuple(sequence_window)
+        result = run_demo(out, DemoOptions(**given), console=console)
     if result.interrupted:
         raise typer.Exit(code=INTERRUPTED)
