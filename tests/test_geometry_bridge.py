@@ -89,6 +89,12 @@ def test_samples_carry_the_depth_target_the_scan_bev_and_the_calibration(
     # The projection is the camera's scaled to depth_size: a scan point lands where the target has it.
     u, v, d = sample["P"] @ sample["T_cam_lidar"] @ torch.tensor([10.0, 0.0, -1.0, 1.0], dtype=torch.float64)
     assert 0 <= float(u / d) < w and 0 <= float(v / d) < h
+    # BEV alone (tiny_bridge.yaml) reads no range image: an empty placeholder, nothing cached for
+    # it; fused with appearance, the LiDAR tower's input is there.
+    assert bridge.fusion == "bev_only" and sample["lidar"].numel() == 0
+    assert PairDataset(frames, cfg, train=False).cached_inputs() == ("image", "depth", "bev")
+    fused = resolve_data_roots(bridge_config(corridor, "model.bridge.fusion=fused"), [corridor])
+    assert PairDataset(frames, fused, train=False, cache_dir=tmp_path)[4]["lidar"].shape == (3, 32, 32)
     # Cached: a second dataset reads the same arrays; an entry of the wrong shape is rebuilt.
     again = PairDataset(frames, cfg, train=False, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.preprocessed(4, "bev"), sample["bev"].numpy())

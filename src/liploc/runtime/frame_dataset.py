@@ -132,9 +132,17 @@ class PairDataset(Dataset):
         """Whether samples carry the geometry bridge's inputs (``model.method: bridge``)."""
         return self.config.model.method == "bridge"
 
+    @property
+    def lidar_tower_input(self) -> bool:
+        """Whether samples carry the LiDAR tower's input (the range or depth image): for every
+        model but a bridge that matches BEV alone (``fusion: bev_only``), whose LiDAR side reads
+        the scan's BEV raster only. Its samples hold an empty ``lidar`` placeholder instead."""
+        model = self.config.model
+        return not (model.method == "bridge" and model.bridge.fusion == "bev_only")
+
     def cached_inputs(self) -> tuple[CachedInput, ...]:
         """What :meth:`preprocessed` makes for this dataset's samples (what the cache may hold)."""
-        out: list[CachedInput] = list(self.modalities)
+        out: list[CachedInput] = [m for m in self.modalities if m != "lidar" or self.lidar_tower_input]
         if self.bridge and "lidar" in self.modalities:
             out += ["depth", "bev"]
         return tuple(out)
@@ -193,6 +201,9 @@ class PairDataset(Dataset):
         sideways = self.sideways_m(streams[2]) if "lidar" in self.modalities else 0.0
         for modality, stream in zip(("image", "lidar"), streams[:2], strict=True):
             if modality not in self.modalities:
+                continue
+            if modality == "lidar" and not self.lidar_tower_input:
+                sample["lidar"] = torch.zeros(0, dtype=torch.uint8)  # batches to (B, 0)
                 continue
             rng = np.random.default_rng(stream) if self.train else None
             transform: InputTransform = getattr(self.transforms, modality)
@@ -265,6 +276,8 @@ class PairDataset(Dataset):
         and oneDNN on CPUs.
         """
         x = batch[modality]
+        if modality == "lidar" and not self.lidar_tower_input:
+            return x.to(device)  # the empty placeholder: the model reads the BEV raster
         if self.raw:
             transform: InputTransform = getattr(self.transforms, modality)
             x = transform.on_device(x, batch.get(f"{modality}_holes"), device)
