@@ -196,6 +196,8 @@ def test_a_bridge_run_trains_evaluates_maps_localizes_and_serves(
     assert spec["method"] == "bridge" and max(export.max_abs_diff.values()) <= 1e-4
     bev = scan_bev_input(depth_target(frame, config), *depth_calibration(frame, config), config)
     feed = {"bev": bev[None]}
+    # Only a graph that reads the range image describes how to make it.
+    assert ("lidar_input" in spec["lidar"]) == (config.model.bridge.fusion == "fused")
     if config.model.bridge.fusion == "fused":
         assert names == ["lidar", "bev"]
         lidar = PairDataset([frame], config, train=False, modalities=("lidar",))[0]["lidar"]

@@ -4,14 +4,15 @@ The export folder holds::
 
     image_tower.onnx     camera image (N, 3, H, W) float32 -> L2-normalised embedding (N, D)
     lidar_tower.onnx     LiDAR input (N, C, H, W) float32 -> L2-normalised embedding (N, D)
-
-A geometry-bridge model's graphs take what its towers need beside: the camera tower the pixel
-rays of the camera (``rays`` (1, h*w, 3) and ``ray_origin`` (1, 3), of the one rig whose images
-it embeds: a map's), and the LiDAR tower the scan's BEV raster (``bev`` (N, C', rows, cols)); the
-depth, back-projection and rasterisation run inside the camera's graph.
     preprocessing.json   how each input is made from files, the model's fingerprint (so that a
                          map refuses another model's queries), the sha256 of each graph, and the
                          largest difference to torch measured at export
+
+A geometry-bridge model's graphs take what its towers need beside: the camera tower the pixel
+rays of the camera (``rays`` (1, h*w, 3) and ``ray_origin`` (1, 3), of the one rig whose images
+it embeds: a map's), and the LiDAR tower the scan's BEV raster (``bev`` (N, C', rows, cols)), with
+the range image only when fused; the depth, back-projection and rasterisation run inside the
+camera's graph.
 
 Each graph is checked against torch with onnxruntime before anything is written: an export whose
 outputs differ by more than ``PARITY_TOLERANCE`` is refused. The folder is replaced atomically.
@@ -174,22 +175,27 @@ def _write_export(
             spec["image"]["camera_rays"] = {
                 "inputs": ["rays", "ray_origin"],
                 "depth_size_hw": [depth_h, depth_w],
-                "how": "liploc.lidar.back_projection.pixel_rays of the camera's P and T_cam_lidar, "
+                "how": "liploc.lidar.back_projection.camera_rays of the camera's P and T_cam_lidar, "
                 "P scaled from the camera image to depth_size_hw; (1, h*w, 3) and (1, 3) float32",
             }
     if "lidar" in towers:
         spec["lidar"] = {
             **_tower_spec(tmp, "lidar", modules["lidar"]),
             "source": "LiDAR scan (KITTI .bin float32 x, y, z, intensity)",
-            "lidar_input": config.data.lidar_input,
-            "projection": config.projection.model_dump(mode="json"),
-            "resize": {"size_hw": [h, w], "mode": "bilinear", "half_pixel_centers": True},
-            "scale": 1.0 / 255.0,
-            "mean": _list(transforms.lidar.mean),
-            "std": _list(transforms.lidar.std),
-            "order": "scan -> liploc.lidar projection (see projection) -> resize -> x / 255 -> "
-            "(x - mean[i % 3]) / std[i % 3] per channel i",
         }
+        if "lidar" in modules["lidar"].names:  # a BEV-only bridge's graph reads no range image
+            spec["lidar"].update(
+                {
+                    "lidar_input": config.data.lidar_input,
+                    "projection": config.projection.model_dump(mode="json"),
+                    "resize": {"size_hw": [h, w], "mode": "bilinear", "half_pixel_centers": True},
+                    "scale": 1.0 / 255.0,
+                    "mean": _list(transforms.lidar.mean),
+                    "std": _list(transforms.lidar.std),
+                    "order": "scan -> liploc.lidar projection (see projection) -> resize -> x / 255 -> "
+                    "(x - mean[i % 3]) / std[i % 3] per channel i",
+                }
+            )
         if "bev" in modules["lidar"].names:
             spec["lidar"]["bev"] = {
                 "bridge": config.model.bridge.model_dump(mode="json"),
