@@ -294,6 +294,18 @@ class BridgeConfig(_Section):
     depth_weight: float = Field(1.0, ge=0)
     """Weight of the depth loss beside the contrastive loss."""
 
+    @property
+    def has_appearance(self) -> bool:
+        """Whether the embedding holds the appearance towers' (and so the LiDAR tower, which reads
+        the range image): every fusion but ``bev_only``."""
+        return self.fusion != "bev_only"
+
+    @property
+    def has_bev(self) -> bool:
+        """Whether the model has the BEV branch (the camera's rays, the scan's BEV raster): every
+        fusion but ``depth_aux``."""
+        return self.fusion != "depth_aux"
+
     @model_validator(mode="after")
     def _consistent(self) -> BridgeConfig:
         h, w = self.depth_size
@@ -347,6 +359,12 @@ class ModelConfig(_Section):
     """L2-normalise the embeddings, so retrieval ranks by cosine similarity (liploc). ``false``: the
     paper's model (reference ``CLIPModelV1``), which ranks by the raw dot product of un-normalised
     embeddings; imported checkpoints of the authors need it to reproduce their retrievals."""
+
+    @property
+    def has_lidar_tower(self) -> bool:
+        """Whether the model has a LiDAR tower over the range (or depth) image: every model but a
+        bridge whose embedding is the BEV's alone (``bridge.fusion: bev_only``)."""
+        return self.method != "bridge" or self.bridge.has_appearance
 
     @model_validator(mode="after")
     def _bridge_needs_unit_embeddings(self) -> ModelConfig:

@@ -270,12 +270,12 @@ def tower_graphs(model: TowerModel, config: Any) -> dict[str, TowerGraph]:
             "image": TowerGraph(Tower(model, "image").eval(), (image,)),
             "lidar": TowerGraph(Tower(model, "lidar").eval(), (lidar,)),
         }
-    fusion = model.bridge.fusion
+    bridge = model.bridge
     depth_h, depth_w = model.depth_size
     camera = (GraphInput("rays", (depth_h * depth_w, 3), False), GraphInput("ray_origin", (3,), False))
-    image_inputs = (image, *camera) if fusion != "depth_aux" else (image,)
-    lidar_inputs = ((lidar,) if fusion != "bev_only" else ()) + (
-        (GraphInput("bev", bev_shape(model.bridge)),) if fusion != "depth_aux" else ()
+    image_inputs = (image, *camera) if bridge.has_bev else (image,)
+    lidar_inputs = ((lidar,) if bridge.has_appearance else ()) + (
+        (GraphInput("bev", bev_shape(bridge)),) if bridge.has_bev else ()
     )
     return {
         "image": TowerGraph(Tower(model, "image").eval(), image_inputs),

@@ -27,7 +27,7 @@ def create_model(cfg: ModelConfig) -> TwoTowerModel | GeometryBridgeModel:
         extra_args=cfg.image_encoder_args,
         setting="model.image_encoder",
     )
-    if cfg.method == "bridge" and cfg.bridge.fusion == "bev_only":
+    if not cfg.has_lidar_tower:
         return GeometryBridgeModel(image_encoder, image_features, None, None, cfg)
     lidar_encoder, lidar_features = create_encoder(
         cfg.lidar_encoder,

@@ -112,7 +112,7 @@ class GeometryBridgeModel(TowerModel):
         b = cfg.bridge
         self.cfg = cfg
         self.bridge = b
-        appearance = b.fusion != "bev_only"
+        appearance = b.has_appearance
         if appearance and (lidar_encoder is None or lidar_features is None):
             raise ValueError(f"fusion {b.fusion} needs the LiDAR appearance tower")
         self.image_encoder = image_encoder
@@ -134,7 +134,7 @@ class GeometryBridgeModel(TowerModel):
         self.image_bev: BevEncoder | None = None
         self.lidar_bev: BevEncoder | None = None
         self.bev_dim = 0
-        if b.fusion != "depth_aux":
+        if b.has_bev:
             self.bev_dim = b.bev_embed_dim or cfg.embed_dim
 
             def bev_encoder() -> BevEncoder:

@@ -134,11 +134,10 @@ class PairDataset(Dataset):
 
     @property
     def lidar_tower_input(self) -> bool:
-        """Whether samples carry the LiDAR tower's input (the range or depth image): for every
-        model but a bridge that matches BEV alone (``fusion: bev_only``), whose LiDAR side reads
-        the scan's BEV raster only. Its samples hold an empty ``lidar`` placeholder instead."""
-        model = self.config.model
-        return not (model.method == "bridge" and model.bridge.fusion == "bev_only")
+        """Whether samples carry the LiDAR tower's input (the range or depth image): not for a
+        model without that tower (``ModelConfig.has_lidar_tower``: a bridge that matches BEV
+        alone), whose samples hold an empty ``lidar`` placeholder instead."""
+        return self.config.model.has_lidar_tower
 
     def cached_inputs(self) -> tuple[CachedInput, ...]:
         """What :meth:`preprocessed` makes for this dataset's samples (what the cache may hold)."""
