@@ -94,3 +94,14 @@ def test_the_demo_command_passes_the_bridge_options(monkeypatch: pytest.MonkeyPa
     assert seen[0].bridge_config is None
     assert seen[1].bridge_config == demo.BRIDGE_CONFIG and seen[1].bridge_epochs == 3
     assert seen[2].bridge_config == demo.BRIDGE_CONFIG and seen[2].bridge_epochs == demo.BRIDGE_EPOCHS
+
+
+def test_a_missing_demo_config_names_the_option_that_sets_it(tmp_path: Path) -> None:
+    from liploc.commands.demo import _demo_config
+    from liploc.errors import ConfigError
+
+    options = DemoOptions(config=tmp_path / "appearance.yaml", bridge_config=tmp_path / "bridge.yaml")
+    with pytest.raises(ConfigError, match=r"appearance.yaml: demo config not found \(pass --config\)"):
+        _demo_config(options, tmp_path, ["00"], options.config, None)
+    with pytest.raises(ConfigError, match=r"bridge.yaml: demo config not found \(pass --bridge-config\)"):
+        _demo_config(options, tmp_path, ["00"], tmp_path / "bridge.yaml", None)

@@ -87,7 +87,7 @@ class DemoOptions(BaseModel):
     evaluated with the same protocols; None: the appearance model alone."""
     bridge_epochs: int | None = Field(BRIDGE_EPOCHS, ge=1)
     """The bridge's training epochs (None: its config's). Fewer than the appearance model's: its
-    step costs about 3x as much here (64 x 192 inputs, the depth head and BEV encoders)."""
+    step costs about 2.3x as much here (64 x 192 inputs, the depth head and BEV encoders)."""
     sequence_windows_m: tuple[float, ...] = (20.0, 60.0)
     """Also localize each query with the images of the last this many metres driven (sequence
     matching with odometry), one row per window; empty (or zeros): single images only. The first
@@ -122,7 +122,8 @@ def _demo_config(
     options: DemoOptions, data_root: Path, train_seqs: list[str], path: Path, epochs: int | None
 ) -> Config:
     if not path.is_file():
-        raise ConfigError(f"{path}: demo config not found (pass --config)")
+        option = "--config" if path == options.config else "--bridge-config"
+        raise ConfigError(f"{path}: demo config not found (pass {option})")
     config = load_config(path)
     config = config.model_copy(deep=True)
     config.name = "demo" if path == options.config else f"demo-{path.stem}"

@@ -200,8 +200,8 @@ def pixel_rays_torch(
     """float64 ``(rays (B, H*W, 3), origin (B, 3))`` of a ``height`` x ``width`` depth image: its
     pixel ``k`` (row-major) at depth ``d`` is the LiDAR-frame point ``d * rays[:, k] + origin``.
 
-    What :func:`back_project_depth_torch` works out on every call; a camera whose calibration is
-    fixed (a map's queries) works it out once and passes it as ``rays``.
+    What :func:`back_project_depth_torch` works out on every call when not given ``rays``; a
+    camera whose calibration is fixed (a map's queries) passes the rays of :func:`camera_rays`.
     """
     import torch
 
@@ -230,8 +230,9 @@ def back_project_depth_torch(
         P: (3, 3|4) or (B, 3, 3|4) projection of the depth images (scaled to their size).
         T_cam_lidar: (4, 4) or (B, 4, 4) camera-from-LiDAR transforms.
         min_depth: pixels with depth ``<= min_depth`` are marked invalid.
-        rays: :func:`pixel_rays_torch` of ``P`` and ``T_cam_lidar`` at the depth's size, worked
-            out beforehand (batch 1 or B); then ``P`` and ``T_cam_lidar`` are not read.
+        rays: the pixel rays and origin of ``P`` and ``T_cam_lidar`` at the depth's size, worked
+            out beforehand (:func:`camera_rays` or :func:`pixel_rays_torch`, batch 1 or B); then
+            ``P`` and ``T_cam_lidar`` are not read.
 
     Returns:
         ``(points, valid)``: (B, H*W, 3) points in ``depth``'s dtype, row-major pixel order, and

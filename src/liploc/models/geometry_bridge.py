@@ -77,7 +77,7 @@ def depth_image_bev(
     image (pixels with a return). ``soft`` (default: ``bridge.train_bev_on == "end_to_end"``): the
     bilinear splat through which gradients reach the depth; otherwise one cell per point. Runs in
     float32 outside autocast (a bf16 point would be off by up to 0.25 m at 50 m). ``rays``: the
-    pixel rays of a fixed camera (:func:`~liploc.lidar.back_projection.pixel_rays_torch`).
+    pixel rays of a fixed camera (:func:`~liploc.lidar.back_projection.camera_rays`).
     """
     soft = bridge.train_bev_on == "end_to_end" if soft is None else soft
     with torch.autocast(depth.device.type, enabled=False):
