@@ -33,7 +33,7 @@ the query sample leaves open), and chance (R@1 of a random pick from the query's
 2-core machine, town included; its figures are not the benchmark's). The full run: a town of 18 drives of
 80 frames 3 m apart, 12 for training and 6 held out in 3 pairs (480 queries per protocol), 10
 epochs, 3 seeds of the main methods and 1 of the ablations: 12 training runs of 0.5 to 2 minutes
-each and their evaluations, 25 minutes on a quiet 2-core CPU (README). Runs finished in ``--out`` are
+each and their evaluations, 14 minutes on a quiet 2-core CPU (README). Runs finished in ``--out`` are
 reused (their recorded training time with them). Prints the table; the last line is one JSON
 object in which every figure names its protocol, threshold and whether the own scan is in the
 database.
@@ -496,6 +496,7 @@ def localize_latency(run_dir: Path, data_root: Path, sequence: str, repeats: int
     """Median wall time of localizing one PNG in the map of ``sequence`` (CPU, map built first),
     on torch and on the map's ONNX export (``--backend auto``'s choice on a CPU)."""
     from liploc.localization.localize import Localizer, build_map
+    from liploc.localization.map_folder import MapFolder
     from liploc.localization.onnx_localizer import OnnxLocalizer
 
     map_dir = run_dir / "accuracy_map"
@@ -506,7 +507,7 @@ def localize_latency(run_dir: Path, data_root: Path, sequence: str, repeats: int
     # torch's if the calls were interleaved.
     for backend, loc in (
         ("torch", Localizer.open(map_dir, device="cpu")),
-        ("onnx", OnnxLocalizer.open(map_dir) if (map_dir / "model" / "onnx").is_dir() else None),
+        ("onnx", OnnxLocalizer.open(map_dir) if MapFolder(map_dir).onnx_dir.is_dir() else None),
     ):
         if loc is None:
             continue
