@@ -305,10 +305,12 @@ def test_same_scan_exclusion_removes_only_the_querys_own_scan() -> None:
     # Own scan first for every query; then query 0 prefers scan 2 (30 m), query 1 scan 0 (5 m).
     queries = np.array([[0.9, 0.0, 0.4], [0.4, 0.9, 0.0], [0.0, 0.3, 0.9]], dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    kept = evaluate_retrieval(queries, db, xy, xy, [10.0], [1])
+    kept = evaluate_retrieval(queries, db, xy, xy, thresholds_m=[10.0], ks=[1])
     assert kept.main.recall[1] == 1.0 and kept.main.num_counted == 3
     keys = [("00", i) for i in range(3)]
-    removed = evaluate_retrieval(queries, db, xy, xy, [10.0], [1], exclude=SameScanExclusion(keys, keys))
+    removed = evaluate_retrieval(
+        queries, db, xy, xy, thresholds_m=[10.0], ks=[1], exclude=SameScanExclusion(keys, keys)
+    )
     assert removed.retrieved[:, 0].tolist() == [2, 0, 1]
     # Query 2 has no other scan within 10 m: not counted; of the others only query 1 is right.
     assert removed.main.num_without_positive == 1 and removed.main.num_counted == 2

@@ -44,7 +44,9 @@ def test_index_ranks_by_raw_dot_product_when_not_unit_norm() -> None:
 
 def test_metrics_and_maps_take_unnormalised_embeddings(tmp_path: Path) -> None:
     xy = np.array([[0.0, 0.0], [100.0, 0.0]])
-    result = evaluate_retrieval(QUERY, DB, np.array([[100.0, 0.0]]), xy, [20.0], [1], unit_norm=False)
+    result = evaluate_retrieval(
+        QUERY, DB, np.array([[100.0, 0.0]]), xy, thresholds_m=[20.0], ks=[1], unit_norm=False
+    )
     assert result.retrieved[0, 0] == 1 and result.main.recall[1] == 1.0
     poses = np.stack([np.eye(4), np.eye(4)])
     poses[1, 0, 3] = 100.0
@@ -139,7 +141,7 @@ def test_reference_metric_ignores_the_lateral_axis() -> None:
     db_xy = np.array([[0.0, 0.0], [0.0, 15.0], [30.0, 0.0]])
     emb_q = np.array([[0.0, 1.0, 0.0]], dtype=np.float32)
     emb_db = np.eye(3, dtype=np.float32)  # the query retrieves scan 1, 15 m to the side
-    result = evaluate_retrieval(emb_q, emb_db, q_xy, db_xy, [10.0, 20.0], [1])
+    result = evaluate_retrieval(emb_q, emb_db, q_xy, db_xy, thresholds_m=[10.0, 20.0], ks=[1])
     metric = reference_metric(result, queries, database)
     assert metric.distances_m[0] == pytest.approx(0.0)
     assert metric.recall_at_1 == (1.0, 1.0)  # the reference code calls it right

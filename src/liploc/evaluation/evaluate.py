@@ -46,6 +46,7 @@ from liploc.errors import ConfigError, DataError
 from liploc.evaluation.metrics import (
     RetrievalResult,
     SameScanExclusion,
+    Scoring,
     TimeWindowExclusion,
     evaluate_retrieval,
 )
@@ -166,24 +167,26 @@ def evaluate(
     out = settings.out_dir if settings.out_dir is not None else run_dir_of(checkpoint) / "eval" / label
     fingerprint = model.fingerprint()  # hashes every weight: once
     q_emb, db_emb = embed(checkpoint, model, fingerprint, config, frames, settings, console)
-    exclude = database_exclusion(settings, frames)
+    scoring = Scoring(
+        thresholds_m=list(settings.thresholds_m or ()),
+        ks=list(settings.ks or ()),
+        exclude=database_exclusion(settings, frames),
+    )
     info = run_info(checkpoint, data_root, settings, config, frames, fingerprint)
     result = evaluate_retrieval(
         q_emb,
         db_emb,
         frames.query_xy,
         frames.database_xy,
-        list(settings.thresholds_m or ()),
-        list(settings.ks or ()),
-        exclude=exclude,
         info=info,
         unit_norm=config.model.normalize,
+        **scoring,
     )
     scores = Scores(
         q_emb,
         db_emb,
         result,
-        sequence_rows(q_emb, db_emb, frames, settings, exclude, info),
+        sequence_rows(q_emb, db_emb, frames, settings, scoring, info),
         reference_rows(result, frames, settings),
     )
     files = write_outputs(out, scores, frames, settings, config)
@@ -333,7 +336,7 @@ def sequence_rows(
     db_emb: np.ndarray,
     frames: EvaluationFrames,
     settings: EvaluationSettings,
-    exclude: TimeWindowExclusion | SameScanExclusion | None,
+    scoring: Scoring,
     info: dict[str, Any],
 ) -> RetrievalResult | None:
     """Sequence matching's figures (:func:`evaluate_sequences`) when the settings ask for them."""
@@ -349,13 +352,11 @@ def sequence_rows(
         db_emb,
         frames.queries,
         frames.database,
-        list(settings.thresholds_m or ()),
-        list(settings.ks or ()),
         matching,
         odometry=settings.odometry,
-        exclude=exclude,
         worlds=worlds,
         info=info,
+        **scoring,
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS_M",
     "RetrievalResult",
     "SameScanExclusion",
+    "Scoring",
     "ThresholdResult",
     "TimeWindowExclusion",
     "chance_hit_probability",
@@ -52,6 +53,7 @@ __all__ = [
     "format_percent",
     "one_percent_k",
     "recall_at_k",
+    "retrieval_depth",
     "retrieval_distances",
     "score_retrieval",
     "within_noise_of_chance",
@@ -140,6 +142,24 @@ def chance_hit_probability(num_positives: np.ndarray, db_sizes: np.ndarray, k_ma
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(n - i > 0, np.clip(n - p - i, 0, None) / (n - i), 1.0)
     return 1.0 - np.cumprod(ratio, axis=1)
+
+
+class Scoring(TypedDict, total=False):
+    """How retrievals are scored: the keyword arguments of :func:`score_retrieval` that
+    :func:`evaluate_retrieval` and sequence matching pass on (absent ones take its defaults)."""
+
+    thresholds_m: Sequence[float]
+    ks: Sequence[int]
+    exclude: Exclusion | None
+    exclude_no_positive: bool
+    curve_k: int
+
+
+def retrieval_depth(db_size: int, scoring: Scoring) -> int:
+    """Retrievals per query that every figure of ``scoring`` needs: the largest K, Recall@1%'s
+    K and the curve's, at most the database."""
+    ks = scoring.get("ks", DEFAULT_KS)
+    return min(db_size, max([*ks, one_percent_k(db_size), scoring.get("curve_k", DEFAULT_CURVE_K)]))
 
 
 def score_retrieval(
@@ -247,14 +267,11 @@ def evaluate_retrieval(
     db_emb: np.ndarray,
     query_xy: np.ndarray,
     db_xy: np.ndarray,
-    thresholds_m: Sequence[float] = DEFAULT_THRESHOLDS_M,
-    ks: Sequence[int] = DEFAULT_KS,
-    exclude: Exclusion | None = None,
-    exclude_no_positive: bool = True,
-    curve_k: int = DEFAULT_CURVE_K,
+    *,
     index_kind: IndexKind = "flat",
     info: dict[str, Any] | None = None,
     unit_norm: bool = True,
+    **scoring: Unpack[Scoring],
 ) -> RetrievalResult:
     """Retrieve database entries for every query by cosine similarity and score the retrievals.
 
@@ -262,16 +279,11 @@ def evaluate_retrieval(
         query_emb: (Q, D) L2-normalised query (camera) embeddings.
         db_emb: (N, D) L2-normalised database (LiDAR) embeddings.
         query_xy, db_xy: (Q, 2) and (N, 2) ground-plane positions in metres.
-        thresholds_m: distance thresholds; the first is the headline one.
-        ks: Recall@K values to report (Recall@1% is always added).
-        exclude: per-query database exclusion (``TimeWindowExclusion`` for the revisit protocol).
-        exclude_no_positive: leave queries without a positive out of recall (default) or count
-            them as failures.
-        curve_k: compute Recall@K for K = 1 .. curve_k too (the report's curve).
         index_kind: ``flat`` (exact, default) or ``hnsw``/``auto`` for huge databases.
         info: run information stored in ``result.info`` (protocol, sequence, checkpoint...).
         unit_norm: the embeddings are L2-normalised (cosine); False: rank by the raw dot product
             of un-normalised embeddings (the paper's model).
+        scoring: thresholds, Ks, exclusion and the rest of :class:`Scoring`.
     """
     query_xy, db_xy = check_xy(query_xy, "query positions"), check_xy(db_xy, "database positions")
     if len(query_emb) != len(query_xy):
@@ -279,11 +291,9 @@ def evaluate_retrieval(
     if len(db_emb) != len(db_xy):
         raise ValueError(f"{len(db_emb)} database embeddings but {len(db_xy)} database positions")
     index = EmbeddingIndex.build(db_emb, kind=index_kind, unit_norm=unit_norm)
-    k_max = min(len(db_xy), max([*ks, one_percent_k(len(db_xy)), curve_k]))
+    exclude = scoring.get("exclude")
     check_exclusion(exclude, len(query_xy), len(db_xy))
-    scores, retrieved = index.search(query_emb, k_max, exclude=exclude)
-    result = score_retrieval(
-        retrieved, scores, query_xy, db_xy, thresholds_m, ks, exclude, exclude_no_positive, curve_k
-    )
+    scores, retrieved = index.search(query_emb, retrieval_depth(len(db_xy), scoring), exclude=exclude)
+    result = score_retrieval(retrieved, scores, query_xy, db_xy, **scoring)
     result.info.update(info or {})
     return result

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 from rich.table import Table
 
 from liploc.datasets import Frame
 from liploc.evaluation.metrics import (
-    DEFAULT_CURVE_K,
     RetrievalResult,
-    SameScanExclusion,
-    TimeWindowExclusion,
+    Scoring,
     format_percent,
-    one_percent_k,
+    retrieval_depth,
     score_retrieval,
 )
 from liploc.localization.sequences import (
@@ -50,20 +48,19 @@ def evaluate_sequences(
     db_emb: np.ndarray,
     queries: list[Frame],
     database: list[Frame],
-    thresholds_m: list[float],
-    ks: list[int],
     settings: SequenceSettings,
     *,
     odometry: bool = False,
-    exclude: TimeWindowExclusion | SameScanExclusion | None = None,
     worlds: dict[str, str] | None = None,
     info: dict[str, Any] | None = None,
+    **scoring: Unpack[Scoring],
 ) -> RetrievalResult:
     """Recall of sequence matching: each query localized with the last ``seq_len`` images of its drive.
 
     Queries are taken in driving order (their order in ``queries``: frame order per sequence). The
-    same positives, thresholds and exclusions as the single-image evaluation apply to the newest
-    image of each window, so the two results compare one to one.
+    same positives, thresholds and exclusions (``scoring``, as for
+    :func:`~liploc.evaluation.metrics.evaluate_retrieval`) apply to the newest image of each
+    window, so the two results compare one to one.
     """
     db_xy = np.stack([f.position_xy for f in database])
     q_xy = np.stack([f.position_xy for f in queries])
@@ -75,8 +72,9 @@ def evaluate_sequences(
         worlds=worlds,
     )
     matcher = SequenceMatcher(track, settings)
-    k_max = min(len(database), max([*ks, one_percent_k(len(database)), DEFAULT_CURVE_K]))
+    k_max = retrieval_depth(len(database), scoring)
     excluded_fn = None
+    exclude = scoring.get("exclude")
     if exclude is not None:
         db_ids = np.arange(len(database))[None, :]
 
@@ -96,7 +94,7 @@ def evaluate_sequences(
     )
     # Excluded places score -inf; they must not count as retrieved.
     retrieved = np.where(np.isfinite(scores), retrieved, -1)
-    result = score_retrieval(retrieved, scores, q_xy, db_xy, thresholds_m, ks, exclude)
+    result = score_retrieval(retrieved, scores, q_xy, db_xy, **scoring)
     result.info.update(info or {})
     result.info["sequence_matching"] = {
         "seq_len": settings.seq_len,
