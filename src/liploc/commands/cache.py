@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from liploc.commands._common import console, reported_errors
-from liploc.commands.options import examples
+from liploc.commands.options import DataRoots, Overrides, examples
 from liploc.console import progress_bar
 
 HELP = "The shared preprocessing cache: fill it, see its size, clear it."
@@ -31,13 +31,6 @@ CacheDir = Annotated[
 Config = Annotated[
     Path, typer.Argument(metavar="CONFIG", help="Config YAML whose data (every split) to preprocess.")
 ]
-DataRoots = Annotated[
-    list[str] | None,
-    typer.Option("--data-root", metavar="DIR|LAYOUT=DIR", help="Dataset folder (as for train)."),
-]
-Overrides = Annotated[
-    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override a setting (repeatable).")
-]
 Workers = Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")]
 
 
@@ -52,7 +45,7 @@ def warm(
     from liploc.commands.preflight import training_run
 
     with reported_errors(writing=cache_dir):
-        cfg = training_run(config, data_root or [], overrides or [], None).config  # before torch
+        cfg = training_run(config, data_root, overrides, None).config  # before torch
         from liploc.runtime.cache_warming import warm_cache
         from liploc.runtime.preprocess_cache import cache_usage, human_bytes
 

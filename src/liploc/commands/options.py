@@ -80,3 +80,20 @@ MapArgument = Annotated[
     ),
 ]
 OnnxDir = Annotated[Path | None, typer.Option("--onnx", help="ONNX export folder (default MAP/model/onnx).")]
+DataRoots = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data-root",
+        metavar="DIR|LAYOUT=DIR",
+        help="Dataset folder for every dataset entry without a root; LAYOUT=DIR for the entries "
+        "of one layout (repeatable, for combined configs).",
+    ),
+]
+"""A config's dataset folders (``liploc train``, ``liploc cache warm``)."""
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override a setting, e.g. train.batch_size=16 (repeatable)."
+    ),
+]
+"""Overrides of a config's settings (``liploc train``, ``liploc cache warm``)."""

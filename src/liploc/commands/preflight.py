@@ -178,10 +178,12 @@ class TrainingRun:
     out: Path
 
 
-def training_run(config: Path, data_roots: list[str], overrides: list[str], out: Path | None) -> TrainingRun:
-    """The config with its ``--set`` overrides and ``--data-root`` values, and the run folder,
-    as :func:`liploc.training.train.configure_run` makes them (ConfigError for an unknown key,
-    a value of the wrong kind or an override without ``=``)."""
+def training_run(
+    config: Path, data_roots: list[str] | None, overrides: list[str] | None, out: Path | None
+) -> TrainingRun:
+    """The config with its ``--set`` overrides and ``--data-root`` values (None: none), and the run
+    folder, as :func:`liploc.training.train.configure_run` makes them (ConfigError for an unknown
+    key, a value of the wrong kind or an override without ``=``)."""
     from liploc.runtime.data_roots import resolve_data_roots
 
     run_dir = None
@@ -190,7 +192,7 @@ def training_run(config: Path, data_roots: list[str], overrides: list[str], out:
         config = RunFolder(config).config
         if not config.is_file():
             raise ConfigError(f"{run_dir}: a folder was given but it holds no config.yaml (not a run folder)")
-    cfg = resolve_data_roots(load_config(config, overrides), data_roots)
+    cfg = resolve_data_roots(load_config(config, overrides or []), data_roots or [])
     return TrainingRun(cfg, out if out is not None else (run_dir or Path("runs") / cfg.name))
 
 

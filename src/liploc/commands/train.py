@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from liploc.commands._common import INTERRUPTED, console, reported_errors
-from liploc.commands.options import EXISTING, examples
+from liploc.commands.options import EXISTING, DataRoots, Overrides, examples
 
 EPILOG = examples(
     "liploc train configs/kitti_resnet50.yaml --data-root /data/kitti/dataset",
@@ -22,22 +22,7 @@ Config = Annotated[
         metavar="CONFIG", help="Config YAML (configs/*.yaml), or a run folder to resume.", **EXISTING
     ),
 ]
-DataRoots = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--data-root",
-        metavar="DIR|LAYOUT=DIR",
-        help="Dataset folder for every dataset entry without a root; LAYOUT=DIR for the entries "
-        "of one layout (repeatable, for combined configs).",
-    ),
-]
 Out = Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/<config name>).")]
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", metavar="KEY=VALUE", help="Override a setting, e.g. train.batch_size=16 (repeatable)."
-    ),
-]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run folder from its last checkpoint.")]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
 AllowMissing = Annotated[
@@ -66,7 +51,7 @@ def train(
         settings = [*(overrides or []), *extra]
         # The config, its --set keys and the run folder (free, and holding a run exactly when
         # --resume) are checked before torch loads: a mistake is refused at once.
-        check_training_folder(training_run(config, data_root or [], settings, out).out, resume)
+        check_training_folder(training_run(config, data_root, settings, out).out, resume)
         from liploc.training.train import configure_run
         from liploc.training.train import train as run_training
 
