@@ -104,44 +104,9 @@ def generate_dataset(
     stage = root / _STAGING
     kept = _open_stage(root, stage, options, resume=reuse)
     total = sum(len(p.poses) for p in plans)
-    done = 0
     if kept and notify is not None:
         notify(f"resuming: {kept} of {total} frames already rendered in {stage}")
-    car_counts: dict[int, dict[str, int]] = {}
-    first_car_id = int(town.mesh.parts.object_id.max(initial=-1)) + 1
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
-
-    def build_scene(plan: DrivePlan) -> tuple[Scene, dict[str, int]]:
-        rng = np.random.default_rng(plan.cars_seed)
-        cars, counts = drive_cars(town.slots, town.streets, plan.path, rng, first_car_id)
-        return Scene(TriangleMesh.concatenate([town.mesh, cars]), town.ground), counts
-
-    try:
-        # Each drive's scene (its cars, the ray-casting structure) is built by a pool thread while
-        # the frames of the drive before are rendered, so that no thread waits for it.
-        upcoming = pool.submit(build_scene, plans[0]) if plans else None
-        for i, plan in enumerate(plans):
-            scene, car_counts[plan.index] = upcoming.result()
-            upcoming = pool.submit(build_scene, plans[i + 1]) if i + 1 < len(plans) else None
-            write_sequence_files(stage, plan.name, rig, plan.poses, options.pose_frame)
-            todo = [k for k in range(len(plan.poses)) if not _frame_written(stage, plan.name, k)]
-            done += len(plan.poses) - len(todo)
-            if progress is not None:
-                progress(done, total)
-
-            def render(k: int, plan: DrivePlan = plan, scene: Scene = scene) -> None:
-                rng = np.random.default_rng([options.town_seed, 1000, plan.index, k])
-                image = camera.render(scene, plan.poses[k], plan.lighting, rng).image
-                scan = simulate_scan(scene, plan.poses[k], lidar, rng)
-                write_frame(stage, plan.name, k, image, scan.points, options.png_compression)
-
-            for _ in pool.map(render, todo):
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    finally:
-        # On an error or Ctrl-C, drop the frames not started instead of rendering them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
+    car_counts = _render_drives(stage, town, plans, options, (camera, lidar), workers, progress)
     finished = time.perf_counter()
     seconds = finished - started
     render_seconds = finished - render_started
@@ -162,6 +127,58 @@ def generate_dataset(
     )
     _publish(stage, root, summary)
     return summary
+
+
+def _render_drives(
+    stage: Path,
+    town: Town,
+    plans: list[DrivePlan],
+    options: SynthOptions,
+    sensors: tuple[CameraModel, LidarModel],
+    workers: int | None,
+    progress: Progress | None,
+) -> dict[int, dict[str, int]]:
+    """Render and write every frame of ``plans`` not yet in ``stage`` with ``sensors``; the cars
+    of each drive, by drive index."""
+    camera, lidar = sensors
+    total = sum(len(p.poses) for p in plans)
+    done = 0
+    car_counts: dict[int, dict[str, int]] = {}
+    first_car_id = int(town.mesh.parts.object_id.max(initial=-1)) + 1
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+
+    def build_scene(plan: DrivePlan) -> tuple[Scene, dict[str, int]]:
+        rng = np.random.default_rng(plan.cars_seed)
+        cars, counts = drive_cars(town.slots, town.streets, plan.path, rng, first_car_id)
+        return Scene(TriangleMesh.concatenate([town.mesh, cars]), town.ground), counts
+
+    try:
+        # Each drive's scene (its cars, the ray-casting structure) is built by a pool thread while
+        # the frames of the drive before are rendered, so that no thread waits for it.
+        upcoming = pool.submit(build_scene, plans[0]) if plans else None
+        for i, plan in enumerate(plans):
+            scene, car_counts[plan.index] = upcoming.result()
+            upcoming = pool.submit(build_scene, plans[i + 1]) if i + 1 < len(plans) else None
+            write_sequence_files(stage, plan.name, camera.rig, plan.poses, options.pose_frame)
+            todo = [k for k in range(len(plan.poses)) if not _frame_written(stage, plan.name, k)]
+            done += len(plan.poses) - len(todo)
+            if progress is not None:
+                progress(done, total)
+
+            def render(k: int, plan: DrivePlan = plan, scene: Scene = scene) -> None:
+                rng = np.random.default_rng([options.town_seed, 1000, plan.index, k])
+                image = camera.render(scene, plan.poses[k], plan.lighting, rng).image
+                scan = simulate_scan(scene, plan.poses[k], lidar, rng)
+                write_frame(stage, plan.name, k, image, scan.points, options.png_compression)
+
+            for _ in pool.map(render, todo):
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        # On an error or Ctrl-C, drop the frames not started instead of rendering them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
+    return car_counts
 
 
 def build_town_and_drives(options: SynthOptions) -> tuple[Town, list[DrivePlan]]:
