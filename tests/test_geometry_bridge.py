@@ -28,7 +28,7 @@ from liploc.localization.backend import choose_backend, open_localizer
 from liploc.localization.embedding import embed_frames
 from liploc.localization.lidar_map import LidarMap
 from liploc.localization.localize import Localizer, build_map
-from liploc.models import GeometryBridgeModel, TwoTowerModel
+from liploc.models import GeometryBridgeModel, TwoTowerModel, create_model
 from liploc.models.geometry_bridge import bev_shape, depth_image_bev
 from liploc.runtime.checkpoint import load_checkpoint
 from liploc.runtime.data_roots import resolve_data_roots, split_frames
@@ -95,6 +95,19 @@ def test_samples_carry_the_depth_target_the_scan_bev_and_the_calibration(
     assert PairDataset(frames, cfg, train=False).cached_inputs() == ("image", "depth", "bev")
     fused = resolve_data_roots(bridge_config(corridor, "model.bridge.fusion=fused"), [corridor])
     assert PairDataset(frames, fused, train=False, cache_dir=tmp_path)[4]["lidar"].shape == (3, 32, 32)
+    # The depth_aux ablation has no BEV branch: no raster made or cached, an empty bev, and the
+    # model's forward takes the batch as it comes; the depth target stays (it is what aux learns).
+    aux = resolve_data_roots(bridge_config(corridor, "model.bridge.fusion=depth_aux"), [corridor])
+    assert PairDataset(frames, aux, train=False).cached_inputs() == ("image", "lidar", "depth")
+    assert PairDataset(frames, aux, modalities=("lidar",)).cached_inputs() == ("lidar",)
+    aux_data = PairDataset(frames, aux, train=True, cache_dir=tmp_path)
+    batch = torch.utils.data.default_collate([aux_data[(0, i)] for i in (3, 4)])
+    assert batch["bev"].shape == (2, 0) and batch["depth"].shape == (2, 1, h, w)
+    model = create_model(aux.model).eval()
+    extras = {**aux_data.model_extras(batch, "image", "cpu"), **aux_data.model_extras(batch, "lidar", "cpu")}
+    with torch.no_grad():
+        image_emb, lidar_emb, depth = model(batch["image"], batch["lidar"], **extras)
+    assert image_emb.shape == lidar_emb.shape == (2, aux.model.embed_dim) and depth.shape == (2, h, w)
     # Cached: a second dataset reads the same arrays; an entry of the wrong shape is rebuilt.
     again = PairDataset(frames, cfg, train=False, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.preprocessed(4, "bev"), sample["bev"].numpy())

@@ -88,7 +88,8 @@ class PairDataset(Dataset):
     For the geometry bridge (``model.method: bridge``) a sample also holds, with the image,
     ``P`` (3, 4) and ``T_cam_lidar`` (4, 4), float64, the calibration of a depth image of
     ``bridge.depth_size``; with the LiDAR input, ``bev``, the scan's BEV raster (float32, made from
-    the scan's depth image at that size, as the image's is from its predicted depth); with both
+    the scan's depth image at that size, as the image's is from its predicted depth; empty for a
+    bridge without a BEV branch); with both
     (training pairs), ``depth``, the sparse depth target (1, h, w) float32 in metres. A scan moved
     sideways (``data.lidar_sideways_m``) gives its BEV from the moved points too; the depth target
     stays the scan as taken, since it supervises the image's depth.
@@ -139,11 +140,21 @@ class PairDataset(Dataset):
         alone), whose samples hold an empty ``lidar`` placeholder instead."""
         return self.config.model.has_lidar_tower
 
+    @property
+    def bev_input(self) -> bool:
+        """Whether samples carry the scan's BEV raster: a bridge with a BEV branch
+        (``BridgeConfig.has_bev``; the ``depth_aux`` ablation has none and gets an empty ``bev``)."""
+        return self.bridge and self.config.model.bridge.has_bev
+
     def cached_inputs(self) -> tuple[CachedInput, ...]:
         """What :meth:`preprocessed` makes for this dataset's samples (what the cache may hold)."""
         out: list[CachedInput] = [m for m in self.modalities if m != "lidar" or self.lidar_tower_input]
         if self.bridge and "lidar" in self.modalities:
-            out += ["depth", "bev"]
+            # The scan's depth image: the BEV's source, and the depth target of training pairs.
+            if self.bev_input or "image" in self.modalities:
+                out.append("depth")
+            if self.bev_input:
+                out.append("bev")
         return tuple(out)
 
     def preprocessed(self, index: int, modality: CachedInput) -> np.ndarray:
@@ -233,11 +244,13 @@ class PairDataset(Dataset):
         if "image" in self.modalities:
             sample["P"], sample["T_cam_lidar"] = torch.from_numpy(P), torch.from_numpy(T)
         if "lidar" in self.modalities:
-            if sideways:
+            if not self.bev_input:
+                sample["bev"] = torch.zeros(0, dtype=torch.float32)  # batches to (B, 0); never read
+            elif sideways:
                 bev = scan_bev_input(depth_target(frame, self.config, sideways), P, T, self.config)
+                sample["bev"] = torch.from_numpy(np.ascontiguousarray(bev, dtype=np.float32))
             else:
-                bev = self.preprocessed(index, "bev")
-            sample["bev"] = torch.from_numpy(np.ascontiguousarray(bev, dtype=np.float32))
+                sample["bev"] = torch.from_numpy(np.ascontiguousarray(self.preprocessed(index, "bev")))
             if "image" in self.modalities:
                 sample["depth"] = torch.from_numpy(self.preprocessed(index, "depth"))
 
