@@ -240,6 +240,19 @@ def test_localize_sequence_on_the_onnx_backend_gives_torchs_path(exported, map_w
     assert res.exit_code == 1 and "--checkpoint is for the torch backend" in res.output
 
 
+def test_localize_names_the_backend_that_answered(exported, map_world) -> None:  # noqa: F811
+    # The two backends agree to about 1e-6, not bit for bit: the table says which one answered.
+    image = str(query_image(map_world["root"], 5))
+    runner = CliRunner()
+    cmd = ["localize", str(exported["map"]), image, "-k", "1"]
+    res = runner.invoke(app, [*cmd, "--backend", "onnx"])
+    assert res.exit_code == 0, res.output
+    assert "embedded by onnxruntime from" in res.output and "onnx" in res.output.split("from")[-1]
+    res = runner.invoke(app, [*cmd, "--backend", "torch", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "embedded by torch on cpu" in res.output
+
+
 def test_onnx_localization_runs_without_torch(exported, map_world) -> None:  # noqa: F811
     # torch installed and importable, but the ONNX path never imports it (nor timm): a torch-free
     # install would run the same code. (test_a_built_map_localizes_without_torch_by_default runs

@@ -104,6 +104,16 @@ def localize(
     else:
         for table in tables:
             print_table(console, table)
+        print_line(console, f"[dim]{_answered_by(backend, map_dir, onnx_dir, localizer)}[/]")
+
+
+def _answered_by(backend: str, map_dir: Path, onnx_dir: Path | None, localizer: Any) -> str:
+    """Which network embedded the images: the two backends agree to about 1e-6, not bit for bit."""
+    if backend == "onnx":
+        from liploc.localization.map_folder import MapFolder
+
+        return f"embedded by onnxruntime from {onnx_dir or MapFolder(map_dir).onnx_dir}"
+    return f"embedded by torch on {localizer.device}"
 
 
 def _checked_images(images: list[str]) -> list[Path]:
