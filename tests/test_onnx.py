@@ -327,3 +327,25 @@ def test_the_export_description_cannot_point_outside_its_folder(exported, tmp_pa
         DataError, match=r"preprocessing\.json: names the graph .* not a file of the export folder"
     ):
         OnnxImageEncoder(bad)
+
+
+def test_map_build_tries_the_export_again_after_cpythons_ast_race(map_world, tmp_path, monkeypatch) -> None:  # noqa: F811
+    # CPython 3.11's AST constructor fails ("recursion depth mismatch", a SystemError) when another
+    # thread parses code while torch.export does; the map's export is tried once more, not dropped.
+    import liploc.interop.onnx_export as onnx_export
+    from liploc.localization.localize import _export_camera_tower
+
+    map_dir = tmp_path / "map"
+    shutil.copytree(map_world["map"], map_dir)
+    shutil.rmtree(map_dir / "model" / "onnx")
+    real, calls = onnx_export.export_onnx, []
+
+    def racing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=48, after=47)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", racing)
+    _export_camera_tower(map_dir, console=None)
+    assert len(calls) == 2 and (map_dir / "model" / "onnx" / "image_tower.onnx").is_file()

@@ -255,8 +255,15 @@ def _export_camera_tower(map_dir: Path, console: Console | None) -> None:
     """The map's ONNX export of its camera tower (``model/onnx``), or a warning why there is none."""
     from liploc.interop.onnx_export import export_onnx
 
+    folder = MapFolder(map_dir)
     try:
-        export_onnx(MapFolder(map_dir).checkpoint, MapFolder(map_dir).onnx_dir, towers=("image",))
+        try:
+            export_onnx(folder.checkpoint, folder.onnx_dir, towers=("image",))
+        except SystemError:
+            # CPython 3.11's AST constructor is not thread-safe ("AST constructor recursion depth
+            # mismatch" when another thread parses code while torch.export does): seen once in a
+            # map build beside a thread loading maps. A second try gives the export.
+            export_onnx(folder.checkpoint, folder.onnx_dir, towers=("image",))
     except OSError:
         raise  # a full disk is the map's failure, not the export's
     except Exception as err:  # the exporter's many failure types; the map works without
