@@ -146,7 +146,17 @@ def chance_hit_probability(num_positives: np.ndarray, db_sizes: np.ndarray, k_ma
 
 class Scoring(TypedDict, total=False):
     """How retrievals are scored: the keyword arguments of :func:`score_retrieval` that
-    :func:`evaluate_retrieval` and sequence matching pass on (absent ones take its defaults)."""
+    :func:`evaluate_retrieval` and sequence matching pass on (absent ones take its defaults).
+
+    Attributes:
+        thresholds_m: distance thresholds; the first is the headline one.
+        ks: Recall@K values to report (Recall@1% is always added).
+        exclude: per-query database exclusion (``TimeWindowExclusion`` for the revisit protocol,
+            ``SameScanExclusion`` for the own scan).
+        exclude_no_positive: leave queries without a positive out of recall (default) or count
+            them as failures.
+        curve_k: compute Recall@K for K = 1 .. curve_k too (the report's curve).
+    """
 
     thresholds_m: Sequence[float]
     ks: Sequence[int]
