@@ -108,7 +108,8 @@ def localize(
 
 
 def _answered_by(backend: str, map_dir: Path, onnx_dir: Path | None, localizer: Any) -> str:
-    """Which network embedded the images: the two backends agree to about 1e-6, not bit for bit."""
+    """Which network embedded the images: the backends agree within 1e-4 (an export is refused
+    beyond), not bit for bit."""
     if backend == "onnx":
         from liploc.localization.map_folder import MapFolder
 
