@@ -349,3 +349,50 @@ def test_map_build_tries_the_export_again_after_cpythons_ast_race(map_world, tmp
     monkeypatch.setattr(onnx_export, "export_onnx", racing)
     _export_camera_tower(map_dir, console=None)
     assert len(calls) == 2 and (map_dir / "model" / "onnx" / "image_tower.onnx").is_file()
+
+
+def test_the_parity_check_takes_a_bev_cell_edge_within_rounding_as_equal(monkeypatch) -> None:
+    # A bridge's back-projected point within rounding of a BEV cell edge lands in either cell, in
+    # torch as in onnxruntime (seen: 2.5e-4 apart, onnxruntime = torch for the rays x (1 + 1e-6)).
+    # Such an export is not refused; one that differs from torch otherwise still is.
+    import liploc.interop.onnx_export as onnx_export
+    from liploc.config import load_config
+    from liploc.models import create_model
+
+    config = load_config(REPO / "configs" / "tiny_bridge.yaml")
+    torch.manual_seed(0)
+    graph = onnx_export.tower_graphs(create_model(config.model).eval(), config)["image"]
+    rays, _ = onnx_export.example_camera_rays(config.model.bridge.depth_size)
+    edge = float(rays[0, 0, 0]) * (1 + onnx_export.RAY_ROUNDING / 2)  # a cell edge between the two
+
+    class EdgeTower(torch.nn.Module):
+        """The camera tower with one raster cell whose content flips at that edge."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.model = graph.tower, graph.tower.model
+
+        def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+            return self.inner(**inputs) + 1e-2 * (inputs["rays"][:, 0, 0] > edge).float()
+
+    edged = onnx_export.TowerGraph(EdgeTower(), graph.inputs)
+
+    def session(offset: float, scale: float):
+        class Session:  # onnxruntime as it would round: the rays scaled, the output moved
+            def __init__(self, *args, **kwargs) -> None:
+                pass
+
+            def run(self, _names, inputs):
+                feed = {**inputs, "rays": inputs["rays"] * np.float32(scale)}
+                with torch.no_grad():
+                    out = edged.tower(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+                return [out + offset]
+
+        return Session
+
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session(0.0, 1 + onnx_export.RAY_ROUNDING))
+    assert onnx_export._parity(edged, Path("unused.onnx"), 3) < 1e-6
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session(1e-3, 1.0))
+    assert onnx_export._parity(edged, Path("unused.onnx"), 3) > onnx_export.PARITY_TOLERANCE

@@ -48,6 +48,12 @@ from liploc.models.two_tower import TowerModel
 TOWER_FILES = {"image": "image_tower.onnx", "lidar": "lidar_tower.onnx"}
 PARITY_TOLERANCE = 1e-4
 """Largest absolute difference between torch and onnxruntime embeddings an export may have."""
+RAY_ROUNDING = 1e-6
+"""Relative change of a bridge camera's rays that stands for float rounding in the parity check.
+A back-projected point within rounding of a BEV cell edge lands in either cell, in torch as in
+onnxruntime: seen on one of three bridge models, 2.5e-4 between the two, while onnxruntime's
+output was torch's for the rays x (1 + 1e-6) to 7e-7. The export is compared with torch's outputs
+for the rays as given and so scaled, the closest counting."""
 OPSET = 18
 
 
@@ -361,7 +367,9 @@ def _stamp_fingerprint(path: Path, fingerprint: str) -> None:
 
 
 def _parity(graph: TowerGraph, path: Path, batch: int) -> float:
-    """Largest |torch - onnxruntime| over random batches of 1 and ``batch`` inputs."""
+    """Largest |torch - onnxruntime| over random batches of 1 and ``batch`` inputs; for a bridge's
+    camera graph, per input the closest of torch's outputs for its rays as given and scaled by
+    ``1 -/+`` :data:`RAY_ROUNDING` (a BEV cell edge within rounding)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -369,12 +377,23 @@ def _parity(graph: TowerGraph, path: Path, batch: int) -> float:
     worst = 0.0
     for n in (1, batch):
         inputs = _example_inputs(graph, n, rng)
-        with torch.no_grad():
-            expected = graph.tower(**{name: torch.from_numpy(inputs[name]) for name in graph.names}).numpy()
         got = session.run(None, inputs)[0]
-        if got.shape != expected.shape:
-            raise LiplocError(f"ONNX {graph.names[0]} tower returned {got.shape}, torch {expected.shape}")
-        worst = max(worst, float(np.max(np.abs(got - expected))))
+        variants = [inputs]
+        if "rays" in graph.names:
+            variants += [
+                {**inputs, "rays": inputs["rays"] * np.float32(f)}
+                for f in (1 - RAY_ROUNDING, 1 + RAY_ROUNDING)
+            ]
+        closest = np.full(n, np.inf)
+        for variant in variants:
+            with torch.no_grad():
+                expected = graph.tower(
+                    **{name: torch.from_numpy(variant[name]) for name in graph.names}
+                ).numpy()
+            if got.shape != expected.shape:
+                raise LiplocError(f"ONNX {graph.names[0]} tower returned {got.shape}, torch {expected.shape}")
+            closest = np.minimum(closest, np.abs(got - expected).reshape(n, -1).max(axis=1))
+        worst = max(worst, float(closest.max()))
     return worst
 
 
