@@ -17,7 +17,7 @@ from liploc.datasets.scan import load_image, load_scan
 from liploc.errors import ConfigError, DataError
 from liploc.synth import SynthOptions, build_town_and_drives, generate_dataset, load_summary
 from liploc.synth.camera_model import CameraModel
-from liploc.synth.cars import drive_cars
+from liploc.synth.cars import ParkingSlots, drive_cars
 from liploc.synth.command import make_options
 from liploc.synth.lidar_model import LidarModel, simulate_scan
 from liploc.synth.meshes import TriangleMesh
@@ -223,3 +223,16 @@ def test_cli_writes_readme_preview_and_statistics(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "reused" in again.output
     bad = CliRunner().invoke(app, ["synth", "--out", str(out), "--blocks", "six"])
     assert bad.exit_code == 2 and "--blocks" in bad.output  # a usage error, before any import
+
+
+def test_row_tables_keep_their_rows_whole() -> None:
+    # ParkingSlots and the mesh's PartTable are parallel arrays: a subset or a concatenation must
+    # move every field's rows together, or a car would park at one slot facing another's heading.
+    slots = ParkingSlots(
+        xy=np.arange(8.0).reshape(4, 2), yaw=np.arange(4.0), segment=np.arange(4), side=-np.ones(4)
+    )
+    kept = slots.take(np.array([True, False, True, False]))
+    assert len(kept) == 2 and kept.yaw.tolist() == [0.0, 2.0] and kept.segment.tolist() == [0, 2]
+    assert kept.xy.tolist() == [[0.0, 1.0], [4.0, 5.0]] and kept.side.tolist() == [-1.0, -1.0]
+    both = ParkingSlots.concatenate([kept, slots.take([3])])
+    assert len(both) == 3 and both.segment.tolist() == [0, 2, 3] and both.xy[-1].tolist() == [6.0, 7.0]

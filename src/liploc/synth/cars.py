@@ -13,6 +13,7 @@ import numpy as np
 from liploc.synth.ground import GroundMap
 from liploc.synth.materials import Material
 from liploc.synth.meshes import MeshBuilder, TriangleMesh, box, cylinder_between, rectangle_corners
+from liploc.synth.row_table import RowTable
 from liploc.synth.streets import LANE_WIDTH_M, StreetNetwork
 
 _SLOT_PITCH_M = 5.8
@@ -38,7 +39,7 @@ _CAR_COLOUR_WEIGHTS = _CAR_COLOUR_WEIGHTS / _CAR_COLOUR_WEIGHTS.sum()
 
 
 @dataclass(frozen=True, eq=False)
-class ParkingSlots:
+class ParkingSlots(RowTable):
     """Kerbside parking places of a town.
 
     Attributes:
@@ -52,9 +53,6 @@ class ParkingSlots:
     yaw: np.ndarray
     segment: np.ndarray
     side: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.xy)
 
 
 def parking_slots(streets: StreetNetwork, ground: GroundMap) -> ParkingSlots:
@@ -89,7 +87,7 @@ def parking_slots(streets: StreetNetwork, ground: GroundMap) -> ParkingSlots:
     # Keep slots whose nearest carriageway is their own (not inside another street's junction).
     sample = ground.locate(slots.xy)
     own = sample.segment == slots.segment
-    return ParkingSlots(slots.xy[own], slots.yaw[own], slots.segment[own], slots.side[own])
+    return slots.take(own)
 
 
 def drive_cars(

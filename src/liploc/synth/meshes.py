@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from liploc.synth.materials import LIDAR_REFLECTIVITY, Material
+from liploc.synth.row_table import RowTable
 
 
 @dataclass(frozen=True, eq=False)
-class PartTable:
+class PartTable(RowTable):
     """Per-part attributes, one row per part.
 
     Attributes:
@@ -37,19 +38,6 @@ class PartTable:
     tex: np.ndarray
     reflectivity: np.ndarray
     object_id: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.material)
-
-    @staticmethod
-    def concatenate(tables: list[PartTable]) -> PartTable:
-        """Rows of all ``tables`` in order."""
-        return PartTable(
-            **{
-                name: np.concatenate([getattr(t, name) for t in tables])
-                for name in PartTable.__dataclass_fields__
-            }
-        )
 
 
 @dataclass(frozen=True, eq=False)
