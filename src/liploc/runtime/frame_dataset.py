@@ -246,11 +246,12 @@ class PairDataset(Dataset):
         if "lidar" in self.modalities:
             if not self.bev_input:
                 sample["bev"] = torch.zeros(0, dtype=torch.float32)  # batches to (B, 0); never read
-            elif sideways:
-                bev = scan_bev_input(depth_target(frame, self.config, sideways), P, T, self.config)
-                sample["bev"] = torch.from_numpy(np.ascontiguousarray(bev, dtype=np.float32))
             else:
-                sample["bev"] = torch.from_numpy(np.ascontiguousarray(self.preprocessed(index, "bev")))
+                if sideways:
+                    bev = scan_bev_input(depth_target(frame, self.config, sideways), P, T, self.config)
+                else:
+                    bev = self.preprocessed(index, "bev")
+                sample["bev"] = torch.from_numpy(np.ascontiguousarray(bev, dtype=np.float32))
             if "image" in self.modalities:
                 sample["depth"] = torch.from_numpy(self.preprocessed(index, "depth"))
 
